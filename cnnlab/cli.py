@@ -1,0 +1,113 @@
+"""The `cnnlab` entry point: picks the command, hands the rest of argv to Hydra.
+
+Every command is a module with `run(cfg)` and a primary config `configs/<command>.yaml`. User mistakes
+(CnnlabError, or a config Hydra cannot compose) print one line and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+# command -> (module with run(cfg), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cnnlab.train", "train a model; best/last checkpoints, TensorBoard, metrics.json"),
+    "eval": ("cnnlab.evaluate", "evaluate a checkpoint: loss, top-1, top-5, per-class accuracy"),
+    "summary": ("cnnlab.summary", "per-layer shapes, parameters, MACs and receptive field of a model"),
+}
+
+USAGE = """usage: cnnlab <command> [hydra overrides] [--help] [--cfg job] [-m]
+
+commands:
+{commands}
+
+examples:
+  cnnlab train                                   # lenet5 on the embedded digits, CPU, < 1 minute
+  cnnlab train model=vgg16 data=cifar10          # any model x any dataset
+  cnnlab train -m optimizer.lr=0.1,0.01          # a sweep: outputs/multirun/<date>/<time>/<n>/
+  cnnlab train --cfg job                         # print the composed config
+  cnnlab eval checkpoint=outputs/<date>/<time>/checkpoints/best.pt
+  cnnlab <command> --help                        # config groups and options of a command
+"""
+
+
+def config_dir() -> str:
+    """The configs/ tree: inside the package when installed from a wheel, else beside it (a checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"cnnlab's configs/ tree is missing (looked in {here} and {here.parent})")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(ex: BaseException) -> str:
+    """Condense a (possibly multi-line, chained) Hydra/OmegaConf error into one readable line."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(ex, MissingConfigException) and ex.options is not None and ex.missing_cfg_file:
+        group, _, name = ex.missing_cfg_file.rpartition("/")
+        if group:
+            return f"unknown {group} '{name}'; choose from: {', '.join(sorted(ex.options))}"
+    parts = []
+    for e in (ex, ex.__cause__):
+        if e is None:
+            continue
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # OmegaConf appends "full_key: ..., object_type=..." lines: keep only the message.
+        lines = [line for line in lines if not line.startswith(("full_key:", "object_type", "reference_type"))]
+        lines = [line for line in lines if not line.startswith("To append to your config")]
+        if lines and lines[0] not in parts:
+            parts.append(" ".join(lines[:2]))
+    return " ".join(parts) or ex.__class__.__name__
+
+
+def _task(module_name: str):
+    def task(cfg) -> None:
+        from cnnlab.errors import CnnlabError
+
+        try:
+            importlib.import_module(module_name).run(cfg)
+        except CnnlabError as ex:
+            _fail(str(ex))
+
+    return task
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    listing = "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.format(commands=listing))
+        return
+    if argv[0] in ("-V", "--version"):
+        from cnnlab import __version__
+
+        print(f"cnnlab {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(f"unknown command '{command}'; choose from: {', '.join(COMMANDS)}")
+
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cnnlab.config import register
+    from cnnlab.errors import CnnlabError
+
+    register()
+    # Make Hydra re-raise instead of printing its own multi-line report, so that we can print one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    sys.argv = [f"cnnlab {command}", *rest]
+    run = hydra.main(version_base=None, config_path=config_dir(), config_name=command)(_task(COMMANDS[command][0]))
+    try:
+        run()
+    except (HydraException, OmegaConfBaseException, CnnlabError) as ex:
+        _fail(_one_line(ex))
