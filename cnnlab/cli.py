@@ -70,12 +70,17 @@ def _one_line(ex: BaseException) -> str:
 
 def _task(module_name: str):
     def task(cfg) -> None:
+        from omegaconf.errors import MissingMandatoryValue
+
         from cnnlab.errors import CnnlabError
 
+        # Caught here, inside the job, because Hydra logs its own multi-line report for errors that escape it.
         try:
             importlib.import_module(module_name).run(cfg)
         except CnnlabError as ex:
             _fail(str(ex))
+        except MissingMandatoryValue as ex:  # a `???` value the user did not give
+            _fail(f"{ex.full_key} is required: add {ex.full_key}=...")
 
     return task
 
@@ -97,7 +102,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     from cnnlab.config import register
     from cnnlab.errors import CnnlabError
@@ -109,5 +113,5 @@ def main(argv: list[str] | None = None) -> None:
     run = hydra.main(version_base=None, config_path=config_dir(), config_name=command)(_task(COMMANDS[command][0]))
     try:
         run()
-    except (HydraException, OmegaConfBaseException, CnnlabError) as ex:
+    except (HydraException, CnnlabError) as ex:  # composition errors: the user's overrides
         _fail(_one_line(ex))

@@ -44,7 +44,7 @@ class AugmentConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
+    epochs: int = 15
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; only on CUDA)
     resume: Optional[str] = None  # PATH to a checkpoint, or auto

@@ -1,0 +1,28 @@
+# cnnlab: `make train` and `make test` set up .venv themselves (idempotent), then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_ROOT ?= $(abspath ../shared/datasets)
+
+.PHONY: install train test bench clean
+
+install: $(STAMP)
+
+# Re-install only when the project's metadata changes; `pip install -e` picks up code changes by itself.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/cnnlab train
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	CNNLAB_DATA_ROOT=$${CNNLAB_DATA_ROOT:-$(DATA_ROOT)} $(BIN)/python scripts/bench_data.py --out outputs/bench_data.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,84 @@
+"""The command line: help, config printing, and one clear line + exit 2 for every bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_help_lists_commands(run_cli):
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "eval", "summary"):
+        assert f"  {command}" in result.stdout
+
+
+def test_train_help_shows_config_groups(run_cli):
+    result = run_cli("train", "--help")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "== Configuration groups ==" in out
+    for group in ("model:", "data:", "augment:", "optimizer:", "scheduler:", "trainer:", "experiment:"):
+        assert group in out
+    assert "lenet5" in out and "cifar10" in out and "adamw" in out
+
+
+def test_cfg_job_prints_composed_config(run_cli):
+    result = run_cli("train", "model=lenet5", "optimizer=sgd", "optimizer.lr=0.05", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "_target_: cnnlab.models.lenet.LeNet5" in result.stdout
+    assert "_target_: torch.optim.SGD" in result.stdout
+    assert "lr: 0.05" in result.stdout
+    assert "name: digits" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=vgg999"], "unknown model 'vgg999'; choose from:"),
+    (["data=imagenet22k"], "unknown data 'imagenet22k'"),
+    (["optimizer.lrr=0.1"], "lrr"),
+    (["trainer.epochs=abc"], "abc"),
+    (["optimizer.lr=-1"], "optimizer.lr must be > 0"),
+    (["trainer.epochs=0"], "trainer.epochs must be >= 1"),
+    (["data.batch_size=0"], "data.batch_size must be >= 1"),
+    (["data.val_split=1.5"], "data.val_split"),
+    (["trainer.device=cuda:3"], "trainer.device"),
+    (["trainer.precision=fp8"], "trainer.precision must be one of"),
+    (["trainer.resume=/nonexistent/last.pt"], "/nonexistent/last.pt does not exist"),
+    (["data=mnist", "data.root=/nonexistent/root", "data.download=false"], "MNIST not found under /nonexistent/root"),
+])
+def test_bad_train_input_is_one_line_exit_2(run_cli, args, message):
+    result = run_cli("train", "trainer.epochs=1", *args) if "trainer.epochs" not in " ".join(args) else run_cli(
+        "train", *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command(run_cli):
+    result = run_cli("trian")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown command 'trian'; choose from: train, eval, summary"
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "checkpoint"),
+    (["checkpoint=/nonexistent.pt"], "checkpoint /nonexistent.pt does not exist"),
+    (["checkpoint=BAD", "split=dev"], "split must be one of test, val, train"),
+])
+def test_bad_eval_input_is_one_line_exit_2(run_cli, tmp_path, args, message):
+    args = [a.replace("BAD", str(tmp_path / "x.pt")) for a in args]
+    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    result = run_cli("eval", *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_eval_rejects_a_file_that_is_not_a_checkpoint(run_cli, tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"\x00" * 100)
+    result = run_cli("eval", f"checkpoint={bad}")
+    assert result.returncode == 2
+    assert "is not a readable cnnlab checkpoint" in result.stderr
+    assert bad.read_bytes() == b"\x00" * 100  # nothing the user had is touched
