@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import REPO, read_json
+
 
 def test_help_lists_commands(run_cli):
     result = run_cli("--help")
@@ -82,3 +84,22 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(run_cli, tmp_path):
     assert result.returncode == 2
     assert "is not a readable cnnlab checkpoint" in result.stderr
     assert bad.read_bytes() == b"\x00" * 100  # nothing the user had is touched
+
+
+def test_user_config_dir_adds_a_model_of_their_own(run_cli, tmp_path):
+    """A user's own model class and config folder, found through --config-dir and `_target_`."""
+    (tmp_path / "my_models.py").write_text(
+        "import torch.nn as nn\n"
+        "class Tiny(nn.Module):\n"
+        "    def __init__(self, num_classes, in_channels, width=8):\n"
+        "        super().__init__()\n"
+        "        self.net = nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                                 nn.Flatten(), nn.Linear(width, num_classes))\n"
+        "    def forward(self, x):\n"
+        "        return self.net(x)\n")
+    (tmp_path / "mycfg" / "model").mkdir(parents=True)
+    (tmp_path / "mycfg" / "model" / "tiny.yaml").write_text("# my tiny model\n_target_: my_models.Tiny\nwidth: 4\n")
+    result = run_cli("train", "--config-dir", "mycfg", "model=tiny", "trainer.epochs=1", "trainer.image_grid=0",
+                     "hydra.run.dir=run", env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert result.returncode == 0, result.stderr
+    assert read_json(tmp_path / "run" / "metrics.json")["params"] == 4 * 1 * 9 + 4 + 4 * 10 + 10

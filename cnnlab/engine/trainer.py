@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +77,22 @@ class Trainer:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
-        fit = state["fit"]
-        say(self.console, f"resumed from {path} at epoch {fit['epoch']} (step {fit['step']})")
-        return FitState(**fit)
+        fit = FitState(**state["fit"])
+        self._adopt_best(path, fit)
+        say(self.console, f"resumed from {path} at epoch {fit.epoch} (step {fit.step})")
+        return fit
+
+    def _adopt_best(self, resumed_from: Path, fit: FitState) -> None:
+        """Resuming into another run directory: bring the source run's best.pt along (or pick a new best)."""
+        mine = self.ckpt_dir / "best.pt"
+        theirs = resumed_from.parent / "best.pt"
+        if mine.is_file():
+            return
+        if theirs.is_file():
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(theirs, mine)
+        else:
+            fit.best_metric, fit.best_epoch = None, -1
 
     def _save(self, name: str, model, optimizer, scheduler, scaler, fit: FitState) -> None:
         checkpoint.save(self.ckpt_dir / name, {

@@ -1,0 +1,186 @@
+"""End-to-end training through the real CLI: the run directory, checkpoints, TensorBoard, eval, resume, sweeps."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginEventAccumulator
+
+from conftest import REPO, cli, read_json
+
+FAST = ["trainer.image_grid=8"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    """`cnnlab train` with its defaults (lenet5 on digits), run once for the tests below."""
+    cwd = tmp_path_factory.mktemp("default")
+    result = cli("train", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = [p.parent for p in (cwd / "outputs").glob("*/*/metrics.json")]
+    return run_dir
+
+
+def test_default_run_reaches_95_percent(default_run):
+    metrics = read_json(default_run / "metrics.json")
+    assert metrics["best_val_acc"] >= 95.0
+    assert metrics["test_acc"] >= 93.0
+    for key in ("best_val_acc", "best_epoch", "test_acc", "test_loss", "final_train_loss", "final_train_acc",
+                "epochs", "params", "seconds_per_epoch", "total_seconds"):
+        assert key in metrics, key
+    assert metrics["params"] == 61_706  # LeNet-5 at 32x32
+    assert metrics["epochs"] == 15 and 1 <= metrics["best_epoch"] <= 15
+    assert metrics["val_is_test"] is False
+
+
+def test_run_directory_layout(default_run):
+    assert (default_run / ".hydra" / "config.yaml").is_file()
+    assert (default_run / ".hydra" / "overrides.yaml").is_file()
+    assert "epoch 15/15" in (default_run / "train.log").read_text()
+    assert list((default_run / "tb").glob("events.out.tfevents.*"))
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(default_run / "checkpoints" / name, weights_only=True)
+        for key in ("format_version", "model", "optimizer", "scheduler", "epoch", "config"):
+            assert key in state, (name, key)
+        assert state["config"]["model"]["_target_"] == "cnnlab.models.lenet.LeNet5"
+        assert isinstance(state["config"], dict)
+    last = torch.load(default_run / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(default_run / "checkpoints" / "best.pt", weights_only=True)
+    metrics = read_json(default_run / "metrics.json")
+    assert last["epoch"] == 14
+    assert best["epoch"] == metrics["best_epoch"] - 1
+
+
+def test_tensorboard_has_scalars_hparams_and_image_grid(default_run):
+    events = EventAccumulator(str(default_run / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "time/epoch_seconds", "time/images_per_sec"):
+        assert tag in tags["scalars"], tag
+        assert len(events.Scalars(tag)) == 15
+    assert "val/predictions" in tags["images"]
+    plugin_events = PluginEventAccumulator(str(default_run / "tb"))
+    plugin_events.Reload()
+    hparams = plugin_events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+    assert "hparam/test_acc" in tags["scalars"]
+    lrs = [e.value for e in events.Scalars("lr")]
+    assert lrs[0] > lrs[-1]  # cosine schedule decays
+
+
+def test_eval_of_best_checkpoint_matches_reported_test_accuracy(default_run, tmp_path):
+    out = tmp_path / "eval.json"
+    result = cli("eval", f"checkpoint={default_run / 'checkpoints' / 'best.pt'}", f"output={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = read_json(out)
+    metrics = read_json(default_run / "metrics.json")
+    assert report["top1"] == pytest.approx(metrics["test_acc"])
+    assert report["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    assert 0 <= report["top1"] <= report["top5"] <= 100
+    assert set(report["per_class"]) == {str(d) for d in range(10)}
+    assert "top-5" in result.stdout and "per" not in result.stderr
+
+
+def test_val_split_test_says_so(tmp_path):
+    result = cli("train", "data.val_split=test", "trainer.epochs=1", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "selected on the test split" in result.stdout
+    (metrics,) = (tmp_path / "outputs").glob("*/*/metrics.json")
+    assert read_json(metrics)["val_is_test"] is True
+
+
+def test_mnist_from_data_root(data_root, tmp_path):
+    """A few hundred steps of LeNet-5 on the real MNIST files (211 steps of batch 256)."""
+    result = cli("train", "data=mnist", f"data.root={data_root}", "trainer.epochs=1", "optimizer.lr=3e-3",
+                 "hydra.run.dir=run", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_json(tmp_path / "run" / "metrics.json")
+    assert metrics["steps"] == 54000 // 256
+    assert metrics["test_acc"] >= 95.0
+    assert metrics["params"] == 44_426  # LeNet-5 at 28x28
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """Kill a run after its first checkpoint, re-run the same command with resume=auto: same final weights."""
+    args = ["train", "trainer.epochs=6", "model.act=tanh", "trainer.image_grid=0", "trainer.resume=auto"]
+    straight = cli(*args, "hydra.run.dir=straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    env = {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *args, "hydra.run.dir=crashed"], cwd=tmp_path,
+                            env={**__import__("os").environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = tmp_path / "crashed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "crashed" / "metrics.json").exists(), "the run finished before it could be killed"
+    interrupted_at = torch.load(last, weights_only=True)["epoch"]
+    assert interrupted_at < 5
+
+    resumed = cli(*args, "hydra.run.dir=crashed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a = _weights(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = _weights(last)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert read_json(tmp_path / "crashed" / "metrics.json")["epochs"] == 6
+
+
+def test_resume_from_explicit_path_continues_epochs(tmp_path):
+    first = cli("train", "trainer.epochs=2", "hydra.run.dir=a", "trainer.image_grid=0", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ckpt = tmp_path / "a" / "checkpoints" / "last.pt"
+    # Same run, asked for 2 epochs again: nothing left to train, only the final report.
+    again = cli("train", "trainer.epochs=2", f"trainer.resume={ckpt}", "hydra.run.dir=b", "trainer.image_grid=0",
+                cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stdout and "epoch 1/2" not in again.stdout
+    assert read_json(tmp_path / "b" / "metrics.json")["test_acc"] == read_json(tmp_path / "a" / "metrics.json")["test_acc"]
+
+
+def test_resume_with_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    first = cli("train", "trainer.epochs=1", "hydra.run.dir=a", "trainer.image_grid=0", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ckpt = tmp_path / "a" / "checkpoints" / "last.pt"
+    before = ckpt.read_bytes()
+    other = cli("train", "trainer.epochs=1", "data=synthetic", "data.channels=3", f"trainer.resume={ckpt}",
+                "hydra.run.dir=b", cwd=tmp_path)
+    assert other.returncode == 2
+    assert other.stderr.startswith("error: cannot resume from") and len(other.stderr.strip().splitlines()) == 1
+    assert ckpt.read_bytes() == before
+
+
+def test_multirun_sweep_writes_one_run_per_job(tmp_path):
+    result = cli("train", "-m", "optimizer.lr=0.01,0.001", "trainer.epochs=1", "trainer.image_grid=0",
+                 "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert [p.parent.name for p in runs] == ["0", "1"]
+    lrs = [torch.load(p.parent / "checkpoints" / "last.pt", weights_only=True)["config"]["optimizer"]["lr"]
+           for p in runs]
+    assert lrs == [0.01, 0.001]
+
+
+def test_synthetic_data_trains(tmp_path):
+    result = cli("train", "data=synthetic", "data.num_samples=512", "data.image_size=28", "data.num_classes=4",
+                 "trainer.epochs=3", "hydra.run.dir=run", "trainer.image_grid=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_json(tmp_path / "run" / "metrics.json")
+    assert metrics["best_val_acc"] > 50.0  # 4 classes: chance is 25%; the class templates are learnable
