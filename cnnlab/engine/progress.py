@@ -30,7 +30,7 @@ class ProgressDisplay:
         self._progress = None
         if mode == "rich":
             self._progress = Progress(
-                TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description:>5}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                 console=console, transient=False,
             )
@@ -47,15 +47,16 @@ class ProgressDisplay:
 
     def update(self, step: int, loss: float, acc: float, images_per_sec: float) -> None:
         if self._progress is not None:
-            info = f"loss {loss:.4f}  acc {acc:5.2f}%  {images_per_sec:,.0f} img/s"
+            info = f"loss {loss:.3f} acc {acc:.1f}% {images_per_sec:,.0f} img/s"
             self._progress.update(self._batch_task, completed=step, info=info)
 
-    def end_epoch(self, epoch: int, line: str) -> None:
+    def end_epoch(self, epoch: int, line: str, short: str = "") -> None:
+        """`line` is printed (and logged); `short` goes beside the epoch bar."""
         if self.mode == "none":
             log.info(line)
             return
         if self._progress is not None:
-            self._progress.update(self._epoch_task, completed=epoch + 1, info=line.split("|", 1)[-1].strip())
+            self._progress.update(self._epoch_task, completed=epoch + 1, info=short)
         say(self.console, line)
 
     def close(self) -> None:

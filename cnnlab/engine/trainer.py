@@ -190,7 +190,8 @@ class Trainer:
                 display.end_epoch(epoch, (
                     f"epoch {epoch + 1}/{epochs} | train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
                     f"val loss {val['loss']:.4f} acc {val['top1']:.2f}%{' *' if better else ''} | "
-                    f"{train['seconds']:.1f}s {train['images_per_sec']:,.0f} img/s"))
+                    f"{train['seconds']:.1f}s {train['images_per_sec']:,.0f} img/s"),
+                    short=f"val acc {val['top1']:.2f}%")
         finally:
             display.close()
         return self._finish(model, data, fit, tb)
