@@ -30,16 +30,36 @@ class DataConfig:
     num_classes: Optional[int] = None
     num_samples: int = 1024  # synthetic only
     subset: Optional[int] = None  # keep at most n training images per class
-    loader: str = "auto"  # auto | device | dataloader
-    val_fraction: float = 0.1  # imagefolder without a val/ folder
-    download_url: Optional[str] = None
+    loader: str = "auto"  # auto | device | dataloader (auto: device, but dataloader for large image files)
+    val_fraction: float = 0.1  # imagefolder without a val/ folder: held out per class as the test split
+    download_url: Optional[str] = None  # imagefolder: an archive to fetch into data.root when it is missing
 
 
 @dataclass
 class AugmentConfig:
-    name: str = "none"
+    """Train-time augmentation; presets in configs/augment/ set a few keys each and compose in order
+    (augment=[basic,cutout,mixup]). Applied: resized crop, padded crop, flip, jitter, policy, erasing,
+    cutout, then mixup/cutmix on the batch. Evaluation never augments."""
+
+    resized_crop: bool = False  # random resized crop back to the image size (the large-image standard)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # area fraction range
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])  # aspect ratio range (w / h)
     crop_padding: int = 0  # random crop with this zero padding (CIFAR standard: 4)
     flip: bool = False  # random horizontal flip
+    color_jitter: float = 0.0  # brightness, contrast, saturation factors drawn from [1 - x, 1 + x]
+    hue: float = 0.0  # hue shift drawn from [-hue, hue] (<= 0.5)
+    policy: Optional[str] = None  # autoaugment | randaugment | trivialaugment
+    autoaugment_policy: str = "imagenet"  # imagenet | cifar10 | svhn
+    randaugment_n: int = 2  # RandAugment: ops per image
+    randaugment_m: int = 9  # RandAugment: magnitude 0..30
+    erasing: float = 0.0  # random erasing probability
+    erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
+    erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
+    cutout: int = 0  # side of the cutout square in pixels (0: off)
+    mixup_alpha: float = 0.0  # MixUp: lambda ~ Beta(alpha, alpha) (0: off)
+    cutmix_alpha: float = 0.0  # CutMix: lambda ~ Beta(alpha, alpha) (0: off)
+    mix_prob: float = 1.0  # probability that a batch is mixed at all
+    mix_switch_prob: float = 0.5  # with both on: probability of CutMix rather than MixUp
 
 
 @dataclass
@@ -56,6 +76,25 @@ class TrainerConfig:
     monitor: str = "val_acc"  # the metric that picks best.pt
     image_grid: int = 32  # validation images in the TensorBoard prediction grid (0: none)
     progress: str = "auto"  # auto | rich | plain | none
+    grad_clip: Optional[float] = None  # clip the global gradient norm to this value
+    accumulate: int = 1  # micro-batches per optimizer step (effective batch = accumulate x batch_size)
+    ema_decay: Optional[float] = None  # keep an EMA of the weights (e.g. 0.999); it is what gets evaluated and saved
+    early_stopping_patience: Optional[int] = None  # stop after this many epochs without a better monitored metric
+    deterministic: bool = False  # deterministic kernels (slower on GPU); CPU runs are reproducible anyway
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (the schedule ends there too)
+    time_limit: Optional[float] = None  # seconds: stop cleanly, checkpointing; resume=auto continues later
+    limit_train_batches: Optional[int] = None  # debug: train on at most this many batches per epoch
+    limit_val_batches: Optional[int] = None  # debug: validate/test on at most this many batches
+    overfit_batches: Optional[int] = None  # debug: train and validate on these first batches, repeated
+    profile: bool = False  # debug: torch.profiler trace of a few steps into <run>/tb/profile
+
+
+@dataclass
+class FinetuneConfig:
+    name: str = "none"  # none | linear_probe | full | discriminative | gradual
+    freeze_bn: bool = False  # keep BatchNorm running statistics and affine parameters as loaded
+    lr_decay: float = 1.0  # discriminative: each earlier stage gets lr x lr_decay of the next one
+    unfreeze_every: int = 1  # gradual: epochs between unfreezing the next stage (head first)
 
 
 @dataclass
@@ -67,6 +106,7 @@ class TrainSchema:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
@@ -123,6 +163,19 @@ def validate_train(cfg: DictConfig) -> None:
     _choice(cfg, "trainer.precision", ("auto", "fp32", "bf16", "fp16"))
     _choice(cfg, "trainer.progress", ("auto", "rich", "plain", "none"))
     _choice(cfg, "trainer.monitor", ("val_acc", "val_loss"))
+    _number(cfg, "trainer.grad_clip", low=0, low_open=True)
+    _number(cfg, "trainer.accumulate", low=1, integer=True)
+    _number(cfg, "trainer.ema_decay", low=0, low_open=True, high=0.999999)
+    _number(cfg, "trainer.early_stopping_patience", low=1, integer=True)
+    _number(cfg, "trainer.max_steps", low=1, integer=True)
+    _number(cfg, "trainer.time_limit", low=0, low_open=True)
+    for key in ("limit_train_batches", "limit_val_batches", "overfit_batches"):
+        _number(cfg, f"trainer.{key}", low=1, integer=True)
+    _choice(cfg, "finetune.name", ("none", "linear_probe", "full", "discriminative", "gradual"))
+    _number(cfg, "finetune.lr_decay", low=0, low_open=True, high=1)
+    _number(cfg, "finetune.unfreeze_every", low=1, integer=True)
+    for key in ("head_lr_mult", "backbone_lr_mult", "layer_decay"):
+        _number(cfg, f"optimizer.{key}", low=0, low_open=True)
     _number(cfg, "data.batch_size", low=1, integer=True)
     _number(cfg, "data.eval_batch_size", low=1, integer=True)
     _number(cfg, "data.num_workers", low=0, integer=True)
@@ -133,10 +186,33 @@ def validate_train(cfg: DictConfig) -> None:
     split = cfg.data.val_split
     if split != "test":
         _number(cfg, "data.val_split", low=0, low_open=True, high=0.9)
-    _number(cfg, "augment.crop_padding", low=0, integer=True)
+    _number(cfg, "data.val_fraction", low=0, low_open=True, high=0.9)
+    _augment_ranges(cfg)
     _number(cfg, "optimizer.lr", low=0, low_open=True)
     _number(cfg, "optimizer.weight_decay", low=0)
     _number(cfg, "optimizer.momentum", low=0, high=1)
+
+
+def _augment_ranges(cfg: DictConfig) -> None:
+    _number(cfg, "augment.crop_padding", low=0, integer=True)
+    _number(cfg, "augment.color_jitter", low=0, high=1)
+    _number(cfg, "augment.hue", low=0, high=0.5)
+    _number(cfg, "augment.erasing", low=0, high=1)
+    _number(cfg, "augment.cutout", low=0, integer=True)
+    _number(cfg, "augment.randaugment_n", low=0, integer=True)
+    _number(cfg, "augment.randaugment_m", low=0, high=30, integer=True)
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _number(cfg, f"augment.{key}", low=0)
+    for key in ("mix_prob", "mix_switch_prob"):
+        _number(cfg, f"augment.{key}", low=0, high=1)
+    if cfg.augment.policy is not None:
+        _choice(cfg, "augment.policy", ("autoaugment", "randaugment", "trivialaugment"))
+    _choice(cfg, "augment.autoaugment_policy", ("imagenet", "cifar10", "svhn"))
+    for key, high in (("crop_scale", 1.0), ("crop_ratio", None), ("erasing_scale", 1.0), ("erasing_ratio", None)):
+        value = list(cfg.augment[key])
+        if len(value) != 2 or not 0 < value[0] <= value[1] or (high is not None and value[1] > high):
+            limit = f" <= {high}" if high is not None else ""
+            raise CnnlabError(f"augment.{key} must be [low, high] with 0 < low <= high{limit}, got {value}")
 
 
 def validate_eval(cfg: DictConfig) -> None:

@@ -35,7 +35,7 @@ def run(cfg: DictConfig) -> dict:
     data = data_lib.build(run_cfg.data, run_cfg.augment, device, seed=run_cfg.seed, stats=stats)
     model = models.build(run_cfg.model, data.spec)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("ema") or state["model"])  # EMA weights are the ones that were validated
     except RuntimeError as ex:
         raise CnnlabError(f"{cfg.checkpoint}: weights do not fit the model in its config "
                           f"({str(ex).strip().splitlines()[0]})") from None

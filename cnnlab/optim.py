@@ -1,4 +1,10 @@
-"""Optimizers (any torch.optim class via `_target_`) and learning-rate schedules stepped per batch."""
+"""Optimizers (any torch.optim class via `_target_`), parameter groups, and learning-rate schedules.
+
+Parameter groups come from the model's stages (input to output; the last one is the head), so that
+per-part learning rates (`head_lr_mult`, `backbone_lr_mult`, `layer_decay`) and "no weight decay on norm
+and bias parameters" (`decay_norm_bias: false`) are one mechanism. Schedules are stepped once per
+optimizer step; `plateau` also listens to the validation metric once per epoch.
+"""
 
 from __future__ import annotations
 
@@ -12,34 +18,98 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_bias: bool) -> list[dict]:
-    """Split parameters so that norm weights and biases (1-d tensors) can skip weight decay."""
-    if decay_norm_bias or weight_decay == 0:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+# Containers whose children are the real stages (torchvision and cnnlab models use these names).
+_STAGE_CONTAINERS = ("features", "layers", "blocks", "stages", "encoder")
+
+SCHEDULES = ("none", "cosine", "step", "multistep", "exponential", "onecycle", "plateau")
+
+
+def stage_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's stages, input to output, that hold parameters; the last one is the head.
+
+    A model may define `stages()` returning its modules in order; otherwise its top-level children are
+    the stages, with a `features`/`layers`/`blocks` container split into its own children.
+    """
+    if hasattr(model, "stages") and callable(model.stages):
+        modules = list(model.stages())
+    else:
+        modules = []
+        for name, child in model.named_children():
+            if name in _STAGE_CONTAINERS and isinstance(child, (nn.Sequential, nn.ModuleList)):
+                modules += list(child.children())
+            else:
+                modules.append(child)
+    return [m for m in modules if any(True for _ in m.parameters())]
+
+
+def model_stages(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The parameters of each stage; parameters owned by no stage (e.g. ViT's class token) open the list."""
+    stages = [list(m.parameters()) for m in stage_modules(model)]
+    owned = {id(p) for s in stages for p in s}
+    loose = [p for p in model.parameters() if id(p) not in owned]
+    return [loose, *stages] if loose else stages
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, *, decay_norm_bias: bool = True,
+                 head_lr_mult: float = 1.0, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0) -> list[dict]:
+    """Parameter groups with their own lr and weight decay; each carries a `name` for logs and tests.
+
+    The head (last stage) gets lr x head_lr_mult; stage i of S otherwise gets
+    lr x backbone_lr_mult x layer_decay^(S-1-i). Norm weights and biases (1-d tensors) skip weight decay
+    unless decay_norm_bias. Frozen parameters are included: they get no gradient, so the optimizer skips
+    them until gradual unfreezing turns them on.
+    """
+    stages = model_stages(model)
+    last = len(stages) - 1
+    groups = []
+    for i, stage in enumerate(stages):
+        mult = head_lr_mult if i == last else backbone_lr_mult * layer_decay ** (last - i)
+        stage_name = "head" if i == last else f"stage{i}"
+        decay = [p for p in stage if decay_norm_bias or p.ndim > 1]
+        no_decay = [p for p in stage if not decay_norm_bias and p.ndim <= 1]
+        for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "/no_decay")):
+            if params:
+                groups.append({"params": params, "lr": lr * mult, "weight_decay": wd, "name": stage_name + suffix})
+    if len({g["lr"] for g in groups}) == 1:  # no per-part lr: at most two groups (fewer, larger fused steps)
+        merged: dict[float, dict] = {}
+        for g in groups:
+            name = "no_decay" if g["name"].endswith("/no_decay") else "all"
+            merged.setdefault(g["weight_decay"], {**g, "params": [], "name": name})["params"] += g["params"]
+        groups = list(merged.values())
+    return groups
+
+
+# cnnlab's own optimizer keys: popped before the rest goes to the optimizer class.
+_OWN_KEYS = ("decay_norm_bias", "head_lr_mult", "backbone_lr_mult", "layer_decay")
 
 
 def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     cfg = OmegaConf.to_container(opt_cfg, resolve=True)
-    # cnnlab's own keys are popped; everything else goes to the optimizer class.
-    decay_norm_bias = cfg.pop("decay_norm_bias", True)
-    groups = param_groups(model, cfg.get("weight_decay", 0.0), decay_norm_bias)
+    own = {k: cfg.pop(k) for k in _OWN_KEYS if k in cfg}
+    if "lr" not in cfg:
+        raise CnnlabError("optimizer.lr is missing")
+    groups = param_groups(model, cfg["lr"], cfg.get("weight_decay", 0.0), **own)
     try:
         return instantiate(cfg, _partial_=True)(groups)
     except (InstantiationException, TypeError, ValueError) as ex:
         raise CnnlabError(f"cannot build optimizer {cfg.get('_target_')}: {ex.__cause__ or ex}") from None
 
 
-def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, epochs: int):
-    """A function step -> lr multiplier: linear warmup, then the named schedule."""
+# --------------------------------------------------------------------------------------------- schedules
+def _epochs_to_steps(value: float, steps_per_epoch: int) -> int:
+    return round(value * steps_per_epoch)
+
+
+def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, total_steps: int):
+    """A function step -> lr multiplier: linear warmup, then the named schedule (onecycle/plateau excepted)."""
     name = sched_cfg.get("name", "none")
-    total = max(1, steps_per_epoch * epochs)
-    warmup = round(sched_cfg.get("warmup_epochs", 0) * steps_per_epoch)
-    if name == "none":
+    total = max(1, total_steps)
+    warmup = _epochs_to_steps(sched_cfg.get("warmup_epochs", 0), steps_per_epoch)
+
+    def epoch_of(step: int) -> int:
+        return step // max(1, steps_per_epoch)
+
+    if name in ("none", "plateau"):
         def base(step):
             return 1.0
     elif name == "cosine":
@@ -50,13 +120,23 @@ def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, epochs: int):
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     elif name == "step":
         size, gamma = sched_cfg.step_size, sched_cfg.gamma
-        if size < 1:
-            raise CnnlabError(f"scheduler.step_size must be >= 1 epoch, got {size}")
+        if not isinstance(size, int) or size < 1:
+            raise CnnlabError(f"scheduler.step_size must be an integer >= 1 (epochs), got {size!r}")
 
         def base(step):
-            return gamma ** ((step // steps_per_epoch) // size)
+            return gamma ** (epoch_of(step) // size)
+    elif name == "multistep":
+        milestones, gamma = sorted(sched_cfg.milestones), sched_cfg.gamma
+
+        def base(step):
+            return gamma ** sum(epoch_of(step) >= m for m in milestones)
+    elif name == "exponential":
+        gamma = sched_cfg.gamma
+
+        def base(step):  # per epoch, as torch's ExponentialLR stepped once an epoch
+            return gamma ** epoch_of(step)
     else:
-        raise CnnlabError(f"scheduler.name '{name}' is unknown; choose from: none, cosine, step")
+        raise CnnlabError(f"scheduler.name '{name}' is unknown; choose from: {', '.join(SCHEDULES)}")
 
     def factor(step: int) -> float:
         ramp = (step + 1) / warmup if step < warmup else 1.0
@@ -65,14 +145,69 @@ def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, epochs: int):
     return factor
 
 
-def build_scheduler(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
-    """A LambdaLR stepped once per optimizer step."""
+class Schedule:
+    """One interface for the trainer: `step()` after every optimizer step, `epoch_end(metric)` after validation.
+
+    Most schedules are a LambdaLR of `schedule_factor`; onecycle is torch's OneCycleLR (it also cycles
+    momentum); plateau is torch's ReduceLROnPlateau on the monitored metric, after the optional warmup.
+    """
+
+    def __init__(self, per_step, plateau=None, warmup_steps: int = 0):
+        self.per_step, self.plateau, self.warmup_steps = per_step, plateau, warmup_steps
+        self.steps = 0
+
+    def step(self) -> None:
+        if self.plateau is None or self.steps < self.warmup_steps:  # after warmup, plateau owns the lr
+            self.per_step.step()
+        self.steps += 1
+
+    def epoch_end(self, metric: float) -> None:
+        """`metric`: higher is better (val accuracy, or minus the val loss)."""
+        if self.plateau is not None and self.steps >= self.warmup_steps:
+            self.plateau.step(metric)
+
+    def state_dict(self) -> dict:
+        return {"per_step": self.per_step.state_dict(), "steps": self.steps,
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.per_step.load_state_dict(state["per_step"])
+        self.steps = state["steps"]
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
+def build_scheduler(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    total_steps: int) -> Schedule:
     warm = sched_cfg.get("warmup_epochs", 0)
-    if not isinstance(warm, (int, float)) or warm < 0:
+    if isinstance(warm, bool) or not isinstance(warm, (int, float)) or warm < 0:
         raise CnnlabError(f"scheduler.warmup_epochs must be a number >= 0, got {warm!r}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(sched_cfg, steps_per_epoch, epochs))
+    name = sched_cfg.get("name", "none")
+    lr_sched = torch.optim.lr_scheduler
+    if name == "onecycle":
+        if warm:
+            raise CnnlabError("scheduler=onecycle has its own warm-up (scheduler.pct_start); set warmup_epochs=0")
+        one = lr_sched.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(2, total_steps),
+            pct_start=sched_cfg.get("pct_start", 0.3), div_factor=sched_cfg.get("div_factor", 25.0),
+            final_div_factor=sched_cfg.get("final_div_factor", 1e4),
+            anneal_strategy=sched_cfg.get("anneal_strategy", "cos"),
+            cycle_momentum=sched_cfg.get("cycle_momentum", True) and _has_momentum(optimizer))
+        return Schedule(one)
+    lam = lr_sched.LambdaLR(optimizer, schedule_factor(sched_cfg, steps_per_epoch, total_steps))
+    if name == "plateau":
+        plateau = lr_sched.ReduceLROnPlateau(optimizer, mode="max", factor=sched_cfg.get("factor", 0.1),
+                                             patience=sched_cfg.get("patience", 5),
+                                             min_lr=sched_cfg.get("min_lr", 0.0))
+        return Schedule(lam, plateau, _epochs_to_steps(warm, steps_per_epoch))
+    return Schedule(lam)
 
 
-def build(opt_cfg: DictConfig, sched_cfg: DictConfig, model: nn.Module, steps_per_epoch: int, epochs: int):
+def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    defaults = optimizer.defaults
+    return defaults.get("momentum", 0) > 0 or "betas" in defaults
+
+
+def build(opt_cfg: DictConfig, sched_cfg: DictConfig, model: nn.Module, steps_per_epoch: int, total_steps: int):
     optimizer = build_optimizer(opt_cfg, model)
-    return optimizer, build_scheduler(sched_cfg, optimizer, steps_per_epoch, epochs)
+    return optimizer, build_scheduler(sched_cfg, optimizer, steps_per_epoch, total_steps)

@@ -11,9 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.config import validate_train
+from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
-from cnnlab.engine.trainer import Trainer
+from cnnlab.engine.trainer import Trainer, planned_steps
 
 
 def hparams_of(cfg: DictConfig) -> dict:
@@ -38,11 +39,15 @@ def run(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.trainer.device)
     data = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
     model = models.build(cfg.model, data.spec)
-    optimizer, scheduler = optim.build(cfg.optimizer, cfg.scheduler, model, len(data.train), cfg.trainer.epochs)
+    finetune = Finetune(cfg.finetune, model)
+    opt_cfg = optimizer_config(cfg.finetune, cfg.optimizer)
+    steps_per_epoch, total_steps = planned_steps(cfg.trainer, len(data.train))
+    optimizer, scheduler = optim.build(opt_cfg, cfg.scheduler, model, steps_per_epoch, total_steps)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data_spec"] = data.spec.as_dict()
     say(make_console(), f"cnnlab train: {cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name} "
         f"({len(data.train.labels):,} train / {len(data.val.labels):,} val / {len(data.test.labels):,} test) "
         f"on {device}; run dir {run_dir}")
-    trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config=config, hparams=hparams_of(cfg))
+    trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config=config, hparams=hparams_of(cfg),
+                      finetune=finetune)
     return trainer.fit(model, data, optimizer, scheduler)

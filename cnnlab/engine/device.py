@@ -48,3 +48,14 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def set_deterministic(on: bool) -> None:
+    """trainer.deterministic: deterministic kernels (cuDNN, cuBLAS, scatter); warns where none exists."""
+    if on:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(on, warn_only=True)
