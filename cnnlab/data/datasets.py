@@ -1,19 +1,20 @@
-"""Dataset sources: read the official file layouts (the ones torchvision downloads into) as uint8 tensors.
+"""What every source shares: the dataset containers, file checks and downloads, decoding; digits, synthetic.
 
-Each loader returns an `ArrayDataset` with images as (N, C, H, W) uint8 and labels as int64. Files are
-read directly (gzip/idx, pickle) because the fast path wants raw uint8 arrays, and because the archives
-may sit on a read-only share. Missing files are downloaded the way torchvision does (md5-checked) when
-`download` is true; otherwise, or offline, the user gets one line naming the root and the files expected.
+A source returns an `ArrayDataset`: images as (N, C, H, W) uint8 tensors (datasets that ship as arrays)
+or as a `FileList` (one image file each, decoded on demand), labels as int64. Files are read directly
+because the fast path wants raw uint8 arrays and the archives may sit on a read-only share. Missing files
+are downloaded the way torchvision does (its URLs and md5s) when `download` is true; otherwise, or
+offline, the user gets one line naming the root and the files expected. Corrupt or truncated files are
+an error, never a silently smaller dataset.
 """
 
 from __future__ import annotations
 
 import gzip
-import pickle
-import struct
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable, Union
 
 import torch
 
@@ -21,23 +22,43 @@ from cnnlab.errors import CnnlabError
 
 
 @dataclass
+class FileList:
+    """Images kept as files; indexing with a tensor of indices gives the sub-list (like a tensor would)."""
+
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: torch.Tensor) -> "FileList":
+        return FileList([self.paths[i] for i in torch.as_tensor(index).tolist()])
+
+
+Images = Union[torch.Tensor, FileList]
+
+
+@dataclass
 class ArrayDataset:
-    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_x: Images  # (N, C, H, W) uint8, or files
     train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor
+    test_x: Images
     test_y: torch.Tensor
     classes: list[str]
 
 
-def _download(what: str, root: Path, expected: list[str], fetch) -> None:
-    """Run `fetch()` (a torchvision download helper); turn offline/HTTP/md5 failures into one clear line."""
+def read_image(path: Path):
+    """One image file as an RGB PIL image; unreadable or truncated -> CnnlabError naming it."""
+    from PIL import Image
+
     try:
-        fetch()
-    except Exception as ex:  # URLError, HTTPError, RuntimeError (md5), OSError ...
-        raise CnnlabError(
-            f"{what} not found under {root} and the download failed ({type(ex).__name__}: {ex}); "
-            f"expected {', '.join(expected)} there: copy them in, or point data.root / CNNLAB_DATA_ROOT at them"
-        ) from None
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as ex:  # UnidentifiedImageError is an OSError
+        raise corrupt(path, f"{type(ex).__name__}: {ex}") from None
+
+
+def corrupt(path: Path, detail: str) -> CnnlabError:
+    return CnnlabError(f"{path} is corrupt or truncated ({detail}); delete it and download it again")
 
 
 def _missing(what: str, root: Path, expected: list[str]) -> CnnlabError:
@@ -47,140 +68,30 @@ def _missing(what: str, root: Path, expected: list[str]) -> CnnlabError:
     )
 
 
-# ----------------------------------------------------------------------------------------------- idx (MNIST)
-def _read_idx(path: Path, expect_dims: int) -> torch.Tensor:
-    """Read an idx file (optionally gzipped): magic 0x0000 08 <ndim>, big-endian dims, then uint8 data."""
+def ensure_files(what: str, root: Path, expected: list[str], download: bool, fetch: Callable[[], None]) -> None:
+    """Check root/<expected> exist; if not, run `fetch()` (torchvision's md5-checking download helpers) when
+    `download`, turning offline/HTTP/md5 failures into one clear line."""
+    if all((root / name).exists() for name in expected):
+        return
+    if not download:
+        raise _missing(what, root, expected)
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as ex:  # gzip.BadGzipFile is an OSError; truncation raises EOFError
-        raise CnnlabError(f"{path} is corrupt or truncated ({ex}); delete it and download it again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expect_dims:
-        raise CnnlabError(f"{path} is not an idx file of {expect_dims} dimension(s) of uint8")
-    dims = struct.unpack(f">{expect_dims}I", raw[4 : 4 + 4 * expect_dims])
-    offset = 4 + 4 * expect_dims
-    count = 1
-    for d in dims:
-        count *= d
-    if len(raw) - offset != count:
-        raise CnnlabError(f"{path} is corrupt or truncated: header says {count} bytes of data, file has {len(raw) - offset}")
-    return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
+        fetch()
+    except Exception as ex:  # URLError, HTTPError, RuntimeError (md5), OSError, tarfile errors ...
+        raise CnnlabError(
+            f"{what} not found under {root} and the download failed ({type(ex).__name__}: {ex}); "
+            f"expected {', '.join(expected)} there: copy them in, or point data.root / CNNLAB_DATA_ROOT at them"
+        ) from None
+    still = [name for name in expected if not (root / name).exists()]
+    if still:
+        raise CnnlabError(f"{what}: the download did not produce {', '.join(still)} under {root}")
 
 
-def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
-    """MNIST-style datasets: <root>/<ClassName>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
-    from torchvision.datasets.utils import download_url
-
-    name = tv_class.__name__
-    raw = root / name / "raw"
-    stems = {
-        "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-        "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
-    }
-
-    def find(stem: str) -> Path | None:
-        for candidate in (raw / f"{stem}.gz", raw / stem):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    expected = [f"{name}/raw/{stem}.gz" for stem in stems.values()]
-    if any(find(stem) is None for stem in stems.values()):
-        if not download:
-            raise _missing(name, root, expected)
-
-        def fetch():
-            for filename, md5 in tv_class.resources:
-                if find(filename.removesuffix(".gz")) is not None:
-                    continue
-                errors = []
-                for mirror in tv_class.mirrors:
-                    try:
-                        download_url(f"{mirror}{filename}", str(raw), filename, md5)
-                        break
-                    except Exception as ex:
-                        errors.append(ex)
-                else:
-                    raise errors[-1]
-
-        _download(name, root, expected, fetch)
-    arrays = {key: _read_idx(find(stem), 3 if key.endswith("x") else 1) for key, stem in stems.items()}
-    for split in ("train", "test"):
-        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
-            raise CnnlabError(f"{name} {split} images and labels differ in count under {raw}")
-    return ArrayDataset(
-        arrays["train_x"].unsqueeze(1), arrays["train_y"].long(),
-        arrays["test_x"].unsqueeze(1), arrays["test_y"].long(),
-        [c.split(" - ")[0] for c in tv_class.classes],
-    )
-
-
-def load_mnist(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import MNIST
-
-    return _idx_dataset(root, download, MNIST)
-
-
-def load_fashion_mnist(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import FashionMNIST
-
-    return _idx_dataset(root, download, FashionMNIST)
-
-
-# ----------------------------------------------------------------------------------------- pickle (CIFAR)
-def _unpickle(path: Path) -> dict:
+def read_bytes(path: Path) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as ex:
-        raise CnnlabError(f"{path} is corrupt or truncated ({type(ex).__name__}: {ex}); delete it and download it again") from None
-
-
-def _cifar(root: Path, download: bool, tv_class, train_files, test_files, meta_file, label_key, names_key):
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    folder = root / tv_class.base_folder
-    needed = [*train_files, *test_files, meta_file]
-    if any(not (folder / f).is_file() for f in needed):
-        expected = [f"{tv_class.base_folder}/{f}" for f in needed]
-        if not download:
-            raise _missing(tv_class.__name__, root, expected)
-        _download(tv_class.__name__, root, expected, lambda: download_and_extract_archive(
-            tv_class.url, str(root), filename=tv_class.filename, md5=tv_class.tgz_md5))
-
-    def read(files):
-        xs, ys = [], []
-        for name in files:
-            batch = _unpickle(folder / name)
-            try:
-                data = torch.as_tensor(batch["data"], dtype=torch.uint8)
-                labels = torch.as_tensor(batch[label_key], dtype=torch.long)
-            except (KeyError, TypeError, ValueError) as ex:
-                raise CnnlabError(f"{folder / name} is not a CIFAR batch ({type(ex).__name__}: {ex})") from None
-            if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-                raise CnnlabError(f"{folder / name} is not a CIFAR batch: data {tuple(data.shape)}, {len(labels)} labels")
-            xs.append(data.reshape(-1, 3, 32, 32))
-            ys.append(labels)
-        return torch.cat(xs), torch.cat(ys)
-
-    train_x, train_y = read(train_files)
-    test_x, test_y = read(test_files)
-    classes = list(_unpickle(folder / meta_file)[names_key])
-    return ArrayDataset(train_x, train_y, test_x, test_y, classes)
-
-
-def load_cifar10(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import CIFAR10
-
-    return _cifar(root, download, CIFAR10, [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                  "batches.meta", "labels", "label_names")
-
-
-def load_cifar100(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import CIFAR100
-
-    return _cifar(root, download, CIFAR100, ["train"], ["test"], "meta", "fine_labels", "fine_label_names")
+        return path.read_bytes()
+    except OSError as ex:
+        raise corrupt(path, str(ex)) from None
 
 
 # ------------------------------------------------------------------------------------------ bundled / made
@@ -213,10 +124,3 @@ def make_synthetic(channels: int, image_size: int, num_classes: int, num_samples
     return ArrayDataset(train_x, train_y, test_x, test_y, [f"class_{i}" for i in range(num_classes)])
 
 
-SOURCES = {
-    "digits": load_digits,
-    "mnist": load_mnist,
-    "fashion_mnist": load_fashion_mnist,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-}

@@ -1,17 +1,37 @@
-"""Batched augmentation on uint8 tensors on the training device: no per-sample Python in the hot loop."""
+"""Batched augmentation on uint8 (B, C, H, W) tensors on the training device: no per-sample Python.
+
+Every op draws its per-image randomness from the generator it is given (the loader's, reseeded per
+epoch), and follows torchvision's sampling rules, so the DataLoader path (torchvision v2, per image)
+and this one have the same augmentation distributions (tests/test_augment.py checks that).
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    """n uniform draws in [low, high); generator None draws from torch's global RNG (per-image use)."""
+    dev = generator.device if generator is not None else device
+    return (torch.rand(n, generator=generator, device=dev) * (high - low) + low).to(device)
+
+
+def _randint_below(high: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One integer in [0, high[i]) per entry of `high` (a vectorised randint with per-entry bounds)."""
+    u = _uniform(len(high), 0.0, 1.0, generator, high.device)
+    return (u * high).long().clamp_max(high - 1)
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
     """Zero-pad by `padding` and crop back to the input size at a random offset per image."""
     b, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(x.device)
+    span = torch.full((b,), 2 * padding + 1, device=x.device)
+    dy, dx = _randint_below(span, generator), _randint_below(span, generator)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (b, 1, h, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (b, 1, 1, w)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
@@ -19,29 +39,127 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     return padded[batch, chan, rows, cols]
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+def random_flip(x: torch.Tensor, generator: torch.Generator | None, p: float = 0.5) -> torch.Tensor:
     """Mirror each image left-right with probability p."""
-    flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < p
+    flip = _uniform(x.shape[0], 0.0, 1.0, generator, x.device) < p
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-class BatchAugment:
-    """The train-time augmentation of a batch, built from the `augment` config group."""
+def _box_draws(b: int, h: int, w: int, scale, ratio, generator, device, *, tries: int = 10):
+    """torchvision's box candidates, vectorised: `tries` (area fraction, log-aspect) draws per image.
 
-    def __init__(self, crop_padding: int = 0, flip: bool = False):
-        self.crop_padding = crop_padding
-        self.flip = flip
+    Returns (wide, tall), each (b, tries): round(sqrt(area * r)) and round(sqrt(area / r)).
+    """
+    area = h * w * _uniform(b * tries, scale[0], scale[1], generator, device).view(b, tries)
+    r = torch.exp(_uniform(b * tries, math.log(ratio[0]), math.log(ratio[1]), generator, device)).view(b, tries)
+    return torch.sqrt(area * r).round().long(), torch.sqrt(area / r).round().long()
 
-    @property
-    def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.crop_padding > 0:
-            x = random_crop(x, self.crop_padding, generator)
-        if self.flip:
-            x = random_flip(x, generator)
-        return x
+def _first_fit(ok: torch.Tensor, *candidates: torch.Tensor):
+    """Per row, the candidates at the first column where `ok` holds, and whether any did."""
+    found = ok.any(1)
+    pick = torch.where(found, ok.float().argmax(1), torch.zeros_like(found, dtype=torch.long))[:, None]
+    return (*(c.gather(1, pick)[:, 0] for c in candidates), found)
+
+
+def random_resized_crop(x: torch.Tensor, scale, ratio, generator, size: int | None = None) -> torch.Tensor:
+    """Crop a random area fraction `scale` and aspect ratio `ratio` per image, resize it to `size` (bilinear,
+    averaging over the source pixels when shrinking, like an antialiased resize)."""
+    b, c, h, w = x.shape
+    size = size or h
+    wide, tall = _box_draws(b, h, w, scale, ratio, generator, x.device)
+    bw, bh, found = _first_fit((wide > 0) & (wide <= w) & (tall > 0) & (tall <= h), wide, tall)
+    # torchvision's fallback after 10 misses: the whole image, cut to the nearest allowed aspect ratio.
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        fw, fh = w, round(w / min(ratio))
+    elif in_ratio > max(ratio):
+        fh, fw = h, round(h * max(ratio))
+    else:
+        fw, fh = w, h
+    bh = torch.where(found, bh, torch.full_like(bh, fh))
+    bw = torch.where(found, bw, torch.full_like(bw, fw))
+    top = torch.where(found, _randint_below(h - bh + 1, generator), (h - bh) // 2)
+    left = torch.where(found, _randint_below(w - bw + 1, generator), (w - bw) // 2)
+    boxes = torch.stack([torch.arange(b, device=x.device), left, top, left + bw, top + bh], 1).float()
+    out = roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma, as torchvision's rgb_to_grayscale: (B, 1, H, W)."""
+    return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] == 3 else x
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of RGB images in [0, 1] by `shift` (fractions of a turn, one per image) via HSV."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    v, delta = maxc, maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    d = delta.clamp_min(1e-12)
+    hue = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    hue = torch.where(delta > 0, hue / 6.0, torch.zeros_like(hue))
+    hue = (hue + shift[:, None, None]) % 1.0
+    # HSV -> RGB: each channel is v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6.
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + hue * 6.0) % 6.0
+        out.append(v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, 1)
+
+
+def color_jitter(x: torch.Tensor, strength: float, hue: float, order: list[int], generator) -> torch.Tensor:
+    """torchvision's ColorJitter per image: brightness, contrast, saturation factors in [1 - s, 1 + s] and a
+    hue shift in [-hue, hue], applied in `order` (0..3; torchvision draws a new order per call)."""
+    b = x.shape[0]
+    y = x.float() / 255
+    low = max(0.0, 1.0 - strength)
+    factors = [_uniform(b, low, 1.0 + strength, generator, x.device)[:, None, None, None] for _ in range(3)]
+    shift = _uniform(b, -hue, hue, generator, x.device)
+    colour = x.shape[1] == 3
+    for op in order:
+        if op == 0 and strength > 0:
+            y = (y * factors[0]).clamp(0, 1)
+        elif op == 1 and strength > 0:
+            mean = _grey(y).mean(dim=(1, 2, 3), keepdim=True)
+            y = (factors[1] * y + (1 - factors[1]) * mean).clamp(0, 1)
+        elif op == 2 and strength > 0 and colour:
+            y = (factors[2] * y + (1 - factors[2]) * _grey(y)).clamp(0, 1)
+        elif op == 3 and hue > 0 and colour:
+            y = _shift_hue(y, shift)
+    return (y * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _fill_boxes(x, top, left, bh, bw, fill: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Set the box [top, top + bh) x [left, left + bw) of each image where `apply` to `fill` (per channel)."""
+    rows = torch.arange(x.shape[2], device=x.device)[None, :, None]
+    cols = torch.arange(x.shape[3], device=x.device)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + bh)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + bw)[:, None, None]) & apply[:, None, None])
+    return torch.where(inside[:, None], fill.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+def random_erasing(x: torch.Tensor, p: float, scale, ratio, fill: torch.Tensor, generator) -> torch.Tensor:
+    """torchvision's RandomErasing per image: with probability p, a box of `scale` area and `ratio` aspect
+    (height / width) set to `fill`; like torchvision, nothing is erased when 10 draws find no box that fits."""
+    b, _, h, w = x.shape
+    apply = _uniform(b, 0.0, 1.0, generator, x.device) < p
+    wide, tall = _box_draws(b, h, w, scale, ratio, generator, x.device)
+    bh, bw, found = _first_fit((wide < h) & (tall < w), wide, tall)  # here the height is sqrt(area r)
+    top = _randint_below((h - bh + 1).clamp_min(1), generator)
+    left = _randint_below((w - bw + 1).clamp_min(1), generator)
+    return _fill_boxes(x, top, left, bh, bw, fill, apply & found)
+
+
+def cutout(x: torch.Tensor, size: int, fill: torch.Tensor, generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor): a size x size square centred anywhere in the image (clipped at the edges)."""
+    b, _, h, w = x.shape
+    cy = _randint_below(torch.full((b,), h, device=x.device), generator)
+    cx = _randint_below(torch.full((b,), w, device=x.device), generator)
+    top, left = cy - size // 2, cx - size // 2
+    return _fill_boxes(x, top, left, torch.full_like(top, size), torch.full_like(left, size), fill,
+                       torch.ones(b, dtype=torch.bool, device=x.device))
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""MNIST-style sources (idx files): MNIST, FashionMNIST, KMNIST in torchvision's layout <root>/<Name>/raw/."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import torch
+
+from cnnlab.data.datasets import ArrayDataset, corrupt, ensure_files
+from cnnlab.errors import CnnlabError
+
+STEMS = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path, expect_dims: int) -> torch.Tensor:
+    """Read an idx file (optionally gzipped): magic 0x0000 08 <ndim>, big-endian dims, then uint8 data."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as ex:  # gzip.BadGzipFile is an OSError; truncation raises EOFError
+        raise corrupt(path, str(ex)) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expect_dims:
+        raise CnnlabError(f"{path} is not an idx file of {expect_dims} dimension(s) of uint8")
+    dims = struct.unpack(f">{expect_dims}I", raw[4 : 4 + 4 * expect_dims])
+    offset = 4 + 4 * expect_dims
+    count = 1
+    for d in dims:
+        count *= d
+    if len(raw) - offset != count:
+        raise corrupt(path, f"header says {count} bytes of data, file has {len(raw) - offset}")
+    return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
+
+
+def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
+    """<root>/<ClassName>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], downloaded from torchvision's
+    mirrors with its md5s."""
+    from torchvision.datasets.utils import download_url
+
+    name = tv_class.__name__
+    raw = root / name / "raw"
+
+    def find(stem: str) -> Path:
+        extracted = raw / stem
+        return extracted if extracted.is_file() and not (raw / f"{stem}.gz").is_file() else raw / f"{stem}.gz"
+
+    def fetch():
+        for filename, md5 in tv_class.resources:
+            if find(filename.removesuffix(".gz")).is_file():
+                continue
+            errors = []
+            for mirror in tv_class.mirrors:
+                try:
+                    download_url(f"{mirror}{filename}", str(raw), filename, md5)
+                    break
+                except Exception as ex:
+                    errors.append(ex)
+            else:
+                raise errors[-1]
+
+    ensure_files(name, root, [str(find(stem).relative_to(root)) for stem in STEMS.values()], download, fetch)
+    arrays = {key: read_idx(find(stem), 3 if key.endswith("x") else 1) for key, stem in STEMS.items()}
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
+            raise CnnlabError(f"{name} {split} images and labels differ in count under {raw}")
+    return ArrayDataset(
+        arrays["train_x"].unsqueeze(1), arrays["train_y"].long(),
+        arrays["test_x"].unsqueeze(1), arrays["test_y"].long(),
+        [c.split(" - ")[0] for c in tv_class.classes],
+    )
+
+
+def load_mnist(root: Path, download: bool) -> ArrayDataset:
+    from torchvision.datasets import MNIST
+
+    return _idx_dataset(root, download, MNIST)
+
+
+def load_fashion_mnist(root: Path, download: bool) -> ArrayDataset:
+    from torchvision.datasets import FashionMNIST
+
+    return _idx_dataset(root, download, FashionMNIST)
+
+
+def load_kmnist(root: Path, download: bool) -> ArrayDataset:
+    from torchvision.datasets import KMNIST
+
+    return _idx_dataset(root, download, KMNIST)
