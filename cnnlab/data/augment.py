@@ -52,8 +52,8 @@ class BatchAugment:
         if a.resized_crop:
             x = T.random_resized_crop(x, a.crop_scale, a.crop_ratio, generator)
         if a.crop_padding:
-            x = T.random_crop(x, a.crop_padding, generator)
-        if a.flip:
+            x = T.random_crop(x, a.crop_padding, generator, flip=0.5 if a.flip else 0.0)
+        elif a.flip:
             x = T.random_flip(x, generator)
         if a.color_jitter or a.hue:
             x = T.color_jitter(x, a.color_jitter, a.hue, rng.permutation(4).tolist(), generator)

@@ -14,6 +14,7 @@ An epoch's batches depend only on (seed, epoch), never on what ran before: a res
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -83,12 +84,34 @@ class DeviceLoader(_Loader):
         rng = np.random.default_rng(self.epoch_seed)  # per-batch draws (mixup, jitter order) stay on the host
         order = torch.randperm(len(self.labels), generator=g, device=g.device) if self.train else None
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = sl if order is None else order[sl]
-            x, y = self.images[idx], self.labels[idx]
-            if self.train and self.augment is not None:
-                x = self.augment(x, g, rng)
-            yield self._finish(x, y, rng)
+            with _one_thread(self.images.device):
+                batch = self._batch(i, order, g, rng)
+            yield batch
+
+    def _batch(self, i: int, order, g: torch.Generator, rng: np.random.Generator):
+        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        if order is None:
+            x, y = self.images[sl], self.labels[sl]
+        else:  # index_select: several times faster than x[idx] for a batch of images
+            x, y = self.images.index_select(0, order[sl]), self.labels.index_select(0, order[sl])
+        if self.train and self.augment is not None:
+            x = self.augment(x, g, rng)
+        return self._finish(x, y, rng)
+
+
+@contextmanager
+def _one_thread(device: torch.device):
+    """On the CPU, prepare a batch with one intra-op thread: the ops are small and memory-bound, and several
+    threads fighting over busy cores are 5-15x slower than one (measured on 2 shared cores)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Samples(Dataset):

@@ -26,17 +26,21 @@ def _randint_below(high: torch.Tensor, generator: torch.Generator | None) -> tor
     return (u * high).long().clamp_max(high - 1)
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Zero-pad by `padding` and crop back to the input size at a random offset per image."""
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None, flip: float = 0.0) -> torch.Tensor:
+    """Zero-pad by `padding` and crop back to the input size at a random offset per image; with `flip` > 0,
+    also mirror each image with that probability (fused: one gather does both)."""
     b, c, h, w = x.shape
+    pw = w + 2 * padding
     padded = F.pad(x, (padding, padding, padding, padding))
     span = torch.full((b,), 2 * padding + 1, device=x.device)
     dy, dx = _randint_below(span, generator), _randint_below(span, generator)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (b, 1, h, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (b, 1, 1, w)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    if flip > 0:
+        mirrored = _uniform(b, 0.0, 1.0, generator, x.device) < flip
+        cols = torch.where(mirrored[:, None], cols.flip(1), cols)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (b, h)
+    index = (rows[:, :, None] * pw + (dx[:, None] + cols)[:, None, :]).view(b, 1, h * w)  # flat, per image
+    return padded.view(b, c, -1).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None, p: float = 0.5) -> torch.Tensor:
