@@ -37,10 +37,14 @@ class _Loader:
         self.labels, self.batch_size = labels, batch_size
         self.train, self.augment, self.seed, self.epoch = train, augment, seed, 0
         self.mixer = mixer if (train and mixer is not None and mixer.active) else None
-        self.drop_last = train and len(labels) > batch_size  # a batch of 1 breaks BatchNorm in train mode
         # Normalise in one fused op: (x - 255 mean) / (255 std) on the raw uint8 values.
         self._shift = (torch.tensor(mean, device=device) * 255).view(1, -1, 1, 1)
         self._scale = (torch.tensor(std, device=device) * 255).view(1, -1, 1, 1)
+
+    @property
+    def drop_last(self) -> bool:
+        """Training drops the last partial batch (a batch of 1 breaks BatchNorm); evaluation sees everything."""
+        return self.train and len(self.labels) > self.batch_size
 
     def __len__(self) -> int:
         n = len(self.labels)

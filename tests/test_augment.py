@@ -1,0 +1,219 @@
+"""Augmentation: both loader paths draw from the same distributions; mixing, determinism, presets, eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cnnlab import data
+from cnnlab.config import AugmentConfig, DataConfig, register, validate_train
+from cnnlab.data.augment import BatchAugment, image_transform
+from cnnlab.data.loaders import DeviceLoader, WorkerLoader
+from cnnlab.data.mix import Mixer
+from cnnlab.errors import CnnlabError
+
+CPU = torch.device("cpu")
+RAW = ((0.0, 0.0, 0.0), (1 / 255,) * 3)  # mean/std that make the loaders' normalisation the identity on 0..255
+REPO = Path(__file__).resolve().parent.parent
+
+
+def augment(**kw):
+    return OmegaConf.merge(OmegaConf.structured(AugmentConfig), kw)
+
+
+def coordinates(n: int, size: int) -> torch.Tensor:
+    """Images whose pixels say where they came from: channel 0 = row + 1, channel 1 = column + 1."""
+    r = torch.arange(1, size + 1)
+    image = torch.stack([r[:, None].expand(size, size), r[None, :].expand(size, size), torch.full((size, size), 128)])
+    return image.to(torch.uint8).expand(n, 3, size, size).contiguous()
+
+
+def both_paths(images: torch.Tensor, fill=(0, 0, 0), mixer=None, batch=256, workers=0, **aug_kw):
+    """All training batches of one epoch from the device loader and from the DataLoader path."""
+    aug = augment(**aug_kw)
+    labels = torch.arange(len(images)) % 10
+    size = images.shape[-1]
+    device = DeviceLoader(images, labels, batch, *RAW, train=True, augment=BatchAugment(aug, fill), mixer=mixer, seed=1)
+    worker = WorkerLoader(images, labels, batch, *RAW, CPU, train=True, mixer=mixer, seed=1, num_workers=workers,
+                          augment=image_transform(aug, size, fill, from_files=False),
+                          eval_transform=image_transform(None, size, fill, from_files=False))
+    return [list(loader) for loader in (device, worker)]
+
+
+def stacked(batches):
+    return torch.cat([x for x, _ in batches])
+
+
+def histogram(values: torch.Tensor, bins: int) -> torch.Tensor:
+    return torch.bincount(values.long(), minlength=bins).float() / len(values)
+
+
+# ------------------------------------------------------------------------------ distributions agree
+def test_padded_crop_and_flip_agree():
+    outs = [stacked(b) for b in both_paths(coordinates(2048, 32), crop_padding=4, flip=True)]
+    stats = []
+    for out in outs:
+        rows, cols, right = out[:, 0, 16, 16], out[:, 1, 16, 16], out[:, 1, 16, 17]
+        flipped = right < cols
+        dy = rows - 13  # centre row reads source row 12 + dy (1-based value 13 + dy)
+        dx = torch.where(flipped, cols - 12, cols - 13)
+        assert dy.min() == 0 and dy.max() == 8 and dx.min() == 0 and dx.max() == 8
+        stats.append((histogram(dy, 9), histogram(dx, 9), flipped.float().mean()))
+    (hy0, hx0, f0), (hy1, hx1, f1) = stats
+    for h in (hy0, hx0, hy1, hx1):  # uniform over the 9 offsets
+        assert (h - 1 / 9).abs().max() < 0.035
+    assert abs(f0 - 0.5) < 0.05 and abs(f1 - 0.5) < 0.05
+
+
+def test_random_resized_crop_agrees():
+    size = 48
+    outs = [stacked(b) for b in both_paths(coordinates(768, size), resized_crop=True)]
+    areas, aspects = [], []
+    for out in outs:
+        cols, rows = out[:, 1, size // 2, :].float(), out[:, 0, :, size // 2].float()
+        width = (cols.max(1).values - cols.min(1).values + 1) / size
+        height = (rows.max(1).values - rows.min(1).values + 1) / size
+        areas.append((width * height).mean())
+        aspects.append(torch.log(width / height).mean())
+    assert 0.4 < areas[0] < 0.7
+    assert abs(areas[0] - areas[1]) < 0.05 and abs(aspects[0] - aspects[1]) < 0.08
+
+
+def erased(out: torch.Tensor) -> torch.Tensor:
+    return (out == 0).all(1).float().mean(dim=(1, 2))  # fraction of pixels set to the fill (0) per image
+
+
+def test_random_erasing_and_cutout_agree():
+    images = torch.full((1536, 3, 24, 24), 200, dtype=torch.uint8)
+    for kw, rate in (({"erasing": 0.5}, 0.5), ({"cutout": 6}, 1.0)):
+        fractions = [erased(stacked(b)) for b in both_paths(images, **kw)]
+        for f in fractions:
+            assert abs((f > 0).float().mean() - rate) < 0.06
+        means = [f[f > 0].mean() for f in fractions]
+        assert abs(means[0] - means[1]) < 0.02, (kw, means)
+
+
+def test_colour_jitter_agrees():
+    images = torch.tensor([150, 90, 40], dtype=torch.uint8).view(1, 3, 1, 1).expand(512, 3, 8, 8).contiguous()
+    outs = [stacked(b).mean(dim=(2, 3)) for b in both_paths(images, color_jitter=0.4, hue=0.1)]
+    assert (outs[0].std(0) > 10).all()  # it does jitter
+    assert (outs[0].mean(0) - outs[1].mean(0)).abs().max() < 6
+    assert ((outs[0].std(0) / outs[1].std(0)) - 1).abs().max() < 0.2
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+def test_policies_run_on_both_paths(policy):
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    for batches in both_paths(images, batch=16, policy=policy):
+        out = stacked(batches)
+        assert out.shape == images.shape and (out != images).flatten(1).any(1).float().mean() > 0.5
+    first, again = both_paths(images, batch=16, policy=policy), both_paths(images, batch=16, policy=policy)
+    for a, b in zip(first, again):
+        assert torch.equal(stacked(a), stacked(b))  # seeded: the same epoch, the same images
+
+
+# -------------------------------------------------------------------------------------- mixup/cutmix
+def test_mixup_is_a_convex_pair_with_soft_targets():
+    x, y = torch.randn(8, 3, 4, 4), torch.arange(8)
+    rng = np.random.default_rng(0)
+    mixer = Mixer(8, mixup_alpha=0.4)
+    lams = []
+    for _ in range(400):
+        out, target = mixer(x, y, rng)
+        lam = float(target[0, 0])
+        assert torch.allclose(out, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
+        assert torch.allclose(target.sum(1), torch.ones(8))
+        lams.append(lam)
+    lams = np.array(lams)  # Beta(0.4, 0.4): mean 1/2, variance 1/(4 (2 alpha + 1)) = 0.139
+    assert abs(lams.mean() - 0.5) < 0.05 and abs(lams.var() - 0.25 / 1.8) < 0.03
+
+
+def test_cutmix_lambda_is_the_area_kept_and_switching():
+    x, y = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 16, 16).contiguous(), torch.arange(4)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        out, target = Mixer(4, cutmix_alpha=1.0)(x, y, rng)
+        kept = (out[0] == x[0]).float().mean()
+        assert float(target[0, 0]) == pytest.approx(float(kept))
+    both = Mixer(4, mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=1.0)
+    out, _ = both(x, y, rng)
+    assert set(out.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}  # always cutmix: pasted, never blended
+    never = Mixer(4, mixup_alpha=0.2, prob=0.0)
+    assert not never.active
+
+
+def test_both_loaders_mix_identically():
+    images = torch.randint(0, 256, (512, 3, 8, 8), dtype=torch.uint8)
+    mixer = Mixer(10, mixup_alpha=0.2, cutmix_alpha=1.0)
+    device, worker = both_paths(images, mixer=mixer, batch=64)
+    lam_device = [t.max(1).values.min().item() for _, t in device]
+    lam_worker = [t.max(1).values.min().item() for _, t in worker]
+    assert lam_device == pytest.approx(lam_worker)  # one per-batch draw sequence per (seed, epoch)
+    assert all(t.shape == (64, 10) for _, t in device + worker)
+
+
+# ---------------------------------------------------------------------------- determinism and eval
+def test_epochs_are_seeded_and_workers_do_not_matter():
+    images = torch.randint(0, 256, (96, 3, 12, 12), dtype=torch.uint8)
+    aug = augment(crop_padding=2, flip=True, erasing=0.5)
+    labels = torch.arange(96) % 10
+
+    def worker_loader(workers):
+        return WorkerLoader(images, labels, 32, *RAW, CPU, train=True, seed=3, num_workers=workers,
+                            augment=image_transform(aug, 12, (0, 0, 0), from_files=False),
+                            eval_transform=image_transform(None, 12, (0, 0, 0), from_files=False))
+
+    inline, pooled = worker_loader(0), worker_loader(2)
+    for epoch in (0, 1):
+        inline.set_epoch(epoch)
+        pooled.set_epoch(epoch)
+        assert torch.equal(stacked(inline), stacked(pooled))
+    inline.set_epoch(0)
+    epoch0 = stacked(inline)
+    inline.set_epoch(1)
+    assert not torch.equal(epoch0, stacked(inline))
+    device = DeviceLoader(images, labels, 32, *RAW, train=True, augment=BatchAugment(aug, (0, 0, 0)), seed=3)
+    device.set_epoch(1)
+    first = stacked(device)
+    list(DeviceLoader(images, labels, 32, *RAW, train=True, augment=BatchAugment(aug, (0, 0, 0)), seed=9))
+    assert torch.equal(first, stacked(device))
+
+
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_evaluation_never_augments(loader):
+    data_cfg = OmegaConf.merge(OmegaConf.structured(DataConfig),
+                               {"name": "synthetic", "num_samples": 64, "batch_size": 16, "loader": loader,
+                                "num_workers": 0})
+    bundle = data.build(data_cfg, augment(crop_padding=4, flip=True, cutout=4, mixup_alpha=0.2), CPU)
+    arrays = data.load_arrays(data_cfg)
+    x, y = next(iter(bundle.test))
+    assert y.ndim == 1 and torch.allclose(x, bundle.test.normalise(arrays.test_x[:32]))
+    train = bundle.train
+    train.train, train.augment = False, None  # what `cnnlab eval split=train` does
+    x, y = next(iter(train))
+    assert y.ndim == 1 and x.shape[0] == 16
+    images = train.images if loader == "device" else train.loader.dataset.images
+    assert torch.allclose(torch.cat([b for b, _ in train]), train.normalise(images))  # in order, unaugmented
+
+
+# ---------------------------------------------------------------------------------- presets, checks
+def test_presets_compose_as_a_list():
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose("train", overrides=["augment=[basic,cutout,mixup,cutmix]"])
+    a = cfg.augment
+    assert (a.crop_padding, a.flip, a.cutout, a.mixup_alpha, a.cutmix_alpha) == (4, True, 16, 0.2, 1.0)
+    validate_train(cfg)
+    for key, value, message in (("policy", "autoaug", "augment.policy must be one of"),
+                                ("crop_scale", [0.5, 0.1], "augment.crop_scale must be"),
+                                ("mix_prob", 1.5, "augment.mix_prob must be"),
+                                ("hue", 0.6, "augment.hue must be")):
+        bad = cfg.copy()
+        bad.augment[key] = value
+        with pytest.raises(CnnlabError, match=message):
+            validate_train(bad)
