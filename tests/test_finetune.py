@@ -1,0 +1,84 @@
+"""Transfer learning from a locally saved torchvision state dict (no downloads): what trains and at which lr."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+
+from cnnlab import optim
+from cnnlab.finetune import Finetune, optimizer_config
+from conftest import cli
+
+TINY = ["data=synthetic", "data.image_size=32", "data.num_samples=40", "data.batch_size=16",
+        "trainer.progress=plain", "trainer.image_grid=0", "optimizer=sgd", "scheduler=none"]
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A 'pretrained' torchvision ResNet-18 (random weights, BN statistics made non-trivial), as a state dict."""
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def finetune_cfg(name, **kw):
+    return OmegaConf.create({"name": name, "freeze_bn": False, "lr_decay": 1.0, "unfreeze_every": 1, **kw})
+
+
+def test_gradual_unfreezes_one_stage_per_period_from_the_head():
+    model = torchvision.models.resnet18(num_classes=10)
+    finetune = Finetune(finetune_cfg("gradual", unfreeze_every=2), model)
+    stages = finetune.stages  # conv1, bn1, layer1..4, fc
+    assert len(stages) == 7 and stages[-1] is model.fc
+    for epoch, trainable in ((0, 1), (1, 1), (2, 2), (5, 3), (100, 7)):
+        model.train()
+        finetune.apply(model, epoch)
+        assert [all(p.requires_grad for p in s.parameters()) for s in stages] == [False] * (7 - trainable) + [True] * trainable
+        assert [s.training for s in stages] == [False] * (7 - trainable) + [True] * trainable
+
+
+def test_discriminative_lrs_decay_towards_the_input():
+    model = torchvision.models.resnet18(num_classes=10)
+    opt = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "layer_decay": 1.0,
+                            "head_lr_mult": 1.0})
+    groups = optim.build_optimizer(optimizer_config(finetune_cfg("discriminative", lr_decay=0.5), opt), model).param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.1 * 0.5 ** k for k in range(6, -1, -1)])
+
+
+def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, tmp_path):
+    run = tmp_path / "probe"
+    result = cli("train", "model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_file}",
+                 "finetune=linear_probe", "trainer.epochs=2", f"hydra.run.dir={run}", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = torch.load(resnet18_file, weights_only=True)
+    trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    backbone = [k for k in loaded if not k.startswith("fc.")]
+    assert all(torch.equal(loaded[k], trained[k]) for k in backbone)  # weights and BN statistics
+    assert trained["fc.weight"].shape == (10, 512)
+
+
+def test_group_learning_rates_are_what_the_config_says(resnet18_file, tmp_path):
+    run = tmp_path / "disc"
+    result = cli("train", "model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_file}",
+                 "finetune=discriminative", "finetune.lr_decay=0.5", "optimizer.lr=0.01", "optimizer.head_lr_mult=10",
+                 "trainer.epochs=1", f"hydra.run.dir={run}", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    groups = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == [f"stage{i}" for i in range(6)] + ["head"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.01 * 0.5 ** k for k in range(6, 0, -1)] + [0.1])
+
+
+def test_missing_weights_file_is_one_clear_line(tmp_path):
+    result = cli("train", "model=torchvision", "model.name=resnet18", f"model.weights_path={tmp_path}/nope.pth",
+                 *TINY, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: model.weights_path: {tmp_path}/nope.pth does not exist"] or \
+        "does not exist" in result.stderr and "Traceback" not in result.stderr
