@@ -211,10 +211,8 @@ def test_imagefolder_layouts_and_loader_choice(tmp_path):
     small = data.build(cfg(name="imagefolder", root=str(tmp_path / "flat"), image_size=8, batch_size=4), augment(), CPU)
     assert isinstance(small.train, DeviceLoader) and small.train.images.shape[1:] == (3, 8, 8)
 
-    unset = cfg(name="imagefolder")
-    unset.root = "???"  # as configs/data/imagefolder.yaml leaves it
-    with pytest.raises(CnnlabError, match="needs data.root"):
-        data.load_arrays(unset)
+    with pytest.raises(CnnlabError, match="is not a folder; set data.root=DIR"):
+        data.load_arrays(cfg(name="imagefolder", root=str(tmp_path / "nowhere")))
     with pytest.raises(CnnlabError, match="no class folders"):
         data.load_arrays(cfg(name="imagefolder", root=str(tmp_path / "flat" / "cat"), image_size=8))
 

@@ -62,8 +62,6 @@ def load_arrays(data_cfg: DictConfig, seed: int = 0) -> ArrayDataset:
         arrays = make_synthetic(data_cfg.channels or 3, data_cfg.image_size or 32, data_cfg.num_classes or 10,
                                 data_cfg.num_samples, seed)
     elif name == "imagefolder":
-        if OmegaConf.is_missing(data_cfg, "root"):
-            raise CnnlabError("data=imagefolder needs data.root=/path/to/folder (train/<class>/, val/<class>/)")
         arrays = load_imagefolder(Path(data_cfg.root).expanduser(), data_cfg.download_url, data_cfg.val_fraction,
                                   seed, data_cfg.download)
     elif name in SOURCES:
@@ -73,6 +71,8 @@ def load_arrays(data_cfg: DictConfig, seed: int = 0) -> ArrayDataset:
     if isinstance(arrays.train_x, FileList):
         if not data_cfg.image_size:
             raise CnnlabError(f"{name} images come in many sizes: set data.image_size (e.g. 224)")
+        if data_cfg.channels not in (None, 3):
+            raise CnnlabError(f"data.channels={data_cfg.channels} but {name} images are read as RGB (3 channels)")
         return arrays
     if data_cfg.image_size:
         arrays.train_x = resize_uint8(arrays.train_x, data_cfg.image_size)

@@ -61,7 +61,9 @@ class BatchAugment:
             with torch.random.fork_rng(devices=[]):  # v2 policies draw from the global RNG: isolate and seed it
                 torch.manual_seed(int(rng.integers(2**62)))
                 x = torch.stack([self.policy(image) for image in x])
-        fill = self.fill.to(x.device)
+        if self.fill.device != x.device:  # once: a host-to-device copy per batch would sync every step
+            self.fill = self.fill.to(x.device)
+        fill = self.fill
         if a.erasing:
             x = T.random_erasing(x, a.erasing, a.erasing_scale, a.erasing_ratio, fill, generator)
         if a.cutout:

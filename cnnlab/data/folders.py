@@ -115,7 +115,7 @@ def load_imagefolder(root: Path, download_url: str | None, val_fraction: float, 
 
         ensure_files("imagefolder", root, ["."], True, lambda: download_and_extract_archive(download_url, str(root)))  # no md5 known
     if not root.is_dir():
-        raise CnnlabError(f"imagefolder: {root} is not a folder; set data.root to a folder holding "
+        raise CnnlabError(f"imagefolder: {root.resolve()} is not a folder; set data.root=DIR, a folder holding "
                           "train/<class>/ and val/<class>/ image folders, or <class>/ folders")
     held_out = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
     train_dir = root / "train" if held_out is not None and (root / "train").is_dir() else root

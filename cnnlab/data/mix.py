@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 class Mixer:
@@ -33,7 +32,8 @@ class Mixer:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
         """(x, integer labels) -> (mixed x, (B, num_classes) target probabilities)."""
-        target = F.one_hot(y, self.num_classes).float()
+        # scatter rather than F.one_hot, which checks the label range on the device (a host sync per step)
+        target = torch.zeros(len(y), self.num_classes, device=x.device).scatter_(1, y[:, None], 1.0)
         kind = self._choose(rng)
         if kind is None:
             return x, target
