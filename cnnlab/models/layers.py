@@ -33,6 +33,11 @@ def check_choice(key: str, value, choices) -> None:
         raise CnnlabError(f"model.{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
+def check_bool(key: str, value) -> None:
+    if not isinstance(value, bool):
+        raise CnnlabError(f"model.{key} must be true or false; got {value!r}")
+
+
 def make_norm(kind: str, channels: int, eps: float = 1e-5) -> nn.Module:
     """BatchNorm, GroupNorm (for tiny batches: up to 32 groups that divide the channels) or nothing."""
     check_choice("norm", kind, NORMS)
@@ -192,6 +197,8 @@ class BlurPool(nn.Module):
     Replicate padding (the paper uses reflect) so that it also works on 1-pixel-wide maps.
     """
 
+    atomic = True  # one row in `cnnlab summary`
+
     def __init__(self, kernel_size: int, stride: int, padding: int = 0):
         super().__init__()
         self.max = nn.MaxPool2d(kernel_size, 1, padding)
@@ -202,6 +209,9 @@ class BlurPool(nn.Module):
     def forward(self, x):
         x = F.pad(self.max(x), (1, 1, 1, 1), mode="replicate")
         return F.conv2d(x, self.filt.to(x.dtype).expand(x.shape[1], 1, 3, 3), stride=self.stride, groups=x.shape[1])
+
+    def extra_macs(self, x, out) -> int:
+        return out[0].numel() * 9  # the 3x3 depthwise low-pass
 
 
 def make_pool(kind: str, kernel_size: int = 2, stride: int | None = None, channels: int | None = None,

@@ -15,7 +15,8 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import ConvNormAct, SqueezeExcite, check_choice, init_weights, make_act, make_norm
+from cnnlab.models.layers import (ConvNormAct, SqueezeExcite, check_bool, check_choice, init_weights, make_act,
+                                  make_norm)
 
 
 class ResidualBlock(nn.Module):
@@ -78,6 +79,8 @@ class ResNet(nn.Module):
         super().__init__()
         check_choice("stem", stem, ("auto", "imagenet", "cifar"))
         check_choice("norm", norm, ("batch", "group", "none"))
+        for key, v in (("bottleneck", bottleneck), ("se", se), ("skip", skip), ("preact", preact)):
+            check_bool(key, v)
         for key, v in (("width_mult", width_mult), ("depth_mult", depth_mult)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise CnnlabError(f"model.{key} must be a number > 0; got {v!r}")

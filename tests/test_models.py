@@ -1,0 +1,265 @@
+"""The model zoo: parameter counts against torchvision, every model at 28x28x1 / 32x32x3 / 224x224x3, the knobs."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from torch import nn
+
+from cnnlab.data import DataSpec
+from cnnlab.errors import CnnlabError
+from cnnlab.models import build, count_params
+from cnnlab.models.layers import POOLS, make_pool
+
+from conftest import REPO
+
+CONFIGS = REPO / "configs" / "model"
+ZOO = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in ("torchvision", "speedrun"))
+# The expensive ones run at 32x32 only; everything else also at 28x28x1.
+HEAVY = {"resnet101", "resnet152", "wide_resnet28_10", "wide_resnet50_2", "resnext29_8x64d", "vgg13", "vgg13_bn",
+         "vgg19", "vgg19_bn", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "densenet121"}
+AT_224 = ["lenet5", "simple_cnn", "cifar_cnn", "alexnet", "resnet18", "googlenet", "mobilenet_v2",
+          "mobilenet_v3_small", "efficientnet_b0", "vit_tiny"]
+
+
+def make(name: str, image_size: int = 32, channels: int = 3, num_classes: int = 10, **overrides) -> nn.Module:
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIGS / f"{name}.yaml"), overrides)
+    return build(cfg, DataSpec(num_classes=num_classes, channels=channels, image_size=image_size))
+
+
+def params_at_imagenet(name: str, **overrides) -> int:
+    with torch.device("meta"):
+        return count_params(make(name, 224, 3, 1000, **overrides))
+
+
+def torchvision_params(name: str, **kwargs) -> int:
+    with torch.device("meta"):
+        return count_params(getattr(torchvision.models, name)(**kwargs))
+
+
+TORCHVISION_TWINS = ["alexnet", *[f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")],
+                     *[f"resnet{d}" for d in (18, 34, 50, 101, 152)], "resnext50_32x4d", "wide_resnet50_2",
+                     "densenet121", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                     *[f"efficientnet_b{i}" for i in range(8)]]
+
+
+@pytest.mark.parametrize("name", TORCHVISION_TWINS)
+def test_parameter_count_equals_torchvision(name):
+    assert params_at_imagenet(name) == torchvision_params(name)
+
+
+def test_googlenet_parameter_count_equals_torchvision_without_aux_heads():
+    assert params_at_imagenet("googlenet") == torchvision_params("googlenet", aux_logits=False, init_weights=False)
+
+
+def test_published_parameter_counts():
+    assert params_at_imagenet("vgg16") == 138_357_544
+    assert params_at_imagenet("resnet18") == 11_689_512
+    assert params_at_imagenet("resnet50") == 25_557_032
+    assert params_at_imagenet("densenet121") == 7_978_856
+    assert params_at_imagenet("vit_tiny") == 5_717_416  # ViT-Ti/16
+    with torch.device("meta"):
+        assert count_params(make("lenet5", 28, 1)) == 44_426
+        assert count_params(make("lenet5", 32, 1)) == 61_706
+        assert 36_000_000 < count_params(make("wide_resnet28_10", 32)) < 37_000_000  # WRN-28-10: 36.5M
+        assert 34_000_000 < count_params(make("resnext29_8x64d", 32)) < 35_000_000  # 34.4M
+
+
+def forward_backward(model: nn.Module, channels: int, size: int, num_classes: int = 10) -> None:
+    x = torch.randn(2, channels, size, size)
+    out = model(x)
+    assert out.shape == (2, num_classes)
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_forward_backward_small_images(name):
+    torch.manual_seed(0)
+    sizes = [(3, 32)] if name in HEAVY else [(1, 28), (3, 32)]
+    for channels, size in sizes:
+        forward_backward(make(name, size, channels, num_classes=7), channels, size, 7)
+
+
+@pytest.mark.parametrize("name", AT_224)
+def test_forward_backward_imagenet_size(name):
+    forward_backward(make(name, 224, 3, num_classes=5), 3, 224, 5)
+
+
+def test_small_image_stems_and_classifiers():
+    small, large = make("resnet18", 32), make("resnet18", 224)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in small.modules())
+    assert small.stem[0].kernel_size == (3, 3) and small.stem[0].stride == (1, 1)
+    assert any(isinstance(m, nn.MaxPool2d) for m in large.modules())
+    with torch.device("meta"):
+        vgg32, vgg224 = make("vgg16", 32), make("vgg16", 224, num_classes=1000)
+    assert vgg32.classifier[1].in_features == 512  # a 1x1 final map: no 7x7 upsampling
+    assert vgg224.classifier[1].in_features == 512 * 7 * 7
+
+
+def test_resnet_knobs():
+    plain = make("resnet18", skip=False)
+    assert not any(b.project is not None for b in plain.stages.modules() if hasattr(b, "project"))
+    forward_backward(plain, 3, 32)
+    assert count_params(make("resnet18", width_mult=0.25)) < count_params(make("resnet18")) / 10
+    assert sum(isinstance(m, nn.GroupNorm) for m in make("resnet18", norm="group").modules()) > 10
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in make("resnet18", norm="none").modules())
+    assert sum(isinstance(m, nn.SiLU) for m in make("resnet18", act="silu").modules()) > 10
+    se = make("se_resnet18", width_mult=0.25)
+    assert sum(type(m).__name__ == "SqueezeExcite" for m in se.modules()) == 8
+    deeper = make("resnet18", depth_mult=2, width_mult=0.25)
+    assert sum(len(s) for s in deeper.stages) == 16
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"pool": "median"}, "model.pool"), ({"norm": "layer"}, "model.norm"), ({"act": "swish"}, "model.act"),
+    ({"pool": "mixed", "pool_lambda": 2}, "model.pool_lambda"), ({"pool": "lp", "pool_p": 0}, "model.pool_p"),
+])
+def test_bad_knobs_name_the_key(override, key):
+    with pytest.raises(CnnlabError, match=key):
+        make("vgg11", **override)
+
+
+def test_bad_resnet_and_efficientnet_knobs_name_the_key():
+    for name, override, key in [("resnet18", {"skip": "maybe"}, "model.skip"), ("resnet18", {"stem": "big"}, "model.stem"),
+                                ("resnet18", {"width_mult": 0}, "model.width_mult"),
+                                ("wide_resnet28_10", {"depth": 27}, "model.depth"),
+                                ("efficientnet_b0", {"variant": "b9"}, "model.variant")]:
+        with pytest.raises(CnnlabError, match=key):
+            make(name, **override)
+
+
+# ------------------------------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("kind", POOLS)
+@pytest.mark.parametrize("k, s, p, size", [(2, 2, 0, 9), (3, 2, 1, 8), (3, 2, 0, 13)])
+def test_every_pool_has_max_pooling_output_size(kind, k, s, p, size):
+    x = torch.rand(2, 4, size, size)
+    want = nn.MaxPool2d(k, s, p)(x).shape
+    pool = make_pool(kind, k, s, channels=4, padding=p)
+    assert pool(x).shape == want
+    pool.eval()
+    assert pool(x).shape == want
+
+
+def test_sum_and_lp_pooling_values():
+    x = torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]])
+    assert make_pool("sum")(x).item() == 8.0
+    assert make_pool("lp", p=1)(x).item() == pytest.approx(2.0)
+    assert make_pool("lp", p=2)(x).item() == pytest.approx((26 / 4) ** 0.5)
+    assert make_pool("lp", p=50)(x).item() == pytest.approx(4.0, rel=0.05)  # large p approaches max
+
+
+def test_stochastic_pooling_samples_in_training_and_weights_in_eval():
+    x = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])
+    pool = make_pool("stochastic")
+    torch.manual_seed(0)
+    draws = [pool(x).item() for _ in range(400)]
+    assert set(draws) == {1.0, 3.0}  # a sampled activation, never the zero
+    assert 0.65 < draws.count(3.0) / len(draws) < 0.85  # p = 3/4
+    pool.eval()
+    assert pool(x).item() == pytest.approx((1 * 1 + 3 * 3) / 4)  # sum p_i a_i, deterministic
+    assert pool(torch.zeros(1, 1, 2, 2)).item() == 0.0
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    make_pool("stochastic")(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_mixed_pooling_random_in_training_majority_in_eval():
+    x = torch.rand(4, 3, 8, 8)
+    mx, av = nn.functional.max_pool2d(x, 2), nn.functional.avg_pool2d(x, 2)
+    pool = make_pool("mixed")  # Yu et al.: each region picks max or avg at random
+    torch.manual_seed(0)
+    out = pool(x)
+    is_max, is_avg = torch.isclose(out, mx), torch.isclose(out, av)
+    assert (is_max | is_avg).all() and is_max.any() and is_avg.any()
+    assert not torch.equal(pool(x), out)  # a fresh draw each training step
+    pool.eval()
+    first = pool(x)
+    assert torch.equal(first, pool(x)) and (torch.equal(first, mx) or torch.equal(first, av))
+    pool.max_bias.fill_(-1.0)  # average was picked more often in training
+    assert torch.equal(pool(x), av)
+
+
+def test_mixed_pooling_fixed_and_learned_lambda():
+    x = torch.rand(2, 3, 8, 8)
+    mx, av = nn.functional.max_pool2d(x, 2), nn.functional.avg_pool2d(x, 2)
+    assert torch.allclose(make_pool("mixed", mix=0.3)(x), 0.3 * mx + 0.7 * av)
+    learned = make_pool("mixed", mix="learn")
+    assert torch.allclose(learned(x), 0.5 * mx + 0.5 * av)  # sigmoid(0)
+    learned(x).sum().backward()
+    assert learned.logit.grad is not None
+    learned.eval()
+    assert torch.allclose(learned(x), 0.5 * mx + 0.5 * av)
+
+
+def test_blur_and_conv_pooling():
+    blur = make_pool("blur")
+    assert torch.allclose(blur(torch.full((1, 2, 8, 8), 3.0)), torch.full((1, 2, 4, 4), 3.0))
+    assert count_params(blur) == 0
+    assert count_params(make_pool("conv", channels=8)) == 8 * 8 * 4 + 8
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_pool_knob_in_models(pool):
+    for name in ("lenet5", "mnist_cnn", "simple_cnn", "cifar_cnn"):
+        forward_backward(make(name, 28, 1, pool=pool), 1, 28)
+    vgg = make("vgg11_bn", 32, pool=pool, width_mult=0.125, hidden=32)
+    forward_backward(vgg, 3, 32)
+    vgg.eval()
+    with torch.no_grad():
+        assert vgg(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ------------------------------------------------------------------------------------------- model=torchvision
+def test_torchvision_model_fresh_and_errors():
+    model = make("torchvision", 32, 1, name="resnet18")
+    forward_backward(model, 1, 32)
+    with pytest.raises(CnnlabError, match="model.name 'resnet9000'"):
+        make("torchvision", name="resnet9000")
+    with pytest.raises(CnnlabError, match="does not exist"):
+        make("torchvision", name="resnet18", weights_path="/nonexistent/weights.pth")
+
+
+def test_torchvision_offline_download_is_a_clear_error(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(CnnlabError, match="cannot download.*weights_path"):
+        make("torchvision", name="mobilenet_v3_small", weights="DEFAULT")
+
+
+def test_torchvision_weights_path(tmp_path: Path):
+    reference = torchvision.models.mobilenet_v3_small()
+    path = tmp_path / "w.pth"
+    torch.save(reference.state_dict(), path)
+    model = make("torchvision", 32, 3, num_classes=4, name="mobilenet_v3_small", weights_path=str(path))
+    assert model.classifier[-1].out_features == 4
+    assert torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CnnlabError, match="not a state dict"):
+        make("torchvision", name="mobilenet_v3_small", weights_path=str(tmp_path / "bad.pth"))
+
+
+# ------------------------------------------------------------------------------------------- through the CLI
+@pytest.mark.parametrize("args", [
+    ["model=resnet18", "model.width_mult=0.125"],
+    ["model=vgg11_bn", "model.width_mult=0.125", "model.hidden=32", "model.pool=stochastic"],
+])
+def test_train_cli_end_to_end(run_cli, args):
+    result = run_cli("train", *args, "data=synthetic", "data.image_size=32", "data.num_samples=64",
+                     "data.batch_size=32", "trainer.epochs=1", "trainer.device=cpu", "trainer.image_grid=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_train_cli_bad_knob_is_one_line(run_cli):
+    result = run_cli("train", "model=vgg11", "model.pool=median", "data=synthetic", "data.num_samples=16",
+                     "trainer.epochs=1")
+    assert result.returncode == 2
+    assert "model.pool must be one of" in result.stderr and "Traceback" not in result.stderr
