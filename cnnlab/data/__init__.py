@@ -3,6 +3,12 @@
 Honest evaluation by default: `data.val_split` (a fraction) is held out of the training set with a seeded
 permutation and picks the best checkpoint; the test split is only for the final report.
 `data.val_split=test` selects on the test split instead, as much published code does.
+
+Modules: sources.py names the datasets (idx.py, cifar.py, svhn.py + matlab.py, stl10.py, folders.py,
+datasets.py for what they share); augment.py turns the augment group into a pipeline, built from
+transforms.py (batched ops) and mix.py (mixup/cutmix); loaders.py has the device-resident loader and the
+DataLoader one. `data.loader=auto` keeps everything on the device except image files larger than
+DEVICE_MAX_FILE_SIZE, which stream through DataLoader workers (`data.num_workers`).
 """
 
 from __future__ import annotations
