@@ -69,6 +69,8 @@ def read_mat(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     raw = read_bytes(path)
     if len(raw) < 128 or raw[126:128] not in (b"IM", b"MI"):
         raise CnnlabError(f"{path} is not a MATLAB v5 .mat file (header too short or no endian mark)")
+    if b"MATLAB 7.3" in raw[:116]:
+        raise CnnlabError(f"{path} is a MATLAB 7.3 (HDF5) file; cnnlab reads v5 .mat files (save -v6 or -v7)")
     order = "<" if raw[126:128] == b"IM" else ">"
     found: dict[str, np.ndarray] = {}
     try:
