@@ -105,14 +105,14 @@ class ResNet(nn.Module):
                                             groups if bottleneck else 1, norm, act, se, skip, preact, block_dropout))
                 c = planes * expansion
             stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.layers = nn.Sequential(*stages)  # "layers": the name optim.stage_modules splits into stages
         # Pre-activation blocks end on a conv: normalise and activate once more before pooling.
         self.final = nn.Sequential(make_norm(norm, c), make_act(act)) if preact else nn.Identity()
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
         init_weights(self)
 
     def forward(self, x):
-        return self.head(self.final(self.stages(self.stem(x))))
+        return self.head(self.final(self.layers(self.stem(x))))
 
 
 def resnet18(**kw) -> ResNet:
