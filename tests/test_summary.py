@@ -1,0 +1,132 @@
+"""`cnnlab summary`: per-layer shapes/params/MACs against known numbers, receptive fields, collapse warnings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cnnlab.analysis.receptive_field import receptive_field
+from cnnlab.analysis.summary import summarize
+from cnnlab.data import DataSpec
+from cnnlab.errors import CnnlabError
+from cnnlab.models import build
+from cnnlab.models.layers import POOLS, make_pool
+from cnnlab.summary import spec_of
+
+from conftest import REPO
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tests/test_models.py
+    yield
+    torch.set_num_threads(threads)
+
+
+def summary_of(name: str, image_size: int, channels: int = 3, num_classes: int = 1000) -> dict:
+    cfg = OmegaConf.load(REPO / "configs" / "model" / f"{name}.yaml")
+    model = build(cfg, DataSpec(num_classes=num_classes, channels=channels, image_size=image_size))
+    return summarize(model, (channels, image_size, image_size))
+
+
+@pytest.mark.parametrize("name, gmacs, params, rf", [("resnet18", 1.82, 11_689_512, 435),
+                                                     ("resnet50", 4.11, 25_557_032, 427)])
+def test_resnet_macs_params_and_receptive_field_at_224(name, gmacs, params, rf):
+    s = summary_of(name, 224)
+    assert s["macs"] == pytest.approx(gmacs * 1e9, rel=0.02)
+    assert s["params"] == s["trainable_params"] == params
+    assert sum(row["params"] for row in s["layers"]) == params
+    assert s["receptive_field"] == {"size": rf, "jump": 32, "map": [7, 7], "global": False}
+    assert s["collapse"] is None
+
+
+def test_lenet5_rows_by_hand():
+    s = summary_of("lenet5", 32, channels=1, num_classes=10)
+    rows = {r["name"]: r for r in s["layers"]}
+    assert rows["features.0"]["shape"] == [6, 28, 28] and rows["features.0"]["params"] == 156
+    assert rows["features.0"]["macs"] == 6 * 28 * 28 * 25
+    assert rows["features.5"]["shape"] == [16, 5, 5]
+    assert rows["classifier.1"]["macs"] == 400 * 120
+    assert s["macs"] == 6 * 28 * 28 * 25 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    assert s["params"] == 61_706
+    assert s["activation_bytes"] == 4 * sum(torch.Size(r["shape"]).numel() for r in s["layers"])
+    # conv5 -> pool2 -> conv5 -> pool2: 5 + 1 + 4*2 + 1*2 = 16 pixels, 4 apart
+    assert s["receptive_field"]["size"] == 16 and s["receptive_field"]["jump"] == 4
+
+
+def test_receptive_fields_of_classic_nets():
+    assert summary_of("vgg16", 32, num_classes=10)["receptive_field"]["size"] == 212
+    assert summary_of("alexnet", 224)["receptive_field"]["size"] == 195
+    vit = summary_of("vit_tiny", 32, num_classes=10)
+    assert vit["receptive_field"]["global"] and vit["receptive_field"]["map"] == [8, 8]
+    assert vit["layers"][-1]["name"] == "(other parameters)"  # class token and position embeddings
+    assert any(r["name"].endswith("(matmuls)") and r["macs"] > 0 for r in vit["layers"])
+
+
+def test_two_3x3_convs_see_a_5x5_field():
+    two = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.ReLU(), nn.Conv2d(1, 1, 3, padding=1))
+    assert receptive_field(two, torch.rand(1, 1, 16, 16))["size"] == 5
+    strided = nn.Sequential(nn.Conv2d(1, 1, 3, 2, 1), nn.Conv2d(1, 1, 3, padding=1))
+    assert receptive_field(strided, torch.rand(1, 1, 16, 16)) == {"size": 7, "jump": 2, "map": [8, 8],
+                                                                   "global": False}
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_receptive_field_through_every_pool(kind):
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), make_pool(kind, 2, channels=1))
+    field = receptive_field(net.eval(), torch.rand(1, 1, 16, 16))
+    # a 3x3 conv, then a 2x2 window with stride 2; blur adds its 3x3 low-pass (at stride 1 before it)
+    assert field == {"size": 6 if kind == "blur" else 4, "jump": 2, "map": [8, 8], "global": False}
+
+
+def test_collapse_names_the_layer():
+    net = nn.Sequential(nn.Conv2d(1, 2, 5), nn.MaxPool2d(2), nn.Conv2d(2, 2, 5), nn.Flatten(), nn.Linear(2, 3))
+    s = summarize(net, (1, 8, 8))
+    assert s["collapse"]["layer"] == "2" and s["collapse"]["type"] == "Conv2d"
+    assert s["collapse"]["input"] == [2, 2, 2]
+    assert s["receptive_field"] is None
+    assert [r["name"] for r in s["layers"]][:2] == ["0", "1"]
+
+
+def test_spec_from_data_config_without_loading():
+    spec = spec_of(OmegaConf.load(REPO / "configs" / "data" / "mnist.yaml"))
+    assert (spec.channels, spec.image_size, spec.num_classes) == (1, 28, 10)
+    with pytest.raises(CnnlabError, match="data.num_classes"):
+        spec_of(OmegaConf.create({"name": "folder", "channels": 3, "image_size": 64, "num_classes": None}))
+
+
+def test_cli_json(run_cli, tmp_path):
+    result = run_cli("summary", "model=resnet18", "data=synthetic", "data.image_size=224", "data.num_classes=1000",
+                     "format=json", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    for key in ("params", "trainable_params", "macs", "activation_bytes", "receptive_field", "layers"):
+        assert key in report
+    assert report["params"] == 11_689_512
+    assert report["macs"] == pytest.approx(1.82e9, rel=0.02)
+    assert report["layers"][0] == {"name": "stem.0.0", "type": "Conv2d", "shape": [64, 112, 112], "params": 9408,
+                                   "macs": 64 * 112 * 112 * 3 * 49, "bytes": 64 * 112 * 112 * 4}
+    assert list(tmp_path.iterdir()) == []  # a summary writes nothing
+
+
+def test_cli_table_and_collapse_warning(run_cli):
+    result = run_cli("summary", "model=vgg16", "data=cifar10", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "features.0.0" in result.stdout and "33,638,218" in result.stdout
+    assert "receptive field 212 px, jump 32 px" in result.stdout
+    result = run_cli("summary", "model=torchvision", "model.name=alexnet", "data=mnist", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "collapses below 1 at features.5 (MaxPool2d)" in " ".join(result.stdout.split())
+
+
+def test_cli_bad_format_is_one_line(run_cli):
+    result = run_cli("summary", "format=xml", env=ONE_THREAD)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: format must be one of table, json; got 'xml'"
