@@ -134,7 +134,8 @@ def test_bad_knobs_name_the_key(override, key):
 
 
 def test_bad_resnet_and_efficientnet_knobs_name_the_key():
-    for name, override, key in [("resnet18", {"skip": "maybe"}, "model.skip"), ("resnet18", {"stem": "big"}, "model.stem"),
+    for name, override, key in [("resnet18", {"skip": "maybe"}, "model.skip"),
+                                ("resnet18", {"stem": "big"}, "model.stem"),
                                 ("resnet18", {"width_mult": 0}, "model.width_mult"),
                                 ("wide_resnet28_10", {"depth": 27}, "model.depth"),
                                 ("efficientnet_b0", {"variant": "b9"}, "model.variant")]:

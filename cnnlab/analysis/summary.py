@@ -71,7 +71,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
                 layers.append({"name": name + " (matmuls)", "type": type(module).__name__, "shape": list(x.shape[1:]),
                                "params": 0, "macs": _macs(module, inp, x), "bytes": 0})
                 return
-            params = 0 if module in seen else sum(p.numel() for p in module.parameters(recurse=getattr(module, "atomic", False)))
+            own = module.parameters(recurse=getattr(module, "atomic", False))
+            params = 0 if module in seen else sum(p.numel() for p in own)  # a reused module counts once
             seen.add(module)
             layers.append({"name": name, "type": type(module).__name__, "shape": list(x.shape[1:]), "params": params,
                            "macs": _macs(module, inp, x), "bytes": x.numel() // x.shape[0] * x.element_size()})
@@ -101,8 +102,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     total = sum(p.numel() for p in model.parameters())
     listed = sum(row["params"] for row in layers)
     if total != listed:  # parameters used outside leaf layers (class tokens, position embeddings) or never called
-        layers.append({"name": "(layers not run)" if collapse else "(other parameters)", "type": "", "shape": [], "params": total - listed, "macs": 0,
-                       "bytes": 0})
+        layers.append({"name": "(layers not run)" if collapse else "(other parameters)", "type": "", "shape": [],
+                       "params": total - listed, "macs": 0, "bytes": 0})
     return {
         "input": list(input_shape), "params": total,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
