@@ -8,6 +8,7 @@ optimizer step; `plateau` also listens to the validation metric once per epoch.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -30,7 +31,7 @@ def stage_modules(model: nn.Module) -> list[nn.Module]:
     A model may define `stages()` returning its modules in order; otherwise its top-level children are
     the stages, with a `features`/`layers`/`blocks` container split into its own children.
     """
-    if hasattr(model, "stages") and callable(model.stages):
+    if inspect.ismethod(getattr(model, "stages", None)):  # a method, not a submodule that happens to be callable
         modules = list(model.stages())
     else:
         modules = []
