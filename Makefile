@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/cnnlab train
 
+# Two workers, one file each at a time (module fixtures stay shared), one thread per process: most tests
+# start a `cnnlab` subprocess, and two busy processes with two threads each thrash two cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	CNNLAB_DATA_ROOT=$${CNNLAB_DATA_ROOT:-$(DATA_ROOT)} $(BIN)/python scripts/bench_data.py --out outputs/bench_data.json
