@@ -69,7 +69,7 @@ def test_early_stopping_and_max_steps(tmp_path):
 def test_time_limit_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
     args = ["data.batch_size=8", "trainer.epochs=3", "trainer.log_every=1000", *QUIET]
     whole = train(tmp_path, "whole", *args)
-    cut = train(tmp_path, "cut", *args, "trainer.time_limit=0.4")
+    cut = train(tmp_path, "cut", *args, "trainer.time_limit=0.25")
     stopped = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
     assert stopped["fit"]["finished"] is False and stopped["fit"]["batch"] > 0  # stopped inside an epoch
     train(tmp_path, "cut", *args, "trainer.resume=auto")
