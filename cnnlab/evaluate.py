@@ -40,9 +40,7 @@ def run(cfg: DictConfig) -> dict:
         raise CnnlabError(f"{cfg.checkpoint}: weights do not fit the model in its config "
                           f"({str(ex).strip().splitlines()[0]})") from None
     model.to(device)
-    loader = {"test": data.test, "val": data.val, "train": data.train}[cfg.split]
-    if cfg.split == "train":
-        loader.train, loader.augment = False, None  # evaluate the training images as they are, in order
+    loader = data.train.evaluation_mode() if cfg.split == "train" else {"test": data.test, "val": data.val}[cfg.split]
     result = evaluate(model, loader, data.spec.num_classes, autocast_for(device, resolve_precision("auto", device)))
     classes = data.spec.classes
     report = {

@@ -194,7 +194,7 @@ def test_evaluation_never_augments(loader):
     x, y = next(iter(bundle.test))
     assert y.ndim == 1 and torch.allclose(x, bundle.test.normalise(arrays.test_x[:32]))
     train = bundle.train
-    train.train, train.augment = False, None  # what `cnnlab eval split=train` does
+    train.evaluation_mode()  # what `cnnlab eval split=train` does
     x, y = next(iter(train))
     assert y.ndim == 1 and x.shape[0] == 16
     images = train.images if loader == "device" else train.loader.dataset.images

@@ -54,6 +54,9 @@ def test_ema_weights_are_validated_saved_and_evaluated(tmp_path):
     result = cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", f"output={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert abs(read_json(out)["top1"] - metrics["test_acc"]) < 1e-6
+    result = cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "split=train", f"output={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read_json(out)["count"] == 1294  # every digits training image left after the 10% hold-out: none dropped
 
 
 def test_early_stopping_and_max_steps(tmp_path):

@@ -57,6 +57,11 @@ class _Loader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def evaluation_mode(self):
+        """Switch this loader to evaluation (in order, every image, no augmentation or mixing); returns it."""
+        self.train, self.augment, self.mixer = False, None, None
+        return self
+
     @property
     def epoch_seed(self) -> int:
         return self.seed * 100_003 + self.epoch
