@@ -46,6 +46,13 @@ def test_cfg_job_prints_composed_config(run_cli):
     (["trainer.precision=fp8"], "trainer.precision must be one of"),
     (["trainer.resume=/nonexistent/last.pt"], "/nonexistent/last.pt does not exist"),
     (["data=mnist", "data.root=/nonexistent/root", "data.download=false"], "MNIST not found under /nonexistent/root"),
+    (["trainer.accumulate=0"], "trainer.accumulate must be >= 1"),
+    (["trainer.ema_decay=1.5"], "trainer.ema_decay must be"),
+    (["finetune=bogus"], "unknown finetune 'bogus'"),
+    (["debug=fastest"], "unknown debug 'fastest'"),
+    (["scheduler=onecycle", "scheduler.warmup_epochs=1"], "own warm-up"),
+    (["scheduler.name=cyclic"], "scheduler.name 'cyclic' is unknown"),
+    (["augment.mix_prob=2"], "augment.mix_prob must be"),
 ])
 def test_bad_train_input_is_one_line_exit_2(run_cli, args, message):
     result = run_cli("train", "trainer.epochs=1", *args) if "trainer.epochs" not in " ".join(args) else run_cli(
