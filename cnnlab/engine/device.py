@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from functools import partial
 
@@ -53,8 +54,6 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
 def set_deterministic(on: bool) -> None:
     """trainer.deterministic: deterministic kernels (cuDNN, cuBLAS, scatter); warns where none exists."""
     if on:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

@@ -77,19 +77,21 @@ class Trainer:
         self.ema: AveragedModel | None = None
 
     # ------------------------------------------------------------------------------------------ resume
-    def _resume_path(self) -> Path | None:
+    def _resume_from(self) -> tuple[Path, dict] | None:
+        """(path, checkpoint) to continue from, read once, or None to start fresh."""
         resume = self.cfg.resume
         if not resume:
             return None
         if resume == "auto":
             last = self.ckpt_dir / "last.pt"
-            if last.is_file() and not checkpoint.load(last).get("fit", {}).get("finished", False):
-                return last
-            return None
-        return Path(resume).expanduser()
+            if not last.is_file():
+                return None
+            state = checkpoint.load(last)
+            return None if state.get("fit", {}).get("finished", False) else (last, state)
+        path = Path(resume).expanduser()
+        return path, checkpoint.load(path)
 
-    def _restore(self, path: Path, model, optimizer, scheduler, scaler) -> FitState:
-        state = checkpoint.load(path)
+    def _restore(self, path: Path, state: dict, model, optimizer, scheduler, scaler) -> FitState:
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -137,6 +139,10 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "config": self.config,
         })
+
+    def _eval_loader(self, loader):
+        """Validation and test loaders, cut to trainer.limit_val_batches (debug=fast) when set."""
+        return LimitedBatches(loader, self.cfg.limit_val_batches) if self.cfg.limit_val_batches else loader
 
     def _out_of_time(self) -> bool:
         return self.cfg.time_limit is not None and time.monotonic() - self.started >= self.cfg.time_limit
@@ -240,9 +246,9 @@ class Trainer:
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True)
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         fit = FitState()
-        resume = self._resume_path()
+        resume = self._resume_from()
         if resume is not None:
-            fit = self._restore(resume, model, optimizer, scheduler, scaler)
+            fit = self._restore(*resume, model, optimizer, scheduler, scaler)
         step_model = torch.compile(model) if self.cfg.compile else model
         eval_model = self.ema.module if self.ema is not None else step_model
         train_loader, val_loader = data.train, data.val
@@ -250,8 +256,8 @@ class Trainer:
             train_loader = val_loader = FixedBatches(data.train, self.cfg.overfit_batches)
         elif self.cfg.limit_train_batches:
             train_loader = LimitedBatches(train_loader, self.cfg.limit_train_batches)
-        if self.cfg.limit_val_batches and not self.cfg.overfit_batches:
-            val_loader = LimitedBatches(val_loader, self.cfg.limit_val_batches)
+        if not self.cfg.overfit_batches:
+            val_loader = self._eval_loader(val_loader)
         spec = data.spec
         epochs = self.cfg.epochs
         tb = TensorBoard(self.run_dir / "tb", purge_step=fit.epoch if fit.epoch else None)
@@ -320,8 +326,7 @@ class Trainer:
         spec = data.spec
         best = checkpoint.load(self.ckpt_dir / "best.pt")
         model.load_state_dict(best.get("ema") or best["model"])  # the weights that were validated
-        test_loader = LimitedBatches(data.test, self.cfg.limit_val_batches) if self.cfg.limit_val_batches else data.test
-        test = evaluate(model, test_loader, spec.num_classes, self.autocast, self.memory_format)
+        test = evaluate(model, self._eval_loader(data.test), spec.num_classes, self.autocast, self.memory_format)
         best_val = next(h for h in fit.history if h["epoch"] == fit.best_epoch)
         last = fit.history[-1]
         metrics = {

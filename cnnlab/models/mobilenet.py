@@ -12,10 +12,11 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import ConvNormAct, InvertedResidual, check_choice, init_weights, make_act, make_divisible
 
 
-def _stem_stride(stem: str, image_size: int) -> int:
+def _stem(in_channels: int, out: int, stem: str, image_size: int, norm: str, act: str, **kw) -> ConvNormAct:
+    """The conv3x3 stem: stride 2 at ImageNet sizes, stride 1 for small (CIFAR-sized) images."""
     check_choice("stem", stem, ("auto", "imagenet", "cifar"))
     cifar = image_size <= 64 if stem == "auto" else stem == "cifar"
-    return 1 if cifar else 2
+    return ConvNormAct(in_channels, out, 3, 1 if cifar else 2, norm=norm, act=act, **kw)
 
 
 def _check_width(width_mult) -> None:
@@ -37,7 +38,7 @@ class MobileNetV1(nn.Module):
         super().__init__()
         _check_width(width_mult)
         c = make_divisible(32 * width_mult)
-        layers = [ConvNormAct(in_channels, c, 3, _stem_stride(stem, image_size), norm=norm, act=act)]
+        layers = [_stem(in_channels, c, stem, image_size, norm, act)]
         for out, stride in self.BLOCKS:
             out = make_divisible(out * width_mult)
             layers += [ConvNormAct(c, c, 3, stride, groups=c, norm=norm, act=act),
@@ -61,7 +62,7 @@ class MobileNetV2(nn.Module):
         super().__init__()
         _check_width(width_mult)
         c = make_divisible(32 * width_mult)
-        layers = [ConvNormAct(in_channels, c, 3, _stem_stride(stem, image_size), norm=norm, act=act)]
+        layers = [_stem(in_channels, c, stem, image_size, norm, act)]
         for t, out, n, s in self.SETTINGS:
             out = make_divisible(out * width_mult)
             for i in range(n):
@@ -103,8 +104,7 @@ class MobileNetV3(nn.Module):
         table, head_width = (V3_LARGE, 1280) if variant == "large" else (V3_SMALL, 1024)
         adjust = lambda ch: make_divisible(ch * width_mult)  # noqa: E731
         c = adjust(16)
-        layers = [ConvNormAct(in_channels, c, 3, _stem_stride(stem, image_size), norm=norm, act="hardswish",
-                              eps=1e-3)]
+        layers = [_stem(in_channels, c, stem, image_size, norm, "hardswish", eps=1e-3)]
         for k, exp, out, use_se, act, s in table:
             exp, out = adjust(exp), adjust(out)
             squeeze = make_divisible(exp // 4) if use_se and se else 0
