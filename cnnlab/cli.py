@@ -13,9 +13,9 @@ from pathlib import Path
 
 # command -> (module with run(cfg), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("cnnlab.train", "train a model; best/last checkpoints, TensorBoard, metrics.json"),
-    "eval": ("cnnlab.evaluate", "evaluate a checkpoint: loss, top-1, top-5, per-class accuracy"),
-    "summary": ("cnnlab.summary", "per-layer shapes, parameters, MACs and receptive field of a model"),
+    "train": ("cnnlab.commands.train", "train a model; best/last checkpoints, TensorBoard, metrics.json"),
+    "eval": ("cnnlab.commands.evaluate", "evaluate a checkpoint: loss, top-1, top-5, per-class accuracy"),
+    "summary": ("cnnlab.commands.summary", "per-layer shapes, parameters, MACs and receptive field of a model"),
 }
 
 USAGE = """usage: cnnlab <command> [hydra overrides] [--help] [--cfg job] [-m]

@@ -15,7 +15,7 @@ from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.models import build
 from cnnlab.models.layers import POOLS, make_pool
-from cnnlab.summary import spec_of
+from cnnlab.commands.summary import spec_of
 
 from conftest import REPO
 
