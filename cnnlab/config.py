@@ -75,6 +75,7 @@ class TrainerConfig:
     log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
     monitor: str = "val_acc"  # the metric that picks best.pt
     image_grid: int = 32  # validation images in the TensorBoard prediction grid (0: none)
+    image_every: int = 1  # epochs between prediction grids in TensorBoard (the last epoch always gets one; 0: none)
     progress: str = "auto"  # auto | rich | plain | none
     grad_clip: Optional[float] = None  # clip the global gradient norm to this value
     accumulate: int = 1  # micro-batches per optimizer step (effective batch = accumulate x batch_size)
@@ -87,6 +88,8 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None  # debug: validate/test on at most this many batches
     overfit_batches: Optional[int] = None  # debug: train and validate on these first batches, repeated
     profile: bool = False  # debug: torch.profiler trace of a few steps into <run>/tb/profile
+    overwrite: bool = False  # train into a run dir that already holds a run (its checkpoints, tb/ and metrics go)
+    nan_policy: str = "stop"  # stop | skip_batch: what a non-finite loss does (checked at the log interval)
 
 
 @dataclass
@@ -116,13 +119,62 @@ class EvalSchema:
     data_root: Optional[str] = None  # null: the root stored in the checkpoint
     batch_size: Optional[int] = None
     device: str = "auto"
-    output: Optional[str] = None  # null: eval.json in the run directory
+    output: Optional[str] = None  # eval.json's path (null: in output_dir)
+    output_dir: Optional[str] = None  # null: <run>/eval/<split>/ beside the checkpoint's run (or beside `output`)
+    tta: str = "none"  # none | flip (average the logits of the image and its mirror image)
+    grid: int = 32  # misclassified images in the picture (0: none)
+    pairs: int = 10  # most-confused class pairs reported
+
+
+@dataclass
+class PredictSchema:
+    checkpoint: str = MISSING
+    inputs: Any = MISSING  # an image file, a directory, a glob, or a list of them
+    topk: int = 5
+    batch_size: int = 64
+    device: str = "auto"
+    output: Optional[str] = None  # null: predictions.json in the run directory
+
+
+@dataclass
+class FeaturesSchema:
+    checkpoint: str = MISSING
+    input: str = MISSING  # one image file
+    layers: Optional[list[str]] = None  # module names (as in the summary); null: the output of every stage
+    max_maps: int = 64  # feature maps (channels) shown per layer
+    device: str = "auto"
+
+
+@dataclass
+class ExportSchema:
+    checkpoint: str = MISSING
+    format: str = "onnx"  # onnx | torchscript
+    output: Optional[str] = None  # null: beside the checkpoint, <name>.onnx / <name>.torchscript.pt
+    tolerance: float = 1e-4  # largest allowed |exported - PyTorch| over the parity batch's logits
+    inputs: Any = None  # image files for the parity check; null: a batch of the checkpoint's test split
+    data_root: Optional[str] = None  # null: the root stored in the checkpoint
+    batch_size: int = 16  # images in the parity batch
+    opset: Optional[int] = None  # ONNX opset (null: torch.onnx's default)
+
+
+@dataclass
+class PreviewSchema:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    count: int = 32  # images in the grid
+    columns: int = 8
+    output: Optional[str] = None  # null: augment_preview.png in the run directory
 
 
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)
+    cs.store(name="predict_schema", node=PredictSchema)
+    cs.store(name="features_schema", node=FeaturesSchema)
+    cs.store(name="export_schema", node=ExportSchema)
+    cs.store(name="preview_schema", node=PreviewSchema)
 
 
 def _number(cfg: DictConfig, key: str, *, low: float, low_open: bool = False, high: float | None = None,
@@ -160,9 +212,11 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "trainer.log_every", low=1, integer=True)
     _number(cfg, "trainer.label_smoothing", low=0, high=0.99)
     _number(cfg, "trainer.image_grid", low=0, integer=True)
+    _number(cfg, "trainer.image_every", low=0, integer=True)
     _choice(cfg, "trainer.precision", ("auto", "fp32", "bf16", "fp16"))
     _choice(cfg, "trainer.progress", ("auto", "rich", "plain", "none"))
     _choice(cfg, "trainer.monitor", ("val_acc", "val_loss"))
+    _choice(cfg, "trainer.nan_policy", ("stop", "skip_batch"))
     _number(cfg, "trainer.grad_clip", low=0, low_open=True)
     _number(cfg, "trainer.accumulate", low=1, integer=True)
     _number(cfg, "trainer.ema_decay", low=0, low_open=True, high=0.999999)
@@ -218,3 +272,6 @@ def _augment_ranges(cfg: DictConfig) -> None:
 def validate_eval(cfg: DictConfig) -> None:
     _choice(cfg, "split", ("test", "val", "train"))
     _number(cfg, "batch_size", low=1, integer=True)
+    _choice(cfg, "tta", ("none", "flip"))
+    _number(cfg, "grid", low=0, integer=True)
+    _number(cfg, "pairs", low=0, integer=True)

@@ -1,10 +1,16 @@
-"""A grid of images captioned with true / predicted labels (TensorBoard, and reports)."""
+"""Grids of images with full captions: predictions ("true -> pred (p)"), misclassified examples, augmented batches."""
 
 from __future__ import annotations
 
-import numpy as np
+import math
+from collections.abc import Sequence
+
 import torch
-from PIL import Image, ImageDraw
+
+from cnnlab.analysis.figures import new_figure, show_image, to_tensor
+
+RIGHT, WRONG, NEUTRAL = "#1a7f37", "#c62828", "#222222"
+LEGEND = "caption: true class -> predicted class (probability); green: right, red: wrong"
 
 
 def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -14,23 +20,58 @@ def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
-def prediction_grid(images: torch.Tensor, true: list[int], pred: list[int], classes: list[str],
-                    columns: int = 8, cell: int = 64) -> torch.Tensor:
-    """uint8 (N, C, H, W) images -> one uint8 (3, H', W') picture; captions green when right, red when wrong."""
+def class_name(classes: Sequence[str], k: int) -> str:
+    return str(classes[k]) if k < len(classes) else str(k)
+
+
+def caption(true: int, pred: int, classes: Sequence[str], prob: float | None = None) -> str:
+    """"true -> pred (p)" in full; a right prediction names its class once."""
+    text = class_name(classes, true) if true == pred else f"{class_name(classes, true)} -> {class_name(classes, pred)}"
+    return text if prob is None else f"{text} ({prob:.2f})"
+
+
+def _wrap(text: str, width: int) -> str:
+    """Break a long caption after its arrow (class names are never cut)."""
+    if len(text) <= width or " -> " not in text:
+        return text
+    head, tail = text.split(" -> ", 1)
+    return f"{head} ->\n{tail}"
+
+
+def grid_figure(images: torch.Tensor, captions: Sequence[str], colours: Sequence[str] | None = None,
+                title: str = "", columns: int = 8, tile: float = 1.45):
+    """uint8 (N, C, H, W) images in a grid of `tile`-inch cells, each with its caption below; returns a Figure."""
     n = len(images)
-    rows = (n + columns - 1) // columns
-    caption = 14
-    canvas = Image.new("RGB", (columns * cell, rows * (cell + caption)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i in range(n):
-        img = images[i]
-        if img.shape[0] == 1:
-            img = img.expand(3, -1, -1)
-        tile = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).resize((cell, cell), Image.NEAREST)
-        r, c = divmod(i, columns)
-        canvas.paste(tile, (c * cell, r * (cell + caption)))
-        name = lambda k: classes[k] if k < len(classes) else str(k)  # noqa: E731
-        text = name(pred[i]) if pred[i] == true[i] else f"{name(pred[i])}|{name(true[i])}"
-        draw.text((c * cell + 2, r * (cell + caption) + cell), text[:12],
-                  fill=(0, 128, 0) if pred[i] == true[i] else (200, 0, 0))
-    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
+    columns = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / columns))
+    fig = new_figure(columns * tile, rows * (tile + 0.38) + (0.55 if title else 0.1))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    chars = int(tile * 13)  # characters of 8-pt text that fit under one tile
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        show_image(ax, images[i])
+        colour = colours[i] if colours is not None else NEUTRAL
+        ax.set_xlabel(_wrap(captions[i], chars), fontsize=8, color=colour, labelpad=2, linespacing=1.0)
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colour if colours is not None else "#cccccc")
+            spine.set_linewidth(2 if colour == WRONG else 1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def prediction_figure(images: torch.Tensor, true: Sequence[int], pred: Sequence[int], classes: Sequence[str],
+                      probs: Sequence[float] | None = None, title: str = "", columns: int = 8):
+    """Images captioned "true -> pred (p)" (green when right, red when wrong); returns a Figure."""
+    captions = [caption(t, p, classes, None if probs is None else probs[i]) for i, (t, p) in enumerate(zip(true, pred))]
+    colours = [RIGHT if t == p else WRONG for t, p in zip(true, pred)]
+    title = f"{title}\n{LEGEND}" if title else LEGEND
+    return grid_figure(images, captions, colours, title, columns)
+
+
+def prediction_grid(images: torch.Tensor, true: Sequence[int], pred: Sequence[int], classes: Sequence[str],
+                    probs: Sequence[float] | None = None, title: str = "", columns: int = 8) -> torch.Tensor:
+    """prediction_figure rendered as one uint8 (3, H, W) picture (for TensorBoard)."""
+    return to_tensor(prediction_figure(images, true, pred, classes, probs, title, columns))

@@ -11,8 +11,10 @@ from torch import nn
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, autocast=nullcontext,
-             memory_format=torch.contiguous_format) -> dict:
-    """Run the model in eval mode over `loader`; returns loss, top1, top5 (percent) and per-class accuracy."""
+             memory_format=torch.contiguous_format, on_batch=None) -> dict:
+    """Run the model in eval mode over `loader`; returns loss, top1, top5 (percent), per-class accuracy and
+    the confusion matrix ((true, predicted) counts, a CPU tensor). `on_batch(x, y, logits)`, if given, sees
+    every batch (for reports that keep examples; it may sync, the training loop does not pass one)."""
     was_training = model.training
     model.eval()
     device = next(iter(model.parameters())).device if any(True for _ in model.parameters()) else None
@@ -21,6 +23,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, autocast=nullcontext,
     top5 = torch.zeros((), device=device, dtype=torch.long)
     correct_per_class = torch.zeros(num_classes, device=device, dtype=torch.long)
     count_per_class = torch.zeros(num_classes, device=device, dtype=torch.long)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
     k = min(5, num_classes)
     for x, y in loader:
         with autocast():
@@ -33,6 +36,9 @@ def evaluate(model: nn.Module, loader, num_classes: int, autocast=nullcontext,
         top5 += (topk == y[:, None]).any(dim=1).sum()
         correct_per_class += torch.bincount(y[hit1], minlength=num_classes)
         count_per_class += torch.bincount(y, minlength=num_classes)
+        confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes * num_classes)
+        if on_batch is not None:
+            on_batch(x, y, logits)
     model.train(was_training)
     n = int(count_per_class.sum())
     per_class = (100.0 * correct_per_class.double() / count_per_class.clamp_min(1)).tolist()
@@ -43,6 +49,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, autocast=nullcontext,
         "count": n,
         "per_class": per_class,
         "per_class_count": count_per_class.tolist(),
+        "confusion": confusion.view(num_classes, num_classes).cpu(),
     }
 
 
