@@ -2,50 +2,58 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 
-from cnnlab.data.datasets import ArrayDataset, corrupt, ensure_files
+from cnnlab.data.datasets import ArrayDataset, ensure_files
+from cnnlab.data.safe_archive import download_and_extract
+from cnnlab.data.safe_pickle import load_data_pickle
 from cnnlab.errors import CnnlabError
 
 
-def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as ex:
-        raise corrupt(path, f"{type(ex).__name__}: {ex}") from None
+def _unpickle(path: Path, *keys: str) -> dict:
+    """A batch/meta file: a dict holding `keys` (read without running code from the file)."""
+    batch = load_data_pickle(path)
+    if not isinstance(batch, dict) or any(key not in batch for key in keys):
+        have = sorted(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise CnnlabError(f"{path} is not a CIFAR batch: expected a dict with {', '.join(keys)}, got {have}")
+    return batch
 
 
 def _cifar(root: Path, download: bool, tv_class, train_files, test_files, meta_file, label_key, names_key):
-    from torchvision.datasets.utils import download_and_extract_archive
-
     folder = root / tv_class.base_folder
     needed = [*train_files, *test_files, meta_file]
     ensure_files(tv_class.__name__, root, [f"{tv_class.base_folder}/{f}" for f in needed], download,
-                 lambda: download_and_extract_archive(tv_class.url, str(root), filename=tv_class.filename,
-                                                      md5=tv_class.tgz_md5))
+                 lambda: download_and_extract(tv_class.url, root, filename=tv_class.filename, md5=tv_class.tgz_md5),
+                 url=tv_class.url)
 
     def read(files):
         xs, ys = [], []
         for name in files:
-            batch = _unpickle(folder / name)
+            batch = _unpickle(folder / name, "data", label_key)
             try:
                 data = torch.as_tensor(batch["data"], dtype=torch.uint8)
                 labels = torch.as_tensor(batch[label_key], dtype=torch.long)
-            except (KeyError, TypeError, ValueError) as ex:
+            except (TypeError, ValueError, RuntimeError, OverflowError) as ex:  # what the file holds is not numbers
                 raise CnnlabError(f"{folder / name} is not a CIFAR batch ({type(ex).__name__}: {ex})") from None
-            if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-                raise CnnlabError(f"{folder / name} is not a CIFAR batch: data {tuple(data.shape)}, {len(labels)} labels")
+            if getattr(batch["data"], "dtype", None) != "uint8" or data.ndim != 2 or data.shape[1] != 3072 \
+                    or labels.ndim != 1 or len(data) != len(labels):
+                raise CnnlabError(f"{folder / name} is not a CIFAR batch: data {tuple(data.shape)} "
+                                  f"{getattr(batch['data'], 'dtype', type(batch['data']).__name__)}, "
+                                  f"{labels.numel()} labels")
+            if len(labels) and labels.min() < 0:
+                raise CnnlabError(f"{folder / name} is not a CIFAR batch: negative labels")
             xs.append(data.reshape(-1, 3, 32, 32))
             ys.append(labels)
         return torch.cat(xs), torch.cat(ys)
 
     train_x, train_y = read(train_files)
     test_x, test_y = read(test_files)
-    classes = list(_unpickle(folder / meta_file)[names_key])
+    classes = _unpickle(folder / meta_file, names_key)[names_key]
+    if not isinstance(classes, list) or not all(isinstance(c, (str, bytes)) for c in classes):
+        raise CnnlabError(f"{folder / meta_file} is not a CIFAR meta file: {names_key} is not a list of names")
+    classes = [c.decode("latin1") if isinstance(c, bytes) else c for c in classes]
     return ArrayDataset(train_x, train_y, test_x, test_y, classes)
 
 

@@ -58,29 +58,38 @@ def read_image(path: Path):
 
 
 def corrupt(path: Path, detail: str) -> CnnlabError:
+    detail = " ".join(detail.split())  # one line, whatever the parser's message looked like
     return CnnlabError(f"{path} is corrupt or truncated ({detail}); delete it and download it again")
 
 
-def _missing(what: str, root: Path, expected: list[str]) -> CnnlabError:
+def _missing(what: str, root: Path, expected: list[str], url: str | None) -> CnnlabError:
+    fetch = f" (it fetches {url})" if url else ""
     return CnnlabError(
         f"{what} not found under {root} (data.download=false); expected {', '.join(expected)}: "
-        f"copy them in, point data.root / CNNLAB_DATA_ROOT at them, or set data.download=true"
+        f"copy them in, point data.root / CNNLAB_DATA_ROOT at them, or set data.download=true{fetch}"
     )
 
 
-def ensure_files(what: str, root: Path, expected: list[str], download: bool, fetch: Callable[[], None]) -> None:
-    """Check root/<expected> exist; if not, run `fetch()` (torchvision's md5-checking download helpers) when
-    `download`, turning offline/HTTP/md5 failures into one clear line."""
+def ensure_files(what: str, root: Path, expected: list[str], download: bool, fetch: Callable[[], None],
+                 url: str | None = None) -> None:
+    """Check root/<expected> exist; if not, run `fetch()` (md5-checked downloads, safe extraction) when
+    `download`, turning offline/HTTP/md5 failures into one clear line that says where the files go and,
+    given `url`, where to get them by hand."""
     if all((root / name).exists() for name in expected):
         return
     if not download:
-        raise _missing(what, root, expected)
+        raise _missing(what, root, expected, url)
     try:
         fetch()
-    except Exception as ex:  # URLError, HTTPError, RuntimeError (md5), OSError, tarfile errors ...
+    except CnnlabError:  # a refused or unextractable archive already says what is wrong
+        raise
+    except Exception as ex:  # URLError, HTTPError, RuntimeError (md5), OSError ...
+        by_hand = f"download {url} by hand and unpack or copy it there, or " if url else ""
+        detail = " ".join(str(ex).split())
         raise CnnlabError(
-            f"{what} not found under {root} and the download failed ({type(ex).__name__}: {ex}); "
-            f"expected {', '.join(expected)} there: copy them in, or point data.root / CNNLAB_DATA_ROOT at them"
+            f"{what} not found under {root} and the download failed ({type(ex).__name__}: {detail}); "
+            f"expected {', '.join(expected)} there: {by_hand}copy them in, or point data.root / CNNLAB_DATA_ROOT "
+            "at them"
         ) from None
     still = [name for name in expected if not (root / name).exists()]
     if still:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.datasets import ArrayDataset, FileList, ensure_files
+from cnnlab.data.datasets import ArrayDataset, FileList, ensure_files, read_bytes
 from cnnlab.data.matlab import read_mat
+from cnnlab.data.safe_archive import download_and_extract
 from cnnlab.errors import CnnlabError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -28,7 +29,7 @@ def _check_exist(what: str, paths: list[Path]) -> None:
 def load_flowers102(root: Path, download: bool) -> ArrayDataset:
     """<root>/flowers-102/{jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat}; train = trnid + valid, test = tstid."""
     from torchvision.datasets import Flowers102
-    from torchvision.datasets.utils import download_and_extract_archive, download_url
+    from torchvision.datasets.utils import download_url
 
     folder = root / "flowers-102"
     files = Flowers102._file_dict
@@ -36,12 +37,12 @@ def load_flowers102(root: Path, download: bool) -> ArrayDataset:
     def fetch():
         url = Flowers102._download_url_prefix
         if not (folder / "jpg").is_dir():
-            download_and_extract_archive(url + files["image"][0], str(folder), md5=files["image"][1])
+            download_and_extract(url + files["image"][0], folder, md5=files["image"][1])
         for key in ("label", "setid"):
             download_url(url + files[key][0], str(folder), md5=files[key][1])
 
     ensure_files("Flowers102", root, ["flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"],
-                 download, fetch)
+                 download, fetch, url=Flowers102._download_url_prefix + files["image"][0])
     labels = torch.from_numpy(read_mat(folder / "imagelabels.mat", ["labels"])["labels"].reshape(-1)).long() - 1
     sets = read_mat(folder / "setid.mat", ["trnid", "valid", "tstid"])
 
@@ -62,22 +63,22 @@ def load_flowers102(root: Path, download: bool) -> ArrayDataset:
 def load_oxford_pets(root: Path, download: bool) -> ArrayDataset:
     """<root>/oxford-iiit-pet/{images/*.jpg, annotations/trainval.txt, annotations/test.txt}: 37 breeds."""
     from torchvision.datasets import OxfordIIITPet
-    from torchvision.datasets.utils import download_and_extract_archive
 
     folder = root / "oxford-iiit-pet"
 
     def fetch():
         for url, md5 in OxfordIIITPet._RESOURCES:
-            download_and_extract_archive(url, str(folder), md5=md5)
+            download_and_extract(url, folder, md5=md5)
 
     ensure_files("OxfordIIITPet", root, ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations/trainval.txt",
-                                         "oxford-iiit-pet/annotations/test.txt"], download, fetch)
+                                         "oxford-iiit-pet/annotations/test.txt"], download, fetch,
+                 url=" and ".join(url for url, _ in OxfordIIITPet._RESOURCES))
     names: dict[int, str] = {}
 
     def split(name: str) -> tuple[FileList, torch.Tensor]:
         path = folder / "annotations" / name
         paths, labels = [], []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(read_bytes(path).decode("utf-8", "replace").splitlines(), 1):
             if not line.strip() or line.startswith("#"):
                 continue
             parts = line.split()
@@ -110,10 +111,9 @@ def load_imagefolder(root: Path, download_url: str | None, val_fraction: float, 
                      download: bool) -> ArrayDataset:
     """`root/train/<class>/*` + `root/val/<class>/*` (or test/), or `root/<class>/*` with a seeded,
     per-class `val_fraction` of it held out as the test split."""
-    if not root.is_dir() and download and download_url:
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        ensure_files("imagefolder", root, ["."], True, lambda: download_and_extract_archive(download_url, str(root)))  # no md5 known
+    if not root.is_dir() and download and download_url:  # no md5 known: the archive is only checked for safety
+        ensure_files("imagefolder", root, ["."], True, lambda: download_and_extract(download_url, root),
+                     url=download_url)
     if not root.is_dir():
         raise CnnlabError(f"imagefolder: {root.resolve()} is not a folder; set data.root=DIR, a folder holding "
                           "train/<class>/ and val/<class>/ image folders, or <class>/ folders")

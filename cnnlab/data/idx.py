@@ -63,7 +63,8 @@ def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
             else:
                 raise errors[-1]
 
-    ensure_files(name, root, [str(find(stem).relative_to(root)) for stem in STEMS.values()], download, fetch)
+    ensure_files(name, root, [str(find(stem).relative_to(root)) for stem in STEMS.values()], download, fetch,
+                 url=f"{tv_class.mirrors[0]}{{{','.join(f for f, _ in tv_class.resources)}}}")
     arrays = {key: read_idx(find(stem), 3 if key.endswith("x") else 1) for key, stem in STEMS.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):

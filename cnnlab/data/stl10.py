@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.datasets import ArrayDataset, corrupt, ensure_files, read_bytes
+from cnnlab.data.safe_archive import download_and_extract
 from cnnlab.errors import CnnlabError
 
 SIDE = 96
@@ -33,16 +34,14 @@ def _split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_stl10(root: Path, download: bool) -> ArrayDataset:
     from torchvision.datasets import STL10
-    from torchvision.datasets.utils import download_and_extract_archive
 
     folder = root / STL10.base_folder
     files = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", STL10.class_names_file]
     ensure_files("STL10", root, [f"{STL10.base_folder}/{f}" for f in files], download,
-                 lambda: download_and_extract_archive(STL10.url, str(root), filename=STL10.filename,
-                                                      md5=STL10.tgz_md5))
+                 lambda: download_and_extract(STL10.url, root, filename=STL10.filename, md5=STL10.tgz_md5), url=STL10.url)
     train_x, train_y = _split(folder, "train")
     test_x, test_y = _split(folder, "test")
-    classes = read_bytes(folder / STL10.class_names_file).decode().split()
+    classes = read_bytes(folder / STL10.class_names_file).decode("utf-8", "replace").split()
     if len(classes) != 10:
         raise CnnlabError(f"{folder / STL10.class_names_file} should name 10 classes, names {len(classes)}")
     return ArrayDataset(train_x, train_y, test_x, test_y, classes)
