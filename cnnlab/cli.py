@@ -6,6 +6,7 @@ Every command is a module with `run(cfg)` and a primary config `configs/<command
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -14,8 +15,12 @@ from pathlib import Path
 # command -> (module with run(cfg), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cnnlab.commands.train", "train a model; best/last checkpoints, TensorBoard, metrics.json"),
-    "eval": ("cnnlab.commands.evaluate", "evaluate a checkpoint: loss, top-1, top-5, per-class accuracy"),
+    "eval": ("cnnlab.commands.evaluate", "evaluate a checkpoint: top-1/5, precision/recall/F1, confusion matrix"),
     "summary": ("cnnlab.commands.summary", "per-layer shapes, parameters, MACs and receptive field of a model"),
+    "predict": ("cnnlab.commands.predict", "classify image files with a checkpoint: a table and predictions.json"),
+    "features": ("cnnlab.commands.features", "feature maps, first-layer filters and Grad-CAM for one image"),
+    "export": ("cnnlab.commands.export", "export a checkpoint to ONNX or TorchScript, parity-checked"),
+    "preview": ("cnnlab.commands.preview", "a PNG grid of augmented training images"),
 }
 
 USAGE = """usage: cnnlab <command> [hydra overrides] [--help] [--cfg job] [-m]
@@ -28,7 +33,11 @@ examples:
   cnnlab train model=vgg16 data=cifar10          # any model x any dataset
   cnnlab train -m optimizer.lr=0.1,0.01          # a sweep: outputs/multirun/<date>/<time>/<n>/
   cnnlab train --cfg job                         # print the composed config
-  cnnlab eval checkpoint=outputs/<date>/<time>/checkpoints/best.pt
+  cnnlab eval checkpoint=outputs/<date>/<time>/checkpoints/best.pt   # -> outputs/<date>/<time>/eval/test/
+  cnnlab predict checkpoint=.../best.pt inputs='photos/*.png' topk=3
+  cnnlab features checkpoint=.../best.pt input=digit.png    # feature maps, filters, Grad-CAM
+  cnnlab export checkpoint=.../best.pt format=onnx          # parity-checked against PyTorch
+  cnnlab preview data=cifar10 augment=[basic,cutout]        # what the model sees in training
   cnnlab <command> --help                        # config groups and options of a command
 """
 
@@ -40,6 +49,11 @@ def config_dir() -> str:
         if (candidate / "train.yaml").is_file():
             return str(candidate)
     raise RuntimeError(f"cnnlab's configs/ tree is missing (looked in {here} and {here.parent})")
+
+
+# OS errors that mean "this path cannot be written", not a bug: one line for the user.
+USER_OS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR,
+                  errno.EEXIST)
 
 
 def _fail(message: str) -> None:
@@ -75,8 +89,13 @@ def _task(module_name: str):
         from cnnlab.errors import CnnlabError
 
         # Caught here, inside the job, because Hydra logs its own multi-line report for errors that escape it.
+        from cnnlab.engine.trainer import Interrupted
+
         try:
-            importlib.import_module(module_name).run(cfg)
+            return importlib.import_module(module_name).run(cfg)
+        except Interrupted as ex:  # last.pt is saved; the message says how to continue
+            print(str(ex), file=sys.stderr)
+            sys.exit(128 + ex.signum)
         except CnnlabError as ex:
             _fail(str(ex))
         except MissingMandatoryValue as ex:  # a `???` value the user did not give
@@ -108,10 +127,17 @@ def main(argv: list[str] | None = None) -> None:
 
     register()
     # Make Hydra re-raise instead of printing its own multi-line report, so that we can print one line.
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # whatever the user's environment says
     sys.argv = [f"cnnlab {command}", *rest]
     run = hydra.main(version_base=None, config_path=config_dir(), config_name=command)(_task(COMMANDS[command][0]))
     try:
         run()
     except (HydraException, CnnlabError) as ex:  # composition errors: the user's overrides
         _fail(_one_line(ex))
+    except KeyboardInterrupt:  # Ctrl-C before training started (loading data, building): nothing to save
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as ex:  # Hydra creating the run dir or its log file: read-only, full, name too long
+        if ex.errno not in USER_OS_ERRORS:
+            raise
+        _fail(f"cannot write {ex.filename or 'the output directory'}: {ex.strerror}")

@@ -7,6 +7,7 @@ at classes with their own keyword arguments; their shared keys are checked in `v
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -167,7 +168,14 @@ class PreviewSchema:
     output: Optional[str] = None  # null: augment_preview.png in the run directory
 
 
+RUN_ID = secrets.token_hex(2)  # one per process: default run dirs end in it, so two runs never share one
+
+
 def register() -> None:
+    """Put the schemas into Hydra's ConfigStore and the `${cnnlab.run_id:}` resolver into OmegaConf."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("cnnlab.run_id", lambda: RUN_ID, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -12,6 +14,7 @@ from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.config import validate_train
 from cnnlab.finetune import Finetune, optimizer_config
+from cnnlab.engine import rundir
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.engine.trainer import Trainer, planned_steps
@@ -32,9 +35,56 @@ def hparams_of(cfg: DictConfig) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def run(cfg: DictConfig) -> dict:
+def callbacks_for(cfg: DictConfig) -> list:
+    """The trainer callbacks this config asks for (each feature adds its line here)."""
+    callbacks = []
+    return callbacks
+
+
+def _hydra():
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run where it stopped."""
+    hydra = _hydra()
+    skip = ("trainer.resume=", "trainer.overwrite=", "hydra.run.dir=")
+    overrides = [o for o in (hydra.overrides.task if hydra else []) if not o.startswith(skip)]
+    return shlex.join(["cnnlab", "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+
+
+def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """Hydra's .hydra/ files, written here (train.yaml sets hydra.output_subdir=null) once the run dir is ours,
+    so that a refused start never replaces the config of the run already in that directory."""
+    hydra = _hydra()
+    if hydra is None:
+        return
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra, resolve=False)}), out / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra.overrides.task)), out / "overrides.yaml")
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """Train as configured; `run_dir` defaults to Hydra's output dir (so that no live HydraConfig is needed)."""
     validate_train(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
+    try:
+        claim = rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+    except rundir.RunFinished as finished:
+        say(make_console(), str(finished))
+        metrics = run_dir / "metrics.json"
+        return json.loads(metrics.read_text()) if metrics.is_file() else {"finished": True}
+    try:
+        if claim.fresh:
+            save_hydra_files(run_dir, cfg)
+        return _train(cfg, run_dir, claim)
+    finally:
+        claim.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     data = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
@@ -49,5 +99,6 @@ def run(cfg: DictConfig) -> dict:
         f"({len(data.train.labels):,} train / {len(data.val.labels):,} val / {len(data.test.labels):,} test) "
         f"on {device}; run dir {run_dir}")
     trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config=config, hparams=hparams_of(cfg),
-                      finetune=finetune)
-    return trainer.fit(model, data, optimizer, scheduler)
+                      finetune=finetune, callbacks=callbacks_for(cfg), resume_hint=resume_command(run_dir))
+    resume = (claim.resume_from, claim.resume_state) if claim.resume_from is not None else None
+    return trainer.fit(model, data, optimizer, scheduler, resume=resume)

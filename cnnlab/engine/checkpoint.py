@@ -1,40 +1,151 @@
-"""Checkpoints: one plain dict, written atomically, read with weights_only=True."""
+"""Checkpoints: one plain dict, written atomically, read with weights_only=True and checked before use.
+
+A checkpoint is untrusted input: its entries are checked for type before anything uses them, and its stored
+run config is read as plain data (`run_config`): no interpolation, no code named by it, no downloads.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.errors import CnnlabError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: epochs numbered from 1 (history, best_epoch, epoch)
+SLOW_SAVE_ENV = "CNNLAB_TEST_SLOW_SAVE"  # test hook: seconds to pause inside a checkpoint write (crash tests)
+MODEL_PACKAGE = "cnnlab.models."  # the only code a stored config may name
 
 
 def save(path: Path, state: dict) -> None:
-    """Write to a temp file beside `path` and os.replace it: a crash never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    """Write to a uniquely named temp file beside `path`, then os.replace it: a crash never leaves a
+    half-written checkpoint, two writers never share a temp file, and a failed write removes its temp file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            if os.environ.get(SLOW_SAVE_ENV):
+                f.flush()
+                time.sleep(float(os.environ[SLOW_SAVE_ENV]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as ex:
+        tmp.unlink(missing_ok=True)
+        raise CnnlabError(f"cannot write checkpoint {path}: {ex.strerror or ex}; "
+                          f"the previous {path.name} (if any) is intact") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Temp files left by a killed writer (the caller holds the run dir's lock, so none is in use)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
 def load(path: str | Path) -> dict:
+    """Read and check the envelope: format version and model weights. Upgrades format 1 in memory."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CnnlabError(f"checkpoint {path} does not exist")
+        raise CnnlabError(f"checkpoint {path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as ex:  # truncated zip, pickle with foreign objects, not a torch file at all ...
         first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-        raise CnnlabError(f"{path} is not a readable cnnlab checkpoint ({first})") from None
+        raise CnnlabError(f"{path} is not a readable cnnlab checkpoint ({first[:200]})") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no format_version/model entries)")
-    if state["format_version"] > FORMAT_VERSION:
-        raise CnnlabError(f"{path} has checkpoint format {state['format_version']}; this cnnlab reads up to "
+    version = state["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CnnlabError(f"{path} is not a cnnlab checkpoint (format_version is {version!r}, not a version number)")
+    if version > FORMAT_VERSION:
+        raise CnnlabError(f"{path} has checkpoint format {version}; this cnnlab reads up to "
                           f"{FORMAT_VERSION}: upgrade cnnlab")
+    for key in ("model", "ema"):
+        if state.get(key) is not None and not _is_state_dict(state[key]):
+            raise CnnlabError(f"{path} is damaged: its '{key}' entry is not a dict of tensors")
+    if version == 1:
+        _upgrade_from_1(state)
     return state
+
+
+def _upgrade_from_1(state: dict) -> None:
+    """Format 1 numbered epochs from 0 in the history and best_epoch."""
+    fit = state.get("fit")
+    if isinstance(fit, dict):
+        for row in fit.get("history") or []:
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                row["epoch"] += 1
+        if isinstance(fit.get("best_epoch"), int):
+            fit["best_epoch"] += 1
+    if isinstance(state.get("epoch"), int):
+        state["epoch"] += 1
+
+
+def require(state: dict, path: str | Path, entries: dict[str, type], why: str) -> None:
+    """Each entry present with the given type, or one line naming what is missing."""
+    for key, kind in entries.items():
+        if not isinstance(state.get(key), kind):
+            found = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise CnnlabError(f"{path} cannot be used to {why}: its '{key}' entry is {found}")
+
+
+def _escape(value):
+    """Make every interpolation in a stored config a literal string: the checkpoint's text is data."""
+    if isinstance(value, dict):
+        return {str(k): _escape(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape(v) for v in value]
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("${", "\\${")
+    return value
+
+
+def _targets(value, where: str = "model"):
+    """Every `_target_` in a config subtree, with its dotted location."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "_target_":
+                yield where, v
+            else:
+                yield from _targets(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _targets(v, f"{where}[{i}]")
+
+
+def run_config(state: dict, path: str | Path) -> DictConfig:
+    """The run config stored in a checkpoint, as plain data: interpolations stay literal text, the model may
+    only name cnnlab's own classes, and nothing is downloaded because of it."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict) \
+            or not isinstance(config.get("model"), dict):
+        raise CnnlabError(f"{path} holds no run config: it was not written by `cnnlab train`")
+    spec = config.get("data_spec")
+    needed = ("num_classes", "channels", "image_size", "classes", "mean", "std")
+    if not isinstance(spec, dict) or any(k not in spec for k in needed):
+        raise CnnlabError(f"{path} has no complete data_spec (image size, channels, classes, mean, std)")
+    for where, target in _targets(config["model"]):
+        if not isinstance(target, str) or not target.startswith(MODEL_PACKAGE):
+            raise CnnlabError(f"{path} names {where}._target_={target!r}, which is not one of cnnlab's models: "
+                              f"a checkpoint may not choose code to run")
+    cfg = OmegaConf.create(_escape(config))
+    with open_dict(cfg):
+        cfg.data.download = False
+        cfg.data.download_url = None
+    return cfg
 
 
 def rng_state() -> dict:

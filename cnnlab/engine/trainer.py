@@ -1,11 +1,15 @@
 """The training loop. It knows nothing of which model or dataset it runs: it gets them built.
 
-Per epoch: train (running sums on the device, read once per log interval), validate, log, checkpoint
-(best.pt on the monitored validation metric, last.pt always). At the end: best.pt is evaluated once on
-the test split and everything lands in metrics.json.
+Per epoch: train (running sums on the device, read only when the progress display or the log interval
+asks), validate, log, checkpoint (best.pt on the monitored validation metric, last.pt always). At the end:
+best.pt is evaluated once on the test split and everything lands in metrics.json. Epochs are numbered
+from 1 wherever a user reads them (console, history, TensorBoard steps, checkpoints).
 
-Stopping: `trainer.max_steps` and early stopping end the run; `trainer.time_limit` stops mid-epoch with
-last.pt marked unfinished, so `trainer.resume=auto` (or PATH) continues exactly where it stopped.
+Everything a checkpoint holds lives in one TrainState, so every save (epoch end, time limit, Ctrl-C) is
+one call. Stopping: `trainer.max_steps` and early stopping end the run; `trainer.time_limit`, SIGINT and
+SIGTERM stop at the next step boundary with last.pt marked unfinished, so `trainer.resume=auto` (or PATH)
+continues exactly where it stopped. Non-finite losses stop the run (or drop the batch) and non-finite
+weights are never saved.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -25,12 +29,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cnnlab.analysis.grid import denormalise, prediction_grid
-from cnnlab.engine import checkpoint
+from cnnlab.engine import checkpoint, distributed
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
+from cnnlab.engine.callbacks import Callbacks
 from cnnlab.engine.device import autocast_for, resolve_precision, set_deterministic
-from cnnlab.engine.metrics import evaluate, predict
+from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
+from cnnlab.engine.signals import StopSignals
 from cnnlab.engine.tensorboard import TensorBoard
 from cnnlab.errors import CnnlabError
 
@@ -45,100 +50,179 @@ def planned_steps(cfg: DictConfig, num_batches: int) -> tuple[int, int]:
     return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
 
 
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after last.pt was saved; the CLI exits with 128 + signum."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 @dataclass
-class FitState:
-    epoch: int = 0  # the epoch in progress (or the next one to run)
+class Progress:
+    """Where the fit is: the part of the TrainState that is not tensors."""
+
+    epoch: int = 0  # epochs completed (the one in progress is epoch + 1)
     step: int = 0  # optimizer steps so far
-    batch: int = 0  # batches of `epoch` already trained (non-zero only after a time-limit stop)
+    batch: int = 0  # batches of the epoch in progress already trained (non-zero only after a mid-epoch stop)
     partial: dict = field(default_factory=dict)  # running sums of the unfinished epoch
     best_metric: float | None = None
-    best_epoch: int = -1
+    best_epoch: int = 0  # from 1; 0: none yet
     bad_epochs: int = 0  # epochs since the monitored metric last improved
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     finished: bool = False
     stop_reason: str = ""
+    skipped_batches: int = 0  # trainer.nan_policy=skip_batch: batches whose loss was not finite
+
+    @classmethod
+    def from_dict(cls, values: dict, path) -> Progress:
+        known = {f.name: f for f in fields(cls)}
+        kept = {k: v for k, v in values.items() if k in known}
+        for key in ("epoch", "step", "batch", "best_epoch", "bad_epochs", "skipped_batches"):
+            if key in kept and (not isinstance(kept[key], int) or isinstance(kept[key], bool) or kept[key] < 0):
+                raise CnnlabError(f"{path} is damaged: fit.{key} is {kept[key]!r}, not a count")
+        for key, kind in (("partial", dict), ("history", list)):
+            if key in kept and not isinstance(kept[key], kind):
+                raise CnnlabError(f"{path} is damaged: fit.{key} is not a {kind.__name__}")
+        return cls(**kept)
+
+
+class TrainState:
+    """Everything a checkpoint holds: weights, optimizer, schedule, scaler, EMA, progress and RNG."""
+
+    def __init__(self, model: nn.Module, optimizer, scheduler, scaler=None, ema: AveragedModel | None = None,
+                 config: dict | None = None):
+        self.model, self.optimizer, self.scheduler, self.scaler, self.ema = model, optimizer, scheduler, scaler, ema
+        self.config = config or {}
+        self.progress = Progress()
+
+    @property
+    def eval_weights(self) -> nn.Module:
+        """The weights that are validated and reported: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict:
+        p = self.progress
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "optimizer_groups": [g.get("name") for g in self.optimizer.param_groups],
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": p.epoch + (1 if p.batch else 0),  # the last epoch trained (from 1), fully or partly
+            "step": p.step,
+            "best_metric": p.best_metric,
+            "fit": asdict(p),
+            "rng": checkpoint.rng_state(),
+            "config": self.config,
+        }
+
+    def load_state_dict(self, state: dict, path) -> None:
+        checkpoint.require(state, path, {"optimizer": dict, "scheduler": dict, "fit": dict, "rng": dict}, "resume")
+        if not isinstance(state["rng"].get("torch"), torch.Tensor):
+            raise CnnlabError(f"{path} cannot be used to resume: its 'rng' entry holds no torch generator state")
+        progress = Progress.from_dict(state["fit"], path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state.get("ema") or state["model"])
+                self.ema.n_averaged.fill_(state.get("ema_updates", 0))
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as ex:
+            first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+            raise CnnlabError(f"cannot resume from {path}: it does not match this model/optimizer ({first[:200]})") \
+                from None
+        checkpoint.set_rng_state(state["rng"])
+        progress.finished, progress.stop_reason = False, ""
+        self.progress = progress
+
+
+# Settings that must not change between a checkpoint and the run resuming from it: the optimizer state,
+# the schedule and the best metric would silently mean something else.
+RESUME_FIXED = ("model._target_", "optimizer._target_", "optimizer.lr", "optimizer.weight_decay", "scheduler.name",
+                "trainer.monitor", "trainer.precision", "trainer.accumulate", "trainer.ema_decay", "data.name",
+                "data.batch_size")
+
+
+def resume_conflicts(stored: dict, current: dict) -> list[str]:
+    """The RESUME_FIXED keys whose values differ between a checkpoint's config and this run's."""
+    def get(config, dotted):
+        for part in dotted.split("."):
+            if not isinstance(config, dict) or part not in config:
+                return None
+            config = config[part]
+        return config
+
+    return [f"{key} was {get(stored, key)!r}, now {get(current, key)!r}" for key in RESUME_FIXED
+            if get(stored, key) is not None and get(stored, key) != get(current, key)]
 
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, *, seed: int = 0,
-                 config: dict | None = None, hparams: dict | None = None, finetune=None):
+                 config: dict | None = None, hparams: dict | None = None, finetune=None, callbacks=(),
+                 resume_hint: str = ""):
         self.cfg, self.run_dir, self.device, self.seed = cfg, Path(run_dir), device, seed
         self.config = config or {}  # the resolved run config, stored in every checkpoint
         self.hparams = hparams or {}
         self.finetune = finetune if finetune is not None and finetune.active else None
+        self.callbacks = Callbacks(callbacks)
+        self.resume_hint = resume_hint  # the command that continues this run (printed when it is stopped)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.is_main = distributed.is_main()
         self.console = make_console()
         self.amp_dtype = resolve_precision(cfg.precision, device)
         self.autocast = autocast_for(device, self.amp_dtype)
         use_cl = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
         self.memory_format = torch.channels_last if use_cl else torch.contiguous_format
         self.started = time.monotonic()
-        self.ema: AveragedModel | None = None
+        self.state: TrainState | None = None
+        self.tb: TensorBoard | None = None
+        self.spec = self.data = None
+        self.signals = StopSignals()
 
-    # ------------------------------------------------------------------------------------------ resume
-    def _resume_from(self) -> tuple[Path, dict] | None:
-        """(path, checkpoint) to continue from, read once, or None to start fresh."""
-        resume = self.cfg.resume
-        if not resume:
-            return None
-        if resume == "auto":
-            last = self.ckpt_dir / "last.pt"
-            if not last.is_file():
-                return None
-            state = checkpoint.load(last)
-            return None if state.get("fit", {}).get("finished", False) else (last, state)
-        path = Path(resume).expanduser()
-        return path, checkpoint.load(path)
+    # ------------------------------------------------------------------------------------------ saving
+    def _save(self, name: str) -> None:
+        """Write a checkpoint (rank 0); never one with non-finite weights."""
+        if self.is_main:
+            if not _finite(self.state.model):
+                raise CnnlabError(f"the weights are not finite in epoch {self.state.progress.epoch + 1} "
+                                  f"(step {self.state.progress.step}); {name} was not written, the previous one "
+                                  f"is intact. Lower optimizer.lr, set trainer.grad_clip, or use trainer.precision=fp32")
+            checkpoint.save(self.ckpt_dir / name, self.state.state_dict())
+        distributed.barrier()
 
-    def _restore(self, path: Path, state: dict, model, optimizer, scheduler, scaler) -> FitState:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if self.ema is not None:
-                self.ema.module.load_state_dict(state.get("ema") or state["model"])
-                self.ema.n_averaged.fill_(state.get("ema_updates", 0))
-        except (RuntimeError, ValueError, KeyError, TypeError) as ex:
-            first = str(ex).strip().splitlines()[0]
-            raise CnnlabError(f"cannot resume from {path}: it does not match this model/optimizer ({first})") from None
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        fit = FitState(**state["fit"])
-        fit.finished, fit.stop_reason = False, ""
-        self._adopt_best(path, fit)
-        where = f"epoch {fit.epoch + 1}" + (f", batch {fit.batch}" if fit.batch else "")
-        say(self.console, f"resumed from {path} at {where} (step {fit.step})")
-        return fit
+    def _restore(self, path: Path, state: dict) -> None:
+        conflicts = resume_conflicts(state.get("config") or {}, self.config)
+        if conflicts:
+            raise CnnlabError(f"cannot resume from {path}: {'; '.join(conflicts)}. Resume with the same settings, "
+                              f"or start a new run from its weights (model.weights_path / finetune)")
+        self.state.load_state_dict(state, path)
+        self._adopt_best(path)
+        p = self.state.progress
+        where = f"epoch {p.epoch + 1}" + (f", batch {p.batch}" if p.batch else "")
+        self._say(f"resumed from {path} at {where} (step {p.step})")
 
-    def _adopt_best(self, resumed_from: Path, fit: FitState) -> None:
+    def _adopt_best(self, resumed_from: Path) -> None:
         """Resuming into another run directory: bring the source run's best.pt along (or pick a new best)."""
         mine = self.ckpt_dir / "best.pt"
         theirs = resumed_from.parent / "best.pt"
-        if mine.is_file():
+        if mine.is_file() or not self.is_main:
             return
         if theirs.is_file():
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(theirs, mine)
         else:
-            fit.best_metric, fit.best_epoch = None, -1
+            self.state.progress.best_metric, self.state.progress.best_epoch = None, 0
 
-    def _save(self, name: str, model, optimizer, scheduler, scaler, fit: FitState) -> None:
-        checkpoint.save(self.ckpt_dir / name, {
-            "model": model.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": fit.epoch - 1 if not fit.batch else fit.epoch,  # the last (partly) trained epoch
-            "step": fit.step,
-            "best_metric": fit.best_metric,
-            "fit": fit.__dict__,
-            "rng": checkpoint.rng_state(),
-            "config": self.config,
-        })
+    def _say(self, message: str) -> None:
+        if self.is_main:
+            say(self.console, message)
 
     def _eval_loader(self, loader):
         """Validation and test loaders, cut to trainer.limit_val_batches (debug=fast) when set."""
@@ -148,86 +232,122 @@ class Trainer:
         return self.cfg.time_limit is not None and time.monotonic() - self.started >= self.cfg.time_limit
 
     # -------------------------------------------------------------------------------------------- loop
-    def _train_epoch(self, model, loader, optimizer, scheduler, scaler, fit: FitState, display, profiler) -> dict:
-        """Train one epoch from batch fit.batch; returns its sums, or None when stopped before its end."""
+    def _train_epoch(self, model, loader, display, profiler) -> dict | None:
+        """Train one epoch from batch progress.batch; returns its means, or None when stopped before its end."""
+        state, p, cfg = self.state, self.state.progress, self.cfg
         model.train()
         if self.finetune is not None:
-            self.finetune.apply(model, fit.epoch)
-        loader.set_epoch(fit.epoch)
+            self.finetune.apply(model, p.epoch)
+        loader.set_epoch(p.epoch)
         num_batches = len(loader)
-        display.start_epoch(fit.epoch, num_batches)
-        partial = fit.partial or {}
-        loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=self.device)
-        correct = torch.tensor(partial.get("correct", 0), device=self.device)
+        display.start_epoch(p.epoch + 1, num_batches)
+        partial = p.partial or {}
+        # Running sums on the device, read only when due: loss over finite batches, correct, non-finite batches,
+        # images in finite batches.
+        sums = torch.tensor([partial.get("loss_sum", 0.0), partial.get("correct", 0), 0.0,
+                             partial.get("counted", partial.get("seen", 0))], device=self.device, dtype=torch.float64)
+        ignore_loss = torch.tensor([0.0, 1.0, 1.0, 0.0], device=self.device, dtype=torch.float64)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # step of the first non-finite loss
         seen = partial.get("seen", 0)
         start = time.perf_counter() - partial.get("seconds", 0.0)
-        accumulate = self.cfg.accumulate
+        accumulate, skip_bad = cfg.accumulate, cfg.nan_policy == "skip_batch"
         stopped = ""
         for i, (x, y) in enumerate(loader):
-            if i < fit.batch:  # resuming mid-epoch: these batches were trained before the stop
+            if i < p.batch:  # resuming mid-epoch: these batches were trained before the stop
                 continue
             x = x.contiguous(memory_format=self.memory_format)
+            self.callbacks.on_train_batch(self, x, y, i)
             with self.autocast():
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-            (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            finite = torch.isfinite(loss.detach())
+            (state.scaler.scale(loss / accumulate) if state.scaler is not None else loss / accumulate).backward()
+            if skip_bad:
+                _drop_gradients_unless(model, finite)
+            self.callbacks.after_backward(self, model)
             if (i + 1) % accumulate == 0 or i + 1 == num_batches:
-                self._optimizer_step(model, optimizer, scaler)
-                scheduler.step()
-                fit.step += 1
-                if self.cfg.max_steps and fit.step >= self.cfg.max_steps:
+                self._optimizer_step(model)
+                state.scheduler.step()
+                p.step += 1
+                if p.step % cfg.log_every == 0:
+                    self.callbacks.on_log(self, model)
+                if cfg.max_steps and p.step >= cfg.max_steps:
                     stopped = "max_steps"
+                elif self.signals.received and i + 1 < num_batches:
+                    stopped = "interrupted"
                 elif self._out_of_time() and i + 1 < num_batches:
                     stopped = "time_limit"
             profiler.step()
-            loss_sum += loss.detach() * len(y)
             hard = y.argmax(1) if y.ndim == 2 else y  # mixup/cutmix give soft targets: score the dominant class
-            correct += (logits.detach().argmax(1) == hard).sum()
+            batch_sums = torch.stack([loss.detach().double() * len(y), (logits.detach().argmax(1) == hard).sum().double(),
+                                      (~finite).double(), finite.double() * len(y)])
+            sums += torch.where(finite, batch_sums, batch_sums * ignore_loss)
+            first_bad = torch.where((first_bad < 0) & ~finite, p.step, first_bad)
             seen += len(y)
-            if (i + 1) % self.cfg.log_every == 0 and display.mode == "rich":  # the only host syncs
-                elapsed = time.perf_counter() - start
-                display.update(i + 1, float(loss_sum) / seen, 100.0 * int(correct) / seen, seen / elapsed)
+            if display.due() or p.step % cfg.log_every == 0:  # the only host syncs in an epoch
+                loss_sum, correct, bad, counted = sums.tolist()
+                self._check_finite(bad, first_bad)
+                if display.due():
+                    display.update(i + 1, loss_sum / max(counted, 1), 100.0 * correct / seen,
+                                   seen / (time.perf_counter() - start))
             if stopped:
-                fit.batch = i + 1
+                p.batch = i + 1
                 break
         else:
-            fit.batch = 0
+            p.batch = 0
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         if seen == 0:
             raise CnnlabError("the training split has no batches: lower data.batch_size or data.val_split")
-        fit.stop_reason = stopped
-        sums = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen, "seconds": seconds}
-        if stopped == "time_limit":
-            fit.partial = sums
+        loss_sum, correct, bad, counted = sums.tolist()
+        self._check_finite(bad, first_bad)
+        p.skipped_batches += int(bad)
+        p.stop_reason = stopped
+        totals = {"loss_sum": loss_sum, "correct": int(correct), "seen": seen, "counted": int(counted),
+                  "seconds": seconds}
+        if stopped in ("time_limit", "interrupted"):
+            p.partial = totals
             return None
-        fit.partial, fit.batch = {}, 0
-        return {"loss": sums["loss_sum"] / seen, "acc": 100.0 * sums["correct"] / seen, "seconds": seconds,
+        p.partial, p.batch = {}, 0
+        return {"loss": loss_sum / max(counted, 1), "acc": 100.0 * correct / seen, "seconds": seconds,
                 "images_per_sec": seen / seconds}
 
-    def _optimizer_step(self, model, optimizer, scaler) -> None:
-        if scaler is not None:
+    def _check_finite(self, bad: float, first_bad: torch.Tensor) -> None:
+        """nan_policy=stop: a non-finite loss ends the run with one line; skip_batch: count what was dropped."""
+        if not bad:
+            return
+        if self.cfg.nan_policy == "skip_batch":
+            return  # dropped on the device; counted in progress.skipped_batches at the epoch's end
+        p, step = self.state.progress, int(first_bad)
+        raise CnnlabError(f"the loss became nan/inf in epoch {p.epoch + 1} at step {step + 1}: stopped; "
+                          f"checkpoints hold the last finite weights. Lower optimizer.lr, set trainer.grad_clip, "
+                          f"use trainer.precision=fp32, or trainer.nan_policy=skip_batch")
+
+    def _optimizer_step(self, model) -> None:
+        state = self.state
+        if state.scaler is not None:
             if self.cfg.grad_clip:
-                scaler.unscale_(optimizer)
+                state.scaler.unscale_(state.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
         else:
             if self.cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update_parameters(model)
+            state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.ema is not None:
+            state.ema.update_parameters(model)
 
-    def _is_better(self, val: dict, fit: FitState) -> tuple[bool, float]:
+    def _is_better(self, val: dict) -> tuple[bool, float]:
         metric = val["top1"] if self.cfg.monitor == "val_acc" else -val["loss"]
-        return fit.best_metric is None or metric > fit.best_metric, metric
+        best = self.state.progress.best_metric
+        return best is None or metric > best, metric
 
     def _profiler(self):
         """debug=profile: a torch.profiler trace of a few steps, written where TensorBoard finds it."""
-        if not self.cfg.profile:
+        if not self.cfg.profile or not self.is_main:
             return _NoProfiler()
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.device.type == "cuda":
@@ -237,20 +357,23 @@ class Trainer:
             on_trace_ready=torch.profiler.tensorboard_trace_handler(str(self.run_dir / "tb" / "profile")),
             record_shapes=True, profile_memory=True)
 
-    def fit(self, model: nn.Module, data, optimizer, scheduler) -> dict:
+    def fit(self, model: nn.Module, data, optimizer, scheduler, resume: tuple[Path, dict] | None = None) -> dict:
+        """Train `model`; `resume` is (path, checkpoint) to continue from (see engine.rundir.claim)."""
         set_deterministic(self.cfg.deterministic)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cfg.cudnn_benchmark and not self.cfg.deterministic
         model.to(self.device, memory_format=self.memory_format)
+        ema = None
         if self.cfg.ema_decay:
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True)
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True)
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        fit = FitState()
-        resume = self._resume_from()
+        self.state = TrainState(model, optimizer, scheduler, scaler, ema, self.config)
+        self.spec, self.data = data.spec, data
         if resume is not None:
-            fit = self._restore(*resume, model, optimizer, scheduler, scaler)
+            self._restore(*resume)
+        p = self.state.progress
         step_model = torch.compile(model) if self.cfg.compile else model
-        eval_model = self.ema.module if self.ema is not None else step_model
+        eval_model = ema.module if ema is not None else step_model
         train_loader, val_loader = data.train, data.val
         if self.cfg.overfit_batches:
             train_loader = val_loader = FixedBatches(data.train, self.cfg.overfit_batches)
@@ -258,109 +381,135 @@ class Trainer:
             train_loader = LimitedBatches(train_loader, self.cfg.limit_train_batches)
         if not self.cfg.overfit_batches:
             val_loader = self._eval_loader(val_loader)
-        spec = data.spec
-        epochs = self.cfg.epochs
-        tb = TensorBoard(self.run_dir / "tb", purge_step=fit.epoch if fit.epoch else None)
-        display = ProgressDisplay(self.cfg.progress, epochs, self.console)
+        if self.is_main:
+            self.tb = TensorBoard(self.run_dir / "tb", purge_step=p.epoch + 1 if p.epoch else None)
+        display = ProgressDisplay(self.cfg.progress if self.is_main else "none", self.cfg.epochs, self.console,
+                                  device=self.device)
         if data.val_is_test:
-            say(self.console, "[yellow]data.val_split=test: the best checkpoint is selected on the test split, "
-                              "so the reported test accuracy is optimistic[/yellow]")
+            self._say("[yellow]data.val_split=test: the best checkpoint is selected on the test split, "
+                      "so the reported test accuracy is optimistic[/yellow]")
+        self.callbacks.on_fit_start(self, model, data)
         try:
-            with self._profiler() as profiler:
-                while fit.epoch < epochs and not fit.stop_reason:
-                    train = self._train_epoch(step_model, train_loader, optimizer, scheduler, scaler, fit, display,
-                                              profiler)
-                    if train is None:  # time limit: last.pt holds the half-trained epoch
-                        self._save("last.pt", model, optimizer, scheduler, scaler, fit)
-                        say(self.console, f"[yellow]trainer.time_limit={self.cfg.time_limit}s reached in epoch "
-                                          f"{fit.epoch + 1} (batch {fit.batch}); saved {self.ckpt_dir / 'last.pt'}: "
-                                          f"rerun with trainer.resume=auto (same run dir) to continue[/yellow]")
+            with self.signals, self._profiler() as profiler:
+                while p.epoch < self.cfg.epochs and not p.stop_reason:
+                    train = self._train_epoch(step_model, train_loader, display, profiler)
+                    if train is None:  # time limit or a signal: last.pt holds the half-trained epoch
+                        self._save("last.pt")
                         break
-                    self._end_epoch(model, eval_model, val_loader, spec, train, optimizer, scheduler, scaler, fit,
-                                    tb, display)
+                    self._end_epoch(eval_model, val_loader, train, display)
+                    if self.signals.received and p.epoch < self.cfg.epochs and not p.stop_reason:
+                        p.stop_reason = "interrupted"
+        except torch.OutOfMemoryError:
+            raise CnnlabError(f"out of memory on {self.device}: lower data.batch_size (trainer.accumulate keeps the "
+                              f"effective batch), or use trainer.precision=bf16; checkpoints so far are intact") from None
         finally:
             display.close()
-        fit.finished = fit.stop_reason != "time_limit"
-        if fit.finished:
-            self._save("last.pt", model, optimizer, scheduler, scaler, fit)
-        return self._finish(model, data, fit, tb)
+            if self.tb is not None:
+                self.tb.writer.flush()
+        if p.stop_reason in ("time_limit", "interrupted"):
+            return self._stopped_early()
+        p.finished = True
+        self._save("last.pt")
+        return self._finish(data)
 
-    def _end_epoch(self, model, eval_model, val_loader, spec, train, optimizer, scheduler, scaler, fit, tb,
-                   display) -> None:
-        val = evaluate(eval_model, val_loader, spec.num_classes, self.autocast, self.memory_format)
-        epoch = fit.epoch
-        fit.train_seconds += train["seconds"]
-        fit.history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                            "val_loss": val["loss"], "val_acc": val["top1"], "val_top5": val["top5"],
-                            "seconds": train["seconds"], "images_per_sec": train["images_per_sec"]})
-        tb.scalars({"train/loss": train["loss"], "train/acc": train["acc"], "val/loss": val["loss"],
-                    "val/acc": val["top1"], "val/top5": val["top5"],
-                    "lr": max(g["lr"] for g in optimizer.param_groups), "time/epoch_seconds": train["seconds"],
-                    "time/images_per_sec": train["images_per_sec"]}, epoch)
-        better, metric = self._is_better(val, fit)
-        scheduler.epoch_end(metric)
-        fit.epoch += 1
+    def _stopped_early(self) -> dict:
+        p = self.state.progress
+        where = f"epoch {p.epoch + 1}, batch {p.batch}" if p.batch else f"the end of epoch {p.epoch}"
+        hint = self.resume_hint or "rerun with trainer.resume=auto (same run dir)"
+        if self.tb is not None:
+            self.tb.close()
+        if p.stop_reason == "interrupted":
+            name = self.signals.name
+            raise Interrupted(self.signals.received, f"{name}: stopped at {where}; saved {self.ckpt_dir / 'last.pt'}. "
+                                                     f"Continue with: {hint}")
+        self._say(f"[yellow]trainer.time_limit={self.cfg.time_limit}s reached at {where}; saved "
+                  f"{self.ckpt_dir / 'last.pt'}. Continue with: {hint}[/yellow]")
+        return {"finished": False, "stop_reason": p.stop_reason}
+
+    def _end_epoch(self, eval_model, val_loader, train: dict, display) -> None:
+        p = self.state.progress
+        val = evaluate(eval_model, val_loader, self.spec.num_classes, self.autocast, self.memory_format)
+        p.epoch += 1
+        epoch = p.epoch
+        p.train_seconds += train["seconds"]
+        row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+               "val_acc": val["top1"], "val_top5": val["top5"], "seconds": train["seconds"],
+               "images_per_sec": train["images_per_sec"], "lr": max(g["lr"] for g in self.state.optimizer.param_groups)}
+        p.history.append(row)
+        if self.tb is not None:
+            self.tb.scalars({"train/loss": train["loss"], "train/acc": train["acc"], "val/loss": val["loss"],
+                             "val/acc": val["top1"], "val/top5": val["top5"], "lr": row["lr"],
+                             "time/epoch_seconds": train["seconds"], "time/images_per_sec": train["images_per_sec"]},
+                            epoch)
+        better, metric = self._is_better(val)
+        self.state.scheduler.epoch_end(metric)
         if better:
-            fit.best_metric, fit.best_epoch, fit.bad_epochs = metric, epoch, 0
-            self._save("best.pt", model, optimizer, scheduler, scaler, fit)
+            p.best_metric, p.best_epoch, p.bad_epochs = metric, epoch, 0
+            self._save("best.pt")
         else:
-            fit.bad_epochs += 1
-            if self.cfg.early_stopping_patience and fit.bad_epochs >= self.cfg.early_stopping_patience:
-                fit.stop_reason = "early_stopping"
-        self._save("last.pt", model, optimizer, scheduler, scaler, fit)
+            p.bad_epochs += 1
+            if self.cfg.early_stopping_patience and p.bad_epochs >= self.cfg.early_stopping_patience:
+                p.stop_reason = "early_stopping"
+        self._save("last.pt")
+        self.callbacks.on_epoch_end(self, eval_model, self.data, row)
         display.end_epoch(epoch, (
-            f"epoch {epoch + 1}/{self.cfg.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
+            f"epoch {epoch}/{self.cfg.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
             f"val loss {val['loss']:.4f} acc {val['top1']:.2f}%{' *' if better else ''} | "
             f"{train['seconds']:.1f}s {train['images_per_sec']:,.0f} img/s"),
             short=f"val acc {val['top1']:.2f}%")
-        if fit.stop_reason:
-            say(self.console, f"stopping after epoch {epoch + 1}: " + (
-                f"no better {self.cfg.monitor} for {fit.bad_epochs} epochs (early stopping)"
-                if fit.stop_reason == "early_stopping" else f"trainer.max_steps={self.cfg.max_steps} reached"))
+        if p.stop_reason:
+            self._say(f"stopping after epoch {epoch}: " + (
+                f"no better {self.cfg.monitor} for {p.bad_epochs} epochs (early stopping)"
+                if p.stop_reason == "early_stopping" else f"trainer.max_steps={self.cfg.max_steps} reached"))
 
     # ------------------------------------------------------------------------------------------ report
-    def _finish(self, model: nn.Module, data, fit: FitState, tb: TensorBoard) -> dict:
-        if not fit.history:
-            tb.close()
-            return {"finished": False, "stop_reason": fit.stop_reason}
+    def _finish(self, data) -> dict:
+        p, model = self.state.progress, self.state.model
+        if not p.history:
+            if self.tb is not None:
+                self.tb.close()
+            return {"finished": False, "stop_reason": p.stop_reason}
         spec = data.spec
-        best = checkpoint.load(self.ckpt_dir / "best.pt")
+        best = checkpoint.load(self.ckpt_dir / "best.pt")  # every rank: rank 0 wrote it before the last barrier
         model.load_state_dict(best.get("ema") or best["model"])  # the weights that were validated
         test = evaluate(model, self._eval_loader(data.test), spec.num_classes, self.autocast, self.memory_format)
-        best_val = next(h for h in fit.history if h["epoch"] == fit.best_epoch)
-        last = fit.history[-1]
+        best_val = next(h for h in p.history if h["epoch"] == p.best_epoch)
+        last = p.history[-1]
         metrics = {
             "best_val_acc": best_val["val_acc"],
             "best_val_loss": best_val["val_loss"],
-            "best_epoch": fit.best_epoch + 1,
+            "best_epoch": p.best_epoch,
             "test_acc": test["top1"],
             "test_top5": test["top5"],
             "test_loss": test["loss"],
             "final_train_loss": last["train_loss"],
             "final_train_acc": last["train_acc"],
-            "epochs": len(fit.history),
-            "steps": fit.step,
-            "params": sum(p.numel() for p in model.parameters()),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "seconds_per_epoch": fit.train_seconds / max(1, len(fit.history)),
-            "total_seconds": fit.train_seconds,
-            "images_per_sec": sum(h["images_per_sec"] for h in fit.history) / len(fit.history),
+            "epochs": len(p.history),
+            "steps": p.step,
+            "params": sum(q.numel() for q in model.parameters()),
+            "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
+            "seconds_per_epoch": p.train_seconds / max(1, len(p.history)),
+            "total_seconds": p.train_seconds,
+            "images_per_sec": sum(h["images_per_sec"] for h in p.history) / len(p.history),
             "val_is_test": data.val_is_test,
-            "ema": self.ema is not None,
-            "finished": fit.finished,
-            "stop_reason": fit.stop_reason or "epochs",
+            "ema": self.state.ema is not None,
+            "finished": p.finished,
+            "stop_reason": p.stop_reason or "epochs",
+            "skipped_batches": p.skipped_batches,
             "device": str(self.device),
-            "history": fit.history,
+            "world_size": distributed.world_size(),
+            "history": p.history,
         }
+        self.callbacks.on_fit_end(self, model, data, metrics)
+        if not self.is_main:
+            return metrics
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        tb.hparams(self.hparams, {"hparam/best_val_acc": metrics["best_val_acc"],
-                                  "hparam/test_acc": metrics["test_acc"], "hparam/test_loss": metrics["test_loss"]})
-        if self.cfg.image_grid:
-            self._log_grid(model, data, tb, fit.best_epoch)
-        tb.close()
+        self.tb.hparams(self.hparams, {"hparam/best_val_acc": metrics["best_val_acc"],
+                                       "hparam/test_acc": metrics["test_acc"], "hparam/test_loss": metrics["test_loss"]})
+        self.tb.close()
         self.console.print(metrics_table(f"cnnlab run: {self.run_dir}", [
             ("best val acc", f"{metrics['best_val_acc']:.2f}% (epoch {metrics['best_epoch']})"
-                             + (" [EMA weights]" if self.ema is not None else "")),
+                             + (" [EMA weights]" if self.state.ema is not None else "")),
             ("test acc (best.pt)", f"{metrics['test_acc']:.2f}%" + (" [selected on test]" if data.val_is_test else "")),
             ("test top-5", f"{metrics['test_top5']:.2f}%"),
             ("test loss", f"{metrics['test_loss']:.4f}"),
@@ -372,13 +521,21 @@ class Trainer:
         log.info("metrics: %s", {k: v for k, v in metrics.items() if k != "history"})
         return metrics
 
-    def _log_grid(self, model: nn.Module, data, tb: TensorBoard, step: int) -> None:
-        x, y = next(iter(data.val))
-        x, y = x[: self.cfg.image_grid], y[: self.cfg.image_grid]
-        pred = predict(model, x.contiguous(memory_format=self.memory_format), self.autocast)
-        picture = prediction_grid(denormalise(x, data.spec.mean, data.spec.std), y.tolist(), pred.tolist(),
-                                  data.spec.classes)
-        tb.image("val/predictions", picture, step)
+
+def _finite(model: nn.Module) -> bool:
+    """All parameters and buffers finite: one device reduction and one host sync (per checkpoint save)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _drop_gradients_unless(model: nn.Module, finite: torch.Tensor) -> None:
+    """nan_policy=skip_batch, without a host sync: a batch whose loss is not finite contributes no gradient."""
+    keep = finite.to(torch.float32)
+    for q in model.parameters():
+        if q.grad is not None:
+            q.grad.nan_to_num_(0.0, 0.0, 0.0).mul_(keep.to(q.grad.dtype))
 
 
 class _NoProfiler(nullcontext):
