@@ -11,6 +11,7 @@ an error, never a silently smaller dataset.
 from __future__ import annotations
 
 import gzip
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -47,13 +48,20 @@ class ArrayDataset:
 
 
 def read_image(path: Path):
-    """One image file as an RGB PIL image; unreadable or truncated -> CnnlabError naming it."""
+    """One image file as an RGB PIL image; unreadable or truncated -> CnnlabError naming it. An image larger
+    than PIL's MAX_IMAGE_PIXELS (a decompression bomb: a tiny file that decodes to gigabytes) is refused
+    before decoding, where PIL alone would only warn up to twice that size."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as ex:  # UnidentifiedImageError is an OSError
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as ex:
+        raise CnnlabError(f"{path}: refused to decode it ({ex}); a real image this large needs "
+                          "PIL.Image.MAX_IMAGE_PIXELS raised") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as ex:  # UnidentifiedImageError is an OSError
         raise corrupt(path, f"{type(ex).__name__}: {ex}") from None
 
 

@@ -6,6 +6,7 @@ Images come in many sizes: `data.image_size` says what the model sees. Every lis
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -98,12 +99,31 @@ def load_oxford_pets(root: Path, download: bool) -> ArrayDataset:
 
 
 # -------------------------------------------------------------------------------------------- image folder
+def _visible(path: Path, below: Path) -> bool:
+    """Not hidden (.DS_Store, macOS ._name.jpg shadows, .git/): no part of the path below `below` starts with '.'."""
+    return not any(part.startswith(".") for part in path.relative_to(below).parts)
+
+
+def _class_folders(folder: Path, skip: Path | None = None) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p != skip and _visible(p, folder))
+
+
 def _scan(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    paths, labels = [], []
+    """Every image file under folder/<class>/ (recursively). A class folder without images is an error naming
+    it; other files are skipped with one warning line."""
+    paths, labels, others = [], [], []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = [p for p in (folder / name).rglob("*") if _visible(p, folder) and p.is_file()]
+        found = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise CnnlabError(f"imagefolder: class folder {folder / name} holds no images "
+                              f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
+        others += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         paths += found
         labels += [label] * len(found)
+    if others:
+        print(f"warning: imagefolder: skipped {len(others)} file(s) that are not images under {folder} "
+              f"(first: {min(others)})", file=sys.stderr)
     return paths, labels
 
 
@@ -119,17 +139,21 @@ def load_imagefolder(root: Path, download_url: str | None, val_fraction: float, 
                           "train/<class>/ and val/<class>/ image folders, or <class>/ folders")
     held_out = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
     train_dir = root / "train" if held_out is not None and (root / "train").is_dir() else root
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and p != held_out)
+    classes = _class_folders(train_dir, skip=held_out)
     if not classes:
         raise CnnlabError(f"imagefolder: no class folders in {train_dir} (expected {train_dir}/<class>/<image>)")
     paths, labels = _scan(train_dir, classes)
-    if not paths:
-        raise CnnlabError(f"imagefolder: no images ({', '.join(IMAGE_SUFFIXES)}) under {train_dir}/<class>/")
     y = torch.tensor(labels, dtype=torch.long)
     if train_dir != root:
-        test_paths, test_labels = _scan(held_out, classes)
-        if not test_paths:
-            raise CnnlabError(f"imagefolder: {held_out} holds no images in the class folders {', '.join(classes)}")
+        unknown = sorted(set(_class_folders(held_out)) - set(classes))
+        if unknown:
+            raise CnnlabError(f"imagefolder: {held_out} has class folder(s) {', '.join(unknown)} that {train_dir} "
+                              f"lacks; the classes are {', '.join(classes)}")
+        test_classes = [c for c in classes if (held_out / c).is_dir()]
+        if not test_classes:
+            raise CnnlabError(f"imagefolder: {held_out} has none of the class folders {', '.join(classes)}")
+        test_paths, test_labels = _scan(held_out, test_classes)
+        test_labels = [classes.index(test_classes[i]) for i in test_labels]
         return ArrayDataset(FileList(paths), y, FileList(test_paths), torch.tensor(test_labels), classes)
     g = torch.Generator().manual_seed(seed)
     held = [idx[torch.randperm(len(idx), generator=g)][: max(1, round(len(idx) * val_fraction))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -23,17 +24,21 @@ def read_idx(path: Path, expect_dims: int) -> torch.Tensor:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as ex:  # gzip.BadGzipFile is an OSError; truncation raises EOFError
-        raise corrupt(path, str(ex)) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expect_dims:
-        raise CnnlabError(f"{path} is not an idx file of {expect_dims} dimension(s) of uint8")
-    dims = struct.unpack(f">{expect_dims}I", raw[4 : 4 + 4 * expect_dims])
+    except (OSError, EOFError, zlib.error) as ex:  # BadGzipFile is an OSError; truncation EOFError; bad deflate
+        raise corrupt(path, f"{type(ex).__name__}: {ex}") from None
     offset = 4 + 4 * expect_dims
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expect_dims:
+        raise CnnlabError(f"{path} is not an idx file of {expect_dims} dimension(s) of uint8 (wrong magic number)")
+    if len(raw) < offset:
+        raise corrupt(path, f"{len(raw)} bytes, shorter than the {offset}-byte idx header")
+    dims = struct.unpack(f">{expect_dims}I", raw[4:offset])
     count = 1
     for d in dims:
         count *= d
     if len(raw) - offset != count:
         raise corrupt(path, f"header says {count} bytes of data, file has {len(raw) - offset}")
+    if count == 0:
+        raise CnnlabError(f"{path} holds no data (dimensions {dims})")
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
 
 

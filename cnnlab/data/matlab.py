@@ -34,6 +34,8 @@ def _elements(buf: bytes, order: str):
         first = int(np.frombuffer(buf, order + "u4", 1, pos)[0])
         if first >> 16:  # small element: 2-byte byte count, 2-byte type, up to 4 data bytes in the tag
             kind, size = first & 0xFFFF, first >> 16
+            if size > 4:
+                raise _Truncated(f"a small element at byte {pos} says {size} bytes (at most 4 fit)")
             yield kind, buf[pos + 4 : pos + 4 + size]
             pos += 8
             continue
@@ -44,22 +46,30 @@ def _elements(buf: bytes, order: str):
         pos += 8 + size if first == MI_COMPRESSED else 8 + (size + 7) // 8 * 8
 
 
+def _numbers(data: bytes, dtype: str, what: str) -> np.ndarray:
+    if len(data) % np.dtype(dtype).itemsize:
+        raise _Truncated(f"{what}: {len(data)} bytes is not a whole number of {np.dtype(dtype).name} values")
+    return np.frombuffer(data, dtype)
+
+
 def _matrix(payload: bytes, order: str) -> tuple[str, np.ndarray | None]:
     """(name, array) of an miMATRIX; array None for classes this reader does not handle (cells, structs...)."""
     parts = list(_elements(payload, order))
     if len(parts) < 3:
         raise _Truncated("a matrix with fewer than 3 parts")
-    flags = np.frombuffer(parts[0][1], order + "u4")
+    flags = _numbers(parts[0][1], order + "u4", "array flags")
+    dims = tuple(int(d) for d in _numbers(parts[1][1], order + "i4", "dimensions"))
+    if not len(flags) or not dims or min(dims) < 0:
+        raise _Truncated(f"a matrix with array flags {flags.tolist()} and dimensions {dims}")
     mx_class = int(flags[0]) & 0xFF
-    dims = tuple(int(d) for d in np.frombuffer(parts[1][1], order + "i4"))
     name = parts[2][1].decode("ascii", "replace")
     if mx_class not in MX_CLASSES or len(parts) < 4:
         return name, None
     kind, data = parts[3]
     if kind not in MI_TYPES:
         raise _Truncated(f"variable {name!r} stores its data as unknown type {kind}")
-    values = np.frombuffer(data, order + MI_TYPES[kind])
-    if values.size != int(np.prod(dims)):
+    values = _numbers(data, order + MI_TYPES[kind], f"variable {name!r}")
+    if values.size != int(np.prod(dims, dtype=object)):
         raise _Truncated(f"variable {name!r} has {values.size} values for dimensions {dims}")
     return name, values.astype(MX_CLASSES[mx_class]).reshape(dims, order="F")  # MATLAB is column-major
 
@@ -80,7 +90,7 @@ def read_mat(path: Path, names: list[str]) -> dict[str, np.ndarray]:
                     payload = zlib.decompress(payload)
                 except zlib.error as ex:
                     raise _Truncated(f"compressed data: {ex}") from None
-                kind, payload = next(_elements(payload, order))
+                kind, payload = next(_elements(payload, order), (None, b""))
             if kind == MI_MATRIX:
                 name, array = _matrix(payload, order)
                 if name in names and array is not None:

@@ -16,20 +16,35 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from cnnlab.errors import CnnlabError
 
 
 def download_and_extract(url: str, dest: Path, *, filename: str | None = None, md5: str | None = None) -> Path:
-    """Fetch `url` into dest/filename (torchvision's download_url: redirects, Google Drive, md5 check) and
-    extract it into `dest`. Returns the archive's path."""
-    from torchvision.datasets.utils import download_url
+    """Fetch `url` into dest/filename (torchvision's download_url: redirects, Google Drive, md5 check; a
+    file:// URL is copied) and extract it into `dest`. Returns the archive's path. On any failure the
+    partial or refused archive is removed, and `dest` too if this call created it and it is empty."""
+    from torchvision.datasets.utils import check_integrity, download_url
 
     dest = Path(dest)
+    created = not dest.exists()
     filename = filename or os.path.basename(urlparse(url).path) or "download"
-    download_url(url, str(dest), filename, md5)
     archive = dest / filename
-    extract(archive, dest)
+    try:
+        if urlparse(url).scheme == "file":
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(url2pathname(urlparse(url).path), archive)
+            if md5 and not check_integrity(str(archive), md5):
+                raise CnnlabError(f"{url} does not have the expected md5 {md5}")
+        else:
+            download_url(url, str(dest), filename, md5)
+        extract(archive, dest)
+    except BaseException:
+        archive.unlink(missing_ok=True)
+        if created and dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+        raise
     return archive
 
 
