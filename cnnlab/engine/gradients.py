@@ -1,0 +1,83 @@
+"""Gradient flow: per-stage gradient norms (trainer.log_grad_norms) and weight/gradient histograms
+(trainer.log_histograms=N), the evidence for the skip-connection and BatchNorm experiments.
+
+A stage is one of the model's stages as cnnlab.optim.stage_modules sees them (input to output, the head last).
+The norm of a stage is the L2 norm of all its parameters' gradients after a backward pass. Norms are summed
+on the device in `after_backward` (queued work, no host sync) and their mean over the interval is read once in
+`on_log`, every trainer.log_every optimizer steps, as `weights/grad_norm/<stage>` at the optimizer step.
+Under fp16 autocast the gradients carry the GradScaler's scale; the mean is divided by the scale read at `on_log`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.engine.callbacks import Callback
+
+
+def stage_names(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) for each stage: `<index>_<path in the model>`, so TensorBoard sorts them input to output."""
+    from cnnlab.optim import stage_modules
+
+    paths = {id(m): name for name, m in model.named_modules()}
+    stages = stage_modules(model)
+    width = len(str(len(stages)))
+    return [(f"{i + 1:0{width}d}_{paths.get(id(m)) or type(m).__name__}", m) for i, m in enumerate(stages)]
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: fused per-device kernels
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+class GradientFlow(Callback):
+    def __init__(self, log_norms: bool = False, histogram_every: int | None = None):
+        self.log_norms = log_norms
+        self.histogram_every = histogram_every or 0
+        self.stages: list[tuple[str, list[nn.Parameter]]] = []
+        self.sums: torch.Tensor | None = None
+        self.count = 0
+        self.last_grads: dict[str, torch.Tensor] = {}
+
+    def on_fit_start(self, trainer, model, data) -> None:
+        self.stages = [(name, list(m.parameters())) for name, m in stage_names(model)]
+        self.sums = torch.zeros(len(self.stages), device=trainer.device)
+        self.count = 0
+
+    def _histogram_epoch(self, trainer) -> bool:
+        epoch = trainer.state.progress.epoch + 1  # the epoch in progress, numbered from 1
+        return self.histogram_every > 0 and epoch % self.histogram_every == 0
+
+    def after_backward(self, trainer, model) -> None:
+        keep = self._histogram_epoch(trainer)
+        for i, (name, params) in enumerate(self.stages):
+            grads = [p.grad.detach() for p in params if p.grad is not None]
+            if not grads:
+                continue
+            if self.log_norms:
+                self.sums[i] += _total_norm(grads)
+            if keep:  # the epoch's last gradients, for its histogram (the optimizer step clears .grad)
+                self.last_grads[name] = torch.cat([g.flatten() for g in grads])
+        self.count += 1
+
+    def on_log(self, trainer, model) -> None:
+        if not self.log_norms or self.count == 0:
+            return
+        scaler = trainer.state.scaler
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        means = (self.sums / (self.count * scale)).tolist()  # the one host sync, where the trainer syncs anyway
+        self.sums.zero_()
+        self.count = 0
+        if trainer.tb is not None:  # at the optimizer step (the epoch curves use the epoch)
+            for (name, _), value in zip(self.stages, means):
+                trainer.tb.writer.add_scalar(f"weights/grad_norm/{name}", value, trainer.state.progress.step)
+
+    def on_epoch_end(self, trainer, model, data, row: dict) -> None:
+        if not self.histogram_every or row["epoch"] % self.histogram_every or trainer.tb is None:
+            return
+        for name, params in self.stages:
+            trainer.tb.histogram(f"weights/{name}", torch.cat([p.detach().flatten() for p in params]), row["epoch"])
+            if name in self.last_grads:
+                trainer.tb.histogram(f"weights/{name}/grad", self.last_grads.pop(name), row["epoch"])

@@ -1,0 +1,72 @@
+"""Sweep pictures: every run's validation curve on one axis, and accuracy against parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnlab.analysis.figures import new_figure, save
+from cnnlab.experiments.report import Report
+
+
+def _colors(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
+    """Validation accuracy per epoch (left) and the train-minus-val accuracy gap (right), one line per run."""
+    runs = [(r, lab) for r, lab in zip(report.runs, report.labels()) if r.history]
+    if not runs:
+        return None
+    fig = new_figure(13, 5.2 + 0.22 * max(0, len(runs) - 4))
+    acc_ax, gap_ax = fig.subplots(1, 2)
+    for (run, lab), color in zip(runs, _colors(len(runs))):
+        epochs = [h["epoch"] for h in run.history]
+        acc_ax.plot(epochs, [h["val_acc"] for h in run.history], marker="o", ms=3, color=color, label=lab)
+        gap_ax.plot(epochs, [h["train_acc"] - h["val_acc"] for h in run.history], marker="o", ms=3, color=color)
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    gap_ax.set(xlabel="epoch", ylabel="train acc - val acc (percentage points)",
+               title="train-val gap (over 0: fits train better than val)")
+    gap_ax.axhline(0, color="grey", lw=0.8)
+    for ax in (acc_ax, gap_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.legend(loc="outside lower center", ncols=min(3, len(runs)), fontsize=9,
+               title=", ".join(report.keys) if report.keys else None)
+    fig.suptitle(title or "validation curves", fontsize=13)
+    out = save(fig, path)
+    return out
+
+
+def accuracy_vs_params(report: Report, path: str | Path, title: str = "") -> Path | None:
+    """Best validation and test accuracy against the parameter count (log axis), each run labelled."""
+    points = [(row, lab) for run, row, lab in zip(report.runs, report.rows, report.labels())
+              if run.ok and row.get("params")]
+    if not points:
+        return None
+    fig = new_figure(9, 6)
+    ax = fig.subplots()
+    for (row, lab), color in zip(points, _colors(len(points))):
+        ax.scatter(row["params"], row["best val acc"], color=color, s=50, zorder=3)
+        if row.get("test acc") is not None:
+            ax.scatter(row["params"], row["test acc"], facecolors="none", edgecolors=color, s=50, zorder=3)
+        ax.annotate(lab, (row["params"], row["best val acc"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters (log scale)", ylabel="accuracy (%)", title=title or "accuracy vs parameters")
+    ax.scatter([], [], color="black", label="best val acc")
+    ax.scatter([], [], facecolors="none", edgecolors="black", label="test acc (best.pt)")
+    ax.legend(loc="best", fontsize=9)
+    ax.margins(x=0.25, y=0.12)
+    ax.grid(alpha=0.3, which="both")
+    return save(fig, path)
+
+
+def write(report: Report, out_dir: str | Path, title: str = "") -> list[Path]:
+    """curves.png and accuracy_vs_params.png in `out_dir` (those that have data to show)."""
+    out_dir = Path(out_dir)
+    made = [curves(report, out_dir / "curves.png", title), accuracy_vs_params(report, out_dir / "accuracy_vs_params.png",
+                                                                                title)]
+    return [p for p in made if p is not None]
