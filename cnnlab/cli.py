@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cnnlab.commands.train", "train a model; best/last checkpoints, TensorBoard, metrics.json"),
     "eval": ("cnnlab.commands.evaluate", "evaluate a checkpoint: top-1/5, precision/recall/F1, confusion matrix"),
     "summary": ("cnnlab.commands.summary", "per-layer shapes, parameters, MACs and receptive field of a model"),
+    "compare": ("cnnlab.commands.compare", "one table (CSV, markdown) and plots over run and sweep directories"),
     "predict": ("cnnlab.commands.predict", "classify image files with a checkpoint: a table and predictions.json"),
     "features": ("cnnlab.commands.features", "feature maps, first-layer filters and Grad-CAM for one image"),
     "export": ("cnnlab.commands.export", "export a checkpoint to ONNX or TorchScript, parity-checked"),
@@ -61,6 +62,16 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _fail_job(message: str, cfg) -> None:
+    """A job's user error: one line and exit 2, except in a -m sweep, where the job is recorded as failed
+    (failed.json, shown in the sweep's summary) and the sweep goes on; it exits 1 at the end."""
+    from cnnlab.experiments.sweep import record_failed_job
+
+    if not record_failed_job(message, cfg):
+        _fail(message)
+    print(f"error: {message}", file=sys.stderr)
+
+
 def _one_line(ex: BaseException) -> str:
     """Condense a (possibly multi-line, chained) Hydra/OmegaConf error into one readable line."""
     from hydra.errors import MissingConfigException
@@ -92,14 +103,17 @@ def _task(module_name: str):
         from cnnlab.engine.trainer import Interrupted
 
         try:
-            return importlib.import_module(module_name).run(cfg)
+            module = importlib.import_module(module_name)
+            result = module.run(cfg)
+            # A sweeper (Optuna) optimises what the task returns: the command's objective, where it has one.
+            return module.objective(cfg, result) if hasattr(module, "objective") else result
         except Interrupted as ex:  # last.pt is saved; the message says how to continue
             print(str(ex), file=sys.stderr)
             sys.exit(128 + ex.signum)
         except CnnlabError as ex:
-            _fail(str(ex))
+            _fail_job(str(ex), cfg)
         except MissingMandatoryValue as ex:  # a `???` value the user did not give
-            _fail(f"{ex.full_key} is required: add {ex.full_key}=...")
+            _fail_job(f"{ex.full_key} is required: add {ex.full_key}=...", cfg)
 
     return task
 
@@ -118,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         _fail(f"unknown command '{command}'; choose from: {', '.join(COMMANDS)}")
+    if command == "compare":  # `cnnlab compare DIR... [key=value]`: the directories become paths=[...]
+        from cnnlab.commands.compare import paths_override
+
+        rest = paths_override(rest)
 
     import hydra
     from hydra.errors import HydraException

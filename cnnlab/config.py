@@ -89,6 +89,8 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None  # debug: validate/test on at most this many batches
     overfit_batches: Optional[int] = None  # debug: train and validate on these first batches, repeated
     profile: bool = False  # debug: torch.profiler trace of a few steps into <run>/tb/profile
+    log_grad_norms: bool = False  # per-stage gradient norms in TensorBoard every log_every steps (engine/gradients.py)
+    log_histograms: Optional[int] = None  # weight and gradient histograms every N epochs (null: none)
     overwrite: bool = False  # train into a run dir that already holds a run (its checkpoints, tb/ and metrics go)
     nan_policy: str = "stop"  # stop | skip_batch: what a non-finite loss does (checked at the log interval)
 
@@ -218,6 +220,7 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "seed", low=0, integer=True)
     _number(cfg, "trainer.epochs", low=1, integer=True)
     _number(cfg, "trainer.log_every", low=1, integer=True)
+    _number(cfg, "trainer.log_histograms", low=1, integer=True)
     _number(cfg, "trainer.label_smoothing", low=0, high=0.99)
     _number(cfg, "trainer.image_grid", low=0, integer=True)
     _number(cfg, "trainer.image_every", low=0, integer=True)

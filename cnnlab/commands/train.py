@@ -16,29 +16,25 @@ from cnnlab.config import validate_train
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.engine import rundir
 from cnnlab.engine.device import resolve_device
+from cnnlab.engine.gradients import GradientFlow
 from cnnlab.engine.progress import make_console, say
 from cnnlab.engine.trainer import Trainer, planned_steps
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    """The hyper-parameters shown in TensorBoard's HParams tab: the run's choices and the sweep's overrides."""
-    choices = HydraConfig.get().runtime.choices
-    params = {f"choice/{group}": str(choice) for group, choice in choices.items()
-              if not group.startswith("hydra") and group != "train_schema"}
-    params.update({
-        "seed": cfg.seed, "optimizer.lr": cfg.optimizer.get("lr"), "optimizer.weight_decay":
-        cfg.optimizer.get("weight_decay"), "data.batch_size": cfg.data.batch_size, "trainer.epochs": cfg.trainer.epochs,
-    })
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.partition("=")
-        params[key.lstrip("+~")] = value
-    return {k: v for k, v in params.items() if v is not None}
+from cnnlab.experiments.cost import ModelCost
+from cnnlab.experiments.hparams import hparams_of
+from cnnlab.experiments.report import objective as best_monitored
 
 
 def callbacks_for(cfg: DictConfig) -> list:
     """The trainer callbacks this config asks for (each feature adds its line here)."""
-    callbacks = []
+    callbacks = [ModelCost()]
+    if cfg.trainer.log_grad_norms or cfg.trainer.log_histograms:
+        callbacks.append(GradientFlow(cfg.trainer.log_grad_norms, cfg.trainer.log_histograms))
     return callbacks
+
+
+def objective(cfg: DictConfig, metrics: dict) -> float | None:
+    """What a sweeper (Optuna) optimises; cli.py returns it from the Hydra task: the best monitored metric."""
+    return best_monitored(metrics, cfg.trainer.monitor)
 
 
 def _hydra():
@@ -98,7 +94,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     say(make_console(), f"cnnlab train: {cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name} "
         f"({len(data.train.labels):,} train / {len(data.val.labels):,} val / {len(data.test.labels):,} test) "
         f"on {device}; run dir {run_dir}")
-    trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config=config, hparams=hparams_of(cfg),
+    trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config=config, hparams=hparams_of(cfg, run_dir),
                       finetune=finetune, callbacks=callbacks_for(cfg), resume_hint=resume_command(run_dir))
     resume = (claim.resume_from, claim.resume_state) if claim.resume_from is not None else None
     return trainer.fit(model, data, optimizer, scheduler, resume=resume)
