@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 from torch import nn
 
 from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
-from cnnlab.models import build, count_params
+from cnnlab.config import register
+from cnnlab.models import build, count_params, knob_names, load_yaml
 from cnnlab.models.layers import POOLS, make_pool
 
 from conftest import REPO
@@ -22,9 +25,12 @@ CONFIGS = REPO / "configs" / "model"
 ZOO = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in ("torchvision", "speedrun"))
 # Every model runs at 28x28x1 and 32x32x3; at 224x224x3 all but the most expensive (about a minute in all on
 # one core), which share their 224 code paths (stems, 7x7 classifiers) with cheaper relatives run there.
-NOT_AT_224 = {"mnist_cnn", "vgg11", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "efficientnet_b5",
-              "efficientnet_b6", "efficientnet_b7", "resnet101", "resnet152", "resnext29_8x64d", "wide_resnet28_10",
-              "wide_resnet50_2"}
+NOT_AT_224 = {"mnist_cnn", "mnist_cnn_padded", "vgg11", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+              "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "resnet101", "resnet152", "resnext29_8x64d",
+              "wide_resnet28_10", "wide_resnet50_2", "densenet169", "densenet201", "preact_resnet50",
+              "preact_resnet101", "mlp_head_cnn",
+              # He et al.'s CIFAR nets: resnet20 / plain20 cover their 224 path
+              *[f"{kind}{d}" for kind in ("resnet", "plain") for d in (32, 44, 56, 110, 1202)]}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,7 +43,7 @@ def one_thread():
 
 
 def make(name: str, image_size: int = 32, channels: int = 3, num_classes: int = 10, /, **overrides) -> nn.Module:
-    cfg = OmegaConf.merge(OmegaConf.load(CONFIGS / f"{name}.yaml"), overrides)
+    cfg = OmegaConf.merge(load_yaml(CONFIGS / f"{name}.yaml"), overrides)
     return build(cfg, DataSpec(num_classes=num_classes, channels=channels, image_size=image_size))
 
 
@@ -53,7 +59,8 @@ def torchvision_params(name: str, **kwargs) -> int:
 
 TORCHVISION_TWINS = ["alexnet", *[f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")],
                      *[f"resnet{d}" for d in (18, 34, 50, 101, 152)], "resnext50_32x4d", "wide_resnet50_2",
-                     "densenet121", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                     "densenet121", "densenet169", "densenet201", "mobilenet_v2", "mobilenet_v3_small",
+                     "mobilenet_v3_large",
                      *[f"efficientnet_b{i}" for i in range(8)]]
 
 
@@ -77,6 +84,29 @@ def test_published_parameter_counts():
         assert count_params(make("lenet5", 32, 1)) == 61_706
         assert 36_000_000 < count_params(make("wide_resnet28_10", 32)) < 37_000_000  # WRN-28-10: 36.5M
         assert 34_000_000 < count_params(make("resnext29_8x64d", 32)) < 35_000_000  # 34.4M
+
+
+# He et al. (2015), CIFAR-10: 32x32x3, 10 classes, option-A shortcuts (no parameters); the plain twins are equal.
+CIFAR_RESNET_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+
+
+@pytest.mark.parametrize("depth", CIFAR_RESNET_PARAMS)
+def test_cifar_resnet_and_plain_parameter_counts(depth):
+    with torch.device("meta"):
+        assert count_params(make(f"resnet{depth}", 32, 3, 10)) == CIFAR_RESNET_PARAMS[depth]
+        if depth != 1202:
+            assert count_params(make(f"plain{depth}", 32, 3, 10)) == CIFAR_RESNET_PARAMS[depth]
+        assert count_params(make("resnet20", 32, 3, 10, depth=depth, skip=False)) == CIFAR_RESNET_PARAMS[depth]
+
+
+def test_every_model_yaml_lists_every_knob_of_its_constructor():
+    """So that any knob is overridable as model.<knob>=... without `++` (a family inherits its base's keys)."""
+    register()
+    with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base=None):
+        for name in [*ZOO, "torchvision"]:
+            cfg = compose("train", overrides=[f"model={name}"]).model
+            listed = {k for k in cfg if k != "_target_"}
+            assert listed == set(knob_names(get_method(cfg._target_))), name
 
 
 def forward_backward(model: nn.Module, channels: int, size: int, num_classes: int = 10) -> None:
@@ -125,7 +155,8 @@ def test_resnet_knobs():
 
 
 @pytest.mark.parametrize("override, key", [
-    ({"pool": "median"}, "model.pool"), ({"norm": "layer"}, "model.norm"), ({"act": "swish"}, "model.act"),
+    ({"pool": "median"}, "model.pool"), ({"norm": "banana"}, "model.norm"), ({"act": "swish"}, "model.act"),
+    ({"width_mult": -1}, "model.width_mult"), ({"dropout": 1.5}, "model.dropout"), ({"hidden": 0}, "model.hidden"),
     ({"pool": "mixed", "pool_lambda": 2}, "model.pool_lambda"), ({"pool": "lp", "pool_p": 0}, "model.pool_p"),
 ])
 def test_bad_knobs_name_the_key(override, key):
@@ -238,7 +269,9 @@ def test_torchvision_offline_download_is_a_clear_error(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # Patched where torchvision looks it up (WeightsEnum.get_state_dict), not in torch.hub: a real offline failure
+    # whether or not this machine has a network.
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(CnnlabError, match="cannot download.*weights_path"):
         make("torchvision", name="mobilenet_v3_small", weights="DEFAULT")

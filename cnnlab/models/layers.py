@@ -1,11 +1,13 @@
 """Building blocks shared by the model families: activations, norms, pooling variants, conv-norm-act, SE.
 
-Every knob a config can switch (`model.act`, `model.norm`, `model.pool`) is resolved here, so a bad value
-fails the same way in every model: a CnnlabError naming the key.
+Every knob a config can switch (`model.act`, `model.norm`, `model.pool`, ...) is resolved or checked here, so a
+bad value fails the same way in every model: a CnnlabError naming the key (`check_knobs` checks the shared ones
+by name before anything is built).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import partial
 
@@ -15,17 +17,68 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-               "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
-NORMS = ("batch", "group", "none")
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh,
+               "sigmoid": nn.Sigmoid, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
+NORMS = ("batch", "group", "layer", "none")
 POOLS = ("max", "avg", "sum", "mixed", "stochastic", "lp", "blur", "conv")
+HEADS = ("flatten", "gap", "gmp")  # what turns the last feature map into a vector
+PADDINGS = ("valid", "same")
 
 
 def make_act(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise CnnlabError(f"model.act must be one of {', '.join(ACTIVATIONS)}; got {name!r}")
     cls = ACTIVATIONS[name]
-    return cls(inplace=True) if cls in (nn.ReLU, nn.SiLU, nn.ReLU6, nn.Hardswish) else cls()
+    return cls(inplace=True) if cls in (nn.ReLU, nn.SiLU, nn.ReLU6, nn.Hardswish, nn.LeakyReLU) else cls()
+
+
+def _fraction(key: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+        raise CnnlabError(f"model.{key} must be a number in [0, 1); got {v!r}")
+
+
+def _positive(key: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise CnnlabError(f"model.{key} must be a number > 0; got {v!r}")
+
+
+def _positive_int(key: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise CnnlabError(f"model.{key} must be an integer >= 1; got {v!r}")
+
+
+# Knobs that mean the same in every model, checked by name (a null value means "the model's default").
+KNOB_CHECKS = {
+    "norm": lambda k, v: check_choice(k, v, NORMS), "fc_norm": lambda k, v: check_choice(k, v, NORMS),
+    "act": lambda k, v: check_choice(k, v, tuple(ACTIVATIONS)), "pool": lambda k, v: check_choice(k, v, POOLS),
+    "head": lambda k, v: check_choice(k, v, HEADS), "padding": lambda k, v: check_choice(k, v, PADDINGS),
+    "dropout": _fraction, "dropout2d": _fraction, "block_dropout": _fraction, "drop_path": _fraction,
+    "width_mult": _positive, "depth_mult": _positive, "pool_p": _positive,
+    "kernel_size": _positive_int, "dilation": _positive_int, "pool_kernel": _positive_int,
+    "pool_stride": _positive_int, "hidden": _positive_int,
+}
+
+
+def check_knobs(knobs: dict) -> None:
+    """Raise a CnnlabError naming the first shared knob (see KNOB_CHECKS) whose value is out of range."""
+    for key, value in knobs.items():
+        if key in KNOB_CHECKS and value is not None:
+            KNOB_CHECKS[key](key, value)
+
+
+def extends(cls, *fixed: str):
+    """Decorator for a factory `f(own..., **kw) -> cls(...)`: its signature lists its own keywords plus those of
+    `cls` it passes on (all but `fixed`), so that models.build can check a config's keys against it."""
+
+    def wrap(fn):
+        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        own = [p for p in inspect.signature(fn).parameters.values() if p.kind not in kinds]
+        taken = {p.name for p in own} | set(fixed)
+        rest = [p for p in inspect.signature(cls).parameters.values() if p.name not in taken and p.kind not in kinds]
+        fn.__signature__ = inspect.Signature([p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + rest])
+        return fn
+
+    return wrap
 
 
 def check_choice(key: str, value, choices) -> None:
@@ -38,13 +91,28 @@ def check_bool(key: str, value) -> None:
         raise CnnlabError(f"model.{key} must be true or false; got {value!r}")
 
 
-def make_norm(kind: str, channels: int, eps: float = 1e-5) -> nn.Module:
-    """BatchNorm, GroupNorm (for tiny batches: up to 32 groups that divide the channels) or nothing."""
-    check_choice("norm", kind, NORMS)
+def make_norm(kind: str, channels: int, eps: float = 1e-5, key: str = "norm") -> nn.Module:
+    """For feature maps: BatchNorm, GroupNorm (for tiny batches: up to 32 groups that divide the channels),
+    layer norm (one group: each sample normalised over channels and positions) or nothing."""
+    check_choice(key, kind, NORMS)
     if kind == "batch":
         return nn.BatchNorm2d(channels, eps=eps)
     if kind == "group":
         return nn.GroupNorm(math.gcd(32, channels), channels, eps=eps)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels, eps=eps)
+    return nn.Identity()
+
+
+def make_norm1d(kind: str, features: int, key: str = "norm") -> nn.Module:
+    """The same choice for the vectors between fully connected layers."""
+    check_choice(key, kind, NORMS)
+    if kind == "batch":
+        return nn.BatchNorm1d(features)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, features), features)
+    if kind == "layer":
+        return nn.LayerNorm(features)
     return nn.Identity()
 
 
@@ -275,7 +343,7 @@ def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and linear_std is not None:
