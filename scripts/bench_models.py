@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cnnlab.data import DataSpec  # noqa: E402
-from cnnlab.models import build, count_params  # noqa: E402
+from cnnlab.models import build, count_params, load_yaml  # noqa: E402
 
 CONFIGS = REPO / "configs" / "model"
 SKIP = {"torchvision"}  # needs model.name; the zoo's own configs cover the architectures
@@ -51,7 +50,7 @@ def sync(device: torch.device) -> None:
 
 
 def bench(name: str, device: torch.device, batch: int, size: int, steps: int, warmup: int, amp: bool) -> dict:
-    model = build(OmegaConf.load(CONFIGS / f"{name}.yaml"), DataSpec(num_classes=10, channels=3, image_size=size))
+    model = build(load_yaml(CONFIGS / f"{name}.yaml"), DataSpec(num_classes=10, channels=3, image_size=size))
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, size, size, device=device)

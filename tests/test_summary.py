@@ -13,7 +13,7 @@ from cnnlab.analysis.receptive_field import receptive_field
 from cnnlab.analysis.summary import summarize
 from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
-from cnnlab.models import build
+from cnnlab.models import build, load_yaml
 from cnnlab.models.layers import POOLS, make_pool
 from cnnlab.commands.summary import spec_of
 
@@ -31,7 +31,7 @@ def one_thread():
 
 
 def summary_of(name: str, image_size: int, channels: int = 3, num_classes: int = 1000) -> dict:
-    cfg = OmegaConf.load(REPO / "configs" / "model" / f"{name}.yaml")
+    cfg = load_yaml(REPO / "configs" / "model" / f"{name}.yaml")  # with its family base (defaults list)
     model = build(cfg, DataSpec(num_classes=num_classes, channels=channels, image_size=image_size))
     return summarize(model, (channels, image_size, image_size))
 
