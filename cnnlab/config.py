@@ -76,7 +76,7 @@ class TrainerConfig:
     log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
     monitor: str = "val_acc"  # the metric that picks best.pt
     image_grid: int = 32  # validation images in the TensorBoard prediction grid (0: none)
-    image_every: int = 1  # epochs between prediction grids in TensorBoard (the last epoch always gets one; 0: none)
+    image_every: int = 5  # epochs between prediction grids in TensorBoard (the last epoch always gets one; 0: none)
     progress: str = "auto"  # auto | rich | plain | none
     grad_clip: Optional[float] = None  # clip the global gradient norm to this value
     accumulate: int = 1  # micro-batches per optimizer step (effective batch = accumulate x batch_size)

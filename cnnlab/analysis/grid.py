@@ -10,7 +10,7 @@ import torch
 from cnnlab.analysis.figures import new_figure, show_image, to_tensor
 
 RIGHT, WRONG, NEUTRAL = "#1a7f37", "#c62828", "#222222"
-LEGEND = "caption: true class -> predicted class (probability); green: right, red: wrong"
+LEGEND = "caption: true class -> predicted class (probability); red: wrong; green: right (the class once)"
 
 
 def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -30,12 +30,28 @@ def caption(true: int, pred: int, classes: Sequence[str], prob: float | None = N
     return text if prob is None else f"{text} ({prob:.2f})"
 
 
+def label_captions(y: torch.Tensor, classes) -> list[str]:
+    """Class names; mixed (soft) labels name the two largest shares: "cat 0.62 + dog 0.38"."""
+    if y.ndim == 1:
+        return [class_name(classes, int(k)) for k in y]
+    captions = []
+    for row in y.float():
+        share, k = row.topk(min(2, len(row)))
+        if len(k) < 2 or share[1] < 0.005:  # a mix too faint to print
+            captions.append(class_name(classes, int(k[0])))
+        else:
+            captions.append(f"{class_name(classes, int(k[0]))} {share[0]:.2f} + {class_name(classes, int(k[1]))} "
+                            f"{share[1]:.2f}")
+    return captions
+
+
 def _wrap(text: str, width: int) -> str:
-    """Break a long caption after its arrow (class names are never cut)."""
-    if len(text) <= width or " -> " not in text:
-        return text
-    head, tail = text.split(" -> ", 1)
-    return f"{head} ->\n{tail}"
+    """Break a long caption after its arrow or plus (class names are never cut)."""
+    for joint in (" -> ", " + "):
+        if len(text) > width and joint in text:
+            head, tail = text.split(joint, 1)
+            return f"{head}{joint.rstrip()}\n{tail}"
+    return text
 
 
 def grid_figure(images: torch.Tensor, captions: Sequence[str], colours: Sequence[str] | None = None,

@@ -1,4 +1,5 @@
-"""Per-layer summary of a model on one image: output shape, parameters, MACs; totals; receptive field.
+"""Per-layer summary of a model on one image: output shape, parameters, MACs, receptive field and jump of
+each feature map; totals; the receptive field of the final map.
 
 Leaves are modules without children, or modules marked `atomic = True` (a composite layer shown as one row).
 MACs count multiply-accumulates of convolutions and linear layers, plus whatever a module reports through
@@ -52,6 +53,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     model.eval()
     layers, seen, active = [], set(), []
     collapse = {}
+    tracker = ReceptiveFieldTracker()
 
     def pre(name):
         def hook(module, inp):
@@ -69,13 +71,15 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
                 collapse.update(layer=name, type=type(module).__name__, output=list(x.shape[1:]))
             if not leaf:  # a non-leaf with extra MACs (attention): a row for what its children do not count
                 layers.append({"name": name + " (matmuls)", "type": type(module).__name__, "shape": list(x.shape[1:]),
-                               "params": 0, "macs": _macs(module, inp, x), "bytes": 0})
+                               "params": 0, "macs": _macs(module, inp, x), "bytes": 0, "rf": None, "jump": None})
                 return
             own = module.parameters(recurse=getattr(module, "atomic", False))
             params = 0 if module in seen else sum(p.numel() for p in own)  # a reused module counts once
             seen.add(module)
+            field = tracker.fields.get(id(x)) if x.dim() == 4 else None  # a feature map's units: what they see
             layers.append({"name": name, "type": type(module).__name__, "shape": list(x.shape[1:]), "params": params,
-                           "macs": _macs(module, inp, x), "bytes": x.numel() // x.shape[0] * x.element_size()})
+                           "macs": _macs(module, inp, x), "bytes": x.numel() // x.shape[0] * x.element_size(),
+                           "rf": field.size if field else None, "jump": field.jump if field else None})
         return hook
 
     handles = []
@@ -84,7 +88,6 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
         if name in leaves or (name and hasattr(m, "extra_macs")):
             handles.append(m.register_forward_pre_hook(pre(name)))
             handles.append(m.register_forward_hook(post(name, name in leaves)))
-    tracker = ReceptiveFieldTracker()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     try:
@@ -103,7 +106,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     listed = sum(row["params"] for row in layers)
     if total != listed:  # parameters used outside leaf layers (class tokens, position embeddings) or never called
         layers.append({"name": "(layers not run)" if collapse else "(other parameters)", "type": "", "shape": [],
-                       "params": total - listed, "macs": 0, "bytes": 0})
+                       "params": total - listed, "macs": 0, "bytes": 0, "rf": None, "jump": None})
     return {
         "input": list(input_shape), "params": total,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),

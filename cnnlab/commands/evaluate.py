@@ -1,64 +1,145 @@
-"""`cnnlab eval checkpoint=PATH`: rebuild data and model from the config stored in the checkpoint."""
+"""`cnnlab eval checkpoint=PATH`: rebuild data and model from the config stored in the checkpoint and report
+on one split: loss, top-1/top-5, per-class precision/recall/F1, the confusion matrix, the most-confused
+pairs and the most confident mistakes. Everything lands beside the evaluated run, in <run>/eval/<split>/."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, open_dict
 from rich.table import Table
 
 from cnnlab import data as data_lib
-from cnnlab import models
+from cnnlab.analysis.confusion import class_scores, confusion_figure, most_confused
+from cnnlab.analysis.figures import save, to_tensor
+from cnnlab.analysis.grid import class_name, denormalise, prediction_figure
+from cnnlab.analysis.tta import FlipAverage
+from cnnlab.commands.trained import Trained, load_trained
 from cnnlab.config import validate_eval
-from cnnlab.engine import checkpoint
 from cnnlab.engine.device import autocast_for, resolve_device, resolve_precision
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import make_console, say
+from cnnlab.engine.tensorboard import TensorBoard
 from cnnlab.errors import CnnlabError
+
+
+class ConfidentMistakes:
+    """An `on_batch` hook for evaluate(): keeps the `limit` misclassified images predicted most confidently."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.x = self.y = self.pred = self.prob = None
+        self.wrong = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        prob, pred = logits.softmax(1).max(1)
+        wrong = pred != y
+        self.wrong += int(wrong.sum())
+        if not self.limit or not wrong.any():
+            return
+        parts = [t[wrong] for t in (x, y, pred, prob)]
+        if self.x is not None:
+            parts = [torch.cat([old, new]) for old, new in zip((self.x, self.y, self.pred, self.prob), parts)]
+        keep = parts[3].argsort(descending=True, stable=True)[: self.limit]
+        self.x, self.y, self.pred, self.prob = (t[keep] for t in parts)
+
+
+def report_dir(cfg: DictConfig, trained: Trained) -> Path:
+    """output_dir, else beside `output`, else <run>/eval/<split>[-<checkpoint>][-tta_flip]."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser()
+    if cfg.output:
+        return Path(cfg.output).expanduser().parent
+    name = cfg.split + ("" if trained.path.stem == "best" else f"-{trained.path.stem}")
+    return trained.run_dir / "eval" / (name + ("-tta_flip" if cfg.tta == "flip" else ""))
 
 
 def run(cfg: DictConfig) -> dict:
     validate_eval(cfg)
-    state = checkpoint.load(cfg.checkpoint)
-    if not isinstance(state.get("config"), dict) or "data" not in state["config"]:
-        raise CnnlabError(f"{cfg.checkpoint} holds no run config: it was not written by `cnnlab train`")
-    run_cfg = OmegaConf.create(state["config"])
-    if cfg.data_root:
-        run_cfg.data.root = cfg.data_root
-    if cfg.batch_size:
-        run_cfg.data.eval_batch_size = cfg.batch_size
     device = resolve_device(cfg.device)
-    spec_saved = run_cfg.data_spec
-    stats = (tuple(spec_saved.mean), tuple(spec_saved.std))
-    data = data_lib.build(run_cfg.data, run_cfg.augment, device, seed=run_cfg.seed, stats=stats)
-    model = models.build(run_cfg.model, data.spec)
+    trained = load_trained(cfg.checkpoint, device)
+    run_cfg, spec = trained.config, trained.spec
+    with open_dict(run_cfg):
+        if cfg.data_root:
+            run_cfg.data.root = cfg.data_root
+        if cfg.batch_size:
+            run_cfg.data.eval_batch_size = cfg.batch_size
+    data = data_lib.build(run_cfg.data, None, device, seed=run_cfg.seed, stats=(spec.mean, spec.std))  # no augment
+    if data.spec.num_classes != spec.num_classes:
+        raise CnnlabError(f"{trained.path} was trained on {spec.num_classes} classes but its data now has "
+                          f"{data.spec.num_classes}")
+    out_dir = report_dir(cfg, trained)
     try:
-        model.load_state_dict(state.get("ema") or state["model"])  # EMA weights are the ones that were validated
-    except RuntimeError as ex:
-        raise CnnlabError(f"{cfg.checkpoint}: weights do not fit the model in its config "
-                          f"({str(ex).strip().splitlines()[0]})") from None
-    model.to(device)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as ex:
+        raise CnnlabError(f"cannot write the report into {out_dir} ({ex.strerror}): set output_dir=DIR") from None
+
     loader = data.train.evaluation_mode() if cfg.split == "train" else {"test": data.test, "val": data.val}[cfg.split]
-    result = evaluate(model, loader, data.spec.num_classes, autocast_for(device, resolve_precision("auto", device)))
-    classes = data.spec.classes
+    model = FlipAverage(trained.model) if cfg.tta == "flip" else trained.model
+    mistakes = ConfidentMistakes(cfg.grid)
+    result = evaluate(model, loader, spec.num_classes, autocast_for(device, resolve_precision("auto", device)),
+                      on_batch=mistakes)
+    cm, classes = result["confusion"], spec.classes
+    scores = class_scores(cm)
+    pairs = most_confused(cm, classes, cfg.pairs)
+    title = f"{trained.name} · {trained.path.name} (epoch {trained.state.get('epoch')}) · {cfg.split} split" + (
+        " · flip TTA" if cfg.tta == "flip" else "")
     report = {
-        "checkpoint": str(Path(cfg.checkpoint).resolve()), "split": cfg.split, "epoch": state.get("epoch"),
+        "checkpoint": str(trained.path.resolve()), "model": trained.name, "model_target": run_cfg.model._target_,
+        "params": trained.params, "split": cfg.split, "epoch": trained.state.get("epoch"), "tta": cfg.tta,
         "loss": result["loss"], "top1": result["top1"], "top5": result["top5"], "count": result["count"],
-        "per_class": {(classes[i] if i < len(classes) else str(i)): acc for i, acc in enumerate(result["per_class"])},
+        "macro": {k: 100 * v for k, v in scores["macro"].items()},
+        "per_class": {class_name(classes, i): {"images": scores["support"][i], "precision": 100 * scores["precision"][i],
+                                               "recall": 100 * scores["recall"][i], "f1": 100 * scores["f1"][i]}
+                      for i in range(spec.num_classes)},
+        "most_confused": pairs,
+        "confusion_matrix": cm.tolist(),
+        "files": {},
     }
-    out = Path(cfg.output) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / "eval.json"
+    pictures = {"confusion_matrix": confusion_figure(cm, classes, title)}
+    if mistakes.x is not None:
+        images = denormalise(mistakes.x, spec.mean, spec.std)
+        pictures["misclassified"] = prediction_figure(
+            images, mistakes.y.tolist(), mistakes.pred.tolist(), classes, mistakes.prob.tolist(),
+            f"{title}: the {len(images)} most confident of {mistakes.wrong:,} mistakes")
+    shutil.rmtree(out_dir / "tb", ignore_errors=True)  # a previous eval's events: this report replaces them
+    tb = TensorBoard(out_dir / "tb")
+    for name, fig in pictures.items():
+        report["files"][name] = str(save(fig, out_dir / f"{name}.png"))
+        tb.image(f"eval/{cfg.split}/{name}", to_tensor(fig), report["epoch"] or 0)
+    tb.close()
+    out = Path(cfg.output).expanduser() if cfg.output else out_dir / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-
-    console = make_console()
-    table = Table(title=f"{cfg.split} split: {result['count']:,} images")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("accuracy", justify="right")
-    for i, acc in enumerate(result["per_class"]):
-        table.add_row(classes[i] if i < len(classes) else str(i), f"{result['per_class_count'][i]:,}", f"{acc:.2f}%")
-    console.print(table)
-    say(console, f"loss {result['loss']:.4f}  top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  -> {out}")
+    _print(report, title, out_dir, out)
     return report
+
+
+def _print(report: dict, title: str, out_dir: Path, out: Path) -> None:
+    console = make_console()
+    table = Table(title=f"{title}: {report['count']:,} images ({report['params']:,} parameters)")
+    for column, justify in (("class", "left"), ("images", "right"), ("precision", "right"), ("recall", "right"),
+                            ("F1", "right")):
+        table.add_column(column, justify=justify)
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['images']:,}", f"{row['precision']:.2f}%", f"{row['recall']:.2f}%",
+                      f"{row['f1']:.2f}%")
+    macro = report["macro"]
+    table.add_section()
+    table.add_row("macro average", "", f"{macro['precision']:.2f}%", f"{macro['recall']:.2f}%", f"{macro['f1']:.2f}%")
+    console.print(table)
+    if report["most_confused"]:
+        pairs = Table(title="most confused (true -> predicted)")
+        for column, justify in (("true", "left"), ("predicted", "left"), ("images", "right"),
+                                ("% of true class", "right")):
+            pairs.add_column(column, justify=justify)
+        for p in report["most_confused"]:
+            pairs.add_row(p["true"], p["pred"], f"{p['count']:,}", f"{p['share']:.1f}%")
+        console.print(pairs)
+    say(console, f"checkpoint {report['checkpoint']}")
+    say(console, f"loss {report['loss']:.4f}  top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
+                 f"macro F1 {macro['f1']:.2f}%")
+    say(console, f"report: {out}; pictures and TensorBoard events in {out_dir}")

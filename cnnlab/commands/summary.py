@@ -56,10 +56,11 @@ def run(cfg: DictConfig) -> dict:
     console = make_console()
     table = Table(title=f"{name}: one {_shape(result['input'])} image, {spec.num_classes} classes")
     for column, justify in (("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right"),
-                            ("MACs", "right")):
-        table.add_column(column, justify=justify)
+                            ("MACs", "right"), ("RF", "right"), ("jump", "right")):
+        table.add_column(column, justify=justify, overflow="fold")  # full layer names, wrapped when narrow
     for row in result["layers"]:
-        table.add_row(row["name"], row["type"], _shape(row["shape"]), f"{row['params']:,}", _si(row["macs"]))
+        rf, jump = (f"{row[k]:g}" if row.get(k) is not None else "" for k in ("rf", "jump"))
+        table.add_row(row["name"], row["type"], _shape(row["shape"]), f"{row['params']:,}", _si(row["macs"]), rf, jump)
     console.print(table)
     say(console, f"parameters {result['params']:,} (trainable {result['trainable_params']:,})  "
                  f"MACs {_si(result['macs'])}  activations {result['activation_bytes'] / 2**20:.2f} MiB per image")

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import data as data_lib
 from cnnlab import models, optim
+from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.engine import rundir
@@ -27,6 +28,7 @@ from cnnlab.experiments.report import objective as best_monitored
 def callbacks_for(cfg: DictConfig) -> list:
     """The trainer callbacks this config asks for (each feature adds its line here)."""
     callbacks = [ModelCost()]
+    callbacks.append(TrainingImages(cfg.trainer.image_grid, cfg.trainer.image_every))
     if cfg.trainer.log_grad_norms or cfg.trainer.log_histograms:
         callbacks.append(GradientFlow(cfg.trainer.log_grad_norms, cfg.trainer.log_histograms))
     return callbacks

@@ -1,0 +1,66 @@
+"""Pictures during training (a trainer Callback): the first augmented batch, the validation predictions every
+`trainer.image_every` epochs (TensorBoard's step slider then shows them improve), and the validation confusion
+matrix of the best epoch at the end (also saved as val_confusion_matrix.png in the run dir)."""
+
+from __future__ import annotations
+
+import torch
+
+from cnnlab.analysis.confusion import confusion_figure
+from cnnlab.analysis.figures import save, to_tensor
+from cnnlab.analysis.grid import denormalise, grid_figure, label_captions, prediction_grid
+from cnnlab.engine.batches import LimitedBatches
+from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.metrics import evaluate
+
+
+class TrainingImages(Callback):
+    def __init__(self, grid: int, every: int):
+        self.grid, self.every = grid, every  # images per grid (0: no grids); epochs between prediction grids
+        self.batch_logged = False
+
+    def on_fit_start(self, trainer, model, data) -> None:
+        self.batch_logged = False
+
+    def on_train_batch(self, trainer, x, y, batch: int) -> None:
+        if self.batch_logged or trainer.tb is None or not self.grid:
+            return
+        self.batch_logged = True  # once per fit: one host copy of a few images
+        spec, epoch = trainer.spec, trainer.state.progress.epoch + 1
+        images = denormalise(x[: self.grid].detach(), spec.mean, spec.std)
+        fig = grid_figure(images, label_captions(y[: self.grid].detach().cpu(), spec.classes),
+                          title=f"first training batch of epoch {epoch}, as the model sees it (augmented)")
+        trainer.tb.image("train/augmented_batch", to_tensor(fig), epoch)
+
+    @torch.no_grad()
+    def on_epoch_end(self, trainer, model, data, row: dict) -> None:
+        epoch = row["epoch"]
+        if trainer.tb is None or not self.grid or not self.every or (
+                epoch % self.every and epoch != trainer.cfg.epochs):
+            return
+        x, y = next(iter(data.val))
+        x, y = x[: self.grid], y[: self.grid]
+        was_training = model.training
+        model.eval()
+        with trainer.autocast():
+            logits = model(x.contiguous(memory_format=trainer.memory_format))
+        model.train(was_training)
+        prob, pred = logits.float().softmax(1).max(1)
+        spec = trainer.spec
+        picture = prediction_grid(denormalise(x, spec.mean, spec.std), y.tolist(), pred.tolist(), spec.classes,
+                                  prob.tolist(), title=f"validation predictions after epoch {epoch} "
+                                                       f"(val acc {row['val_acc']:.2f}%)")
+        trainer.tb.image("val/predictions", picture, epoch)
+
+    def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
+        # Every rank evaluates (the sums may be reduced across ranks); rank 0 draws.
+        loader = LimitedBatches(data.val, trainer.cfg.limit_val_batches) if trainer.cfg.limit_val_batches \
+            else data.val
+        result = evaluate(model, loader, trainer.spec.num_classes, trainer.autocast, trainer.memory_format)
+        if trainer.tb is None:
+            return
+        best = metrics["best_epoch"]
+        fig = confusion_figure(result["confusion"], trainer.spec.classes,
+                               f"validation split, best epoch {best} (best.pt)")
+        save(fig, trainer.run_dir / "val_confusion_matrix.png")
+        trainer.tb.image("val/confusion_matrix", to_tensor(fig), best)

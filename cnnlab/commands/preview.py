@@ -1,0 +1,54 @@
+"""`cnnlab preview data=... augment=[...]`: a PNG grid of augmented training images, exactly as the training
+loader makes them (first batch of epoch 1, same seed), so an augmentation can be judged before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
+
+from cnnlab import data as data_lib
+from cnnlab.analysis.figures import save
+from cnnlab.analysis.grid import denormalise, grid_figure, label_captions
+from cnnlab.config import AugmentConfig, PreviewSchema, _augment_ranges, _number, check_keys
+from cnnlab.engine.progress import make_console, say
+
+
+def augmented_batch(loader, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` images (still normalised) and labels of the loader's first epoch-1 batches."""
+    loader.set_epoch(1)
+    xs, ys, have = [], [], 0
+    for x, y in loader:
+        xs.append(x[: count - have])
+        ys.append(y[: count - have])
+        have += len(xs[-1])
+        if have >= count:
+            break
+    return torch.cat(xs), torch.cat(ys)
+
+
+def describe(augment: DictConfig) -> str:
+    """The augment keys that differ from the schema's defaults, e.g. "crop_padding=4, flip=True"."""
+    defaults = OmegaConf.structured(AugmentConfig)
+    changed = [f"{k}={v}" for k, v in augment.items() if v != defaults.get(k)]
+    return ", ".join(changed) or "no augmentation"
+
+
+def run(cfg: DictConfig) -> dict:
+    check_keys(cfg, PreviewSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
+    _number(cfg, "count", low=1, integer=True)
+    _number(cfg, "columns", low=1, integer=True)
+    _augment_ranges(cfg)
+    data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=cfg.seed)
+    x, y = augmented_batch(data.train, cfg.count)
+    images = denormalise(x, data.spec.mean, data.spec.std)
+    title = f"{cfg.data.name} training images, augmented: {describe(cfg.augment)} (seed {cfg.seed}, epoch 1)"
+    fig = grid_figure(images, label_captions(y, data.spec.classes), title=title, columns=cfg.columns)
+    out = Path(cfg.output).expanduser() if cfg.output else \
+        Path(HydraConfig.get().runtime.output_dir) / "augment_preview.png"
+    save(fig, out)
+    say(make_console(), f"{len(images)} augmented {cfg.data.name} images -> {escape(str(out))}")
+    return {"output": str(out), "count": len(images)}

@@ -1,0 +1,115 @@
+"""What the commands that start from a checkpoint share (eval, predict, features, export): the stored run
+config read as data, the data spec, the model with its validated weights, and image files preprocessed the
+way the model was trained."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from PIL import Image
+from torch import nn
+
+from cnnlab import models
+from cnnlab.data import DataSpec
+from cnnlab.data.augment import image_transform
+from cnnlab.engine import checkpoint
+from cnnlab.errors import CnnlabError
+
+
+def stored_config(state: dict, path: str | Path) -> DictConfig:
+    """The checkpoint's run config as plain, validated data (the one place that reads it)."""
+    return checkpoint.run_config(state, path)
+
+
+@dataclass
+class Trained:
+    path: Path  # the checkpoint file
+    state: dict
+    config: DictConfig  # the run config stored in the checkpoint
+    spec: DataSpec
+    model: nn.Module  # on the device, in eval mode, with the weights that were validated (EMA when kept)
+
+    @property
+    def name(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def run_dir(self) -> Path:
+        """The training run the checkpoint belongs to: <run>/checkpoints/best.pt -> <run>."""
+        parent = self.path.resolve().parent
+        return parent.parent if parent.name == "checkpoints" else parent
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _spec(config: DictConfig, path: Path) -> DataSpec:
+    """The stored data spec, type-checked (a checkpoint is untrusted input)."""
+    s = config.data_spec
+    counts = [s[k] for k in ("num_classes", "channels", "image_size")]
+    stats = [list(s.mean), list(s.std)]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in counts) \
+            or not all(len(v) == s.channels and all(isinstance(x, (int, float)) for x in v) for v in stats) \
+            or any(x <= 0 for x in stats[1]) or not all(isinstance(c, str) for c in s.classes):
+        raise CnnlabError(f"{path} has a damaged data_spec (sizes, classes, mean or std of the wrong kind)")
+    return DataSpec(s.num_classes, s.channels, s.image_size, list(s.classes), tuple(stats[0]), tuple(stats[1]))
+
+
+def load_trained(path: str | Path, device: torch.device) -> Trained:
+    path = Path(path).expanduser()
+    state = checkpoint.load(path)
+    config = stored_config(state, path)
+    spec = _spec(config, path)
+    model = models.build(config.model, spec)
+    try:
+        model.load_state_dict(state.get("ema") or state["model"])  # EMA weights are the ones that were validated
+    except RuntimeError as ex:
+        raise CnnlabError(f"{path}: weights do not fit the model in its config "
+                          f"({str(ex).strip().splitlines()[0]})") from None
+    return Trained(path, state, config, spec, model.to(device).eval())
+
+
+# ------------------------------------------------------------------------------------------- image files
+def find_files(inputs) -> list[Path]:
+    """FILE, DIR (its files, recursively, sorted), GLOB, or a list of them -> files; nothing found is an error."""
+    items = [str(i) for i in inputs] if isinstance(inputs, (list, tuple, ListConfig)) else [str(inputs)]
+    found: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif glob.has_magic(item):
+            found += sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        else:
+            raise CnnlabError(f"input {item} does not exist")
+    if not found:
+        raise CnnlabError(f"no files found in {', '.join(items)}")
+    return found
+
+
+def load_image(path: Path, spec: DataSpec) -> torch.Tensor:
+    """One image file as uint8 (C, H, W) at the model's size and channels: the short side resized, then
+    centre-cropped (what evaluation does with image-file datasets). Unreadable -> CnnlabError."""
+    if spec.channels not in (1, 3):
+        raise CnnlabError(f"this model takes {spec.channels}-channel images; image files give 1 or 3")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("L" if spec.channels == 1 else "RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as ex:  # not an image, truncated, huge
+        detail = str(ex).strip().splitlines()[0][:160] if str(ex).strip() else type(ex).__name__
+        raise CnnlabError(f"{path} is not a readable image ({detail})") from None
+    return image_transform(None, spec.image_size, (0,), from_files=True)(image)
+
+
+def normalise(images: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float, normalised with the training set's mean and std (as the loaders do)."""
+    shift = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1) * 255
+    scale = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1) * 255
+    return (images.float() - shift) / scale
