@@ -93,6 +93,26 @@ def _one_line(ex: BaseException) -> str:
     return " ".join(parts) or ex.__class__.__name__
 
 
+def _unknown_model_key(ex: BaseException, command: str, overrides: list[str]) -> str | None:
+    """Hydra's "Key 'x' is not in struct" for model.x, as one line naming the keys that model accepts."""
+    key = str(getattr(ex.__cause__, "full_key", None) or "")
+    if not key.startswith("model.") or "not in struct" not in str(ex.__cause__):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cnnlab.models import unknown_knob_message
+
+    keep = [o for o in overrides if "=" in o and not o.startswith("-") and not o.lstrip("+~").startswith("model.")]
+    GlobalHydra.instance().clear()
+    try:  # which model the other overrides pick
+        with initialize_config_dir(config_dir=config_dir(), version_base=None):
+            target = compose(command, overrides=keep).model._target_
+    except Exception:  # noqa: BLE001 - any failure here just means the plain message
+        return None
+    return unknown_knob_message(target, key.split(".", 1)[1])
+
+
 def _task(module_name: str):
     def task(cfg) -> None:
         from omegaconf.errors import MissingMandatoryValue
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run()
     except (HydraException, CnnlabError) as ex:  # composition errors: the user's overrides
-        _fail(_one_line(ex))
+        _fail(_unknown_model_key(ex, command, rest) or _one_line(ex))
     except KeyboardInterrupt:  # Ctrl-C before training started (loading data, building): nothing to save
         print("interrupted", file=sys.stderr)
         sys.exit(130)
