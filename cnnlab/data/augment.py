@@ -1,77 +1,178 @@
 """The `augment` config turned into a pipeline: batched for the device loader, per image for the DataLoader.
 
-Both pipelines apply the same steps in the same order, with the same sampling rules:
+Each augmentation is one `Op` object in STEPS: the config keys it reads and their range checks, when it is
+on, its batched form (uint8 batch on the device, draws from the loader's generators) and its per-image
+torchvision v2 form. Both pipelines run the active ops in STEPS order with the same sampling rules:
 resized crop -> padded crop -> flip -> colour jitter -> policy (auto/rand/trivial) -> erasing -> cutout;
 then (in the loaders) normalise -> mixup/cutmix. Erasing and cutout fill with the dataset mean, which
-normalises to zero. Policies are per-image torchvision v2 transforms on both paths (correct before fast).
+normalises to zero.
+
+Adding an op: one Op subclass here (appended to STEPS), one field in AugmentConfig (cnnlab/config.py),
+one preset in configs/augment/.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torchvision.transforms import v2
 
+from cnnlab.config import _choice, _number
 from cnnlab.data import transforms as T
+from cnnlab.data.policies import BatchedPolicy, reference_policy
+from cnnlab.errors import CnnlabError
 
-POLICIES = ("autoaugment", "randaugment", "trivialaugment")
-
-
-def policy_transform(aug: DictConfig):
-    """The configured torchvision v2 policy, or None."""
-    if not aug.policy:
-        return None
-    if aug.policy == "autoaugment":
-        return v2.AutoAugment(v2.AutoAugmentPolicy(aug.autoaugment_policy))
-    if aug.policy == "randaugment":
-        return v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m)
-    return v2.TrivialAugmentWide()
+Batched = Callable[[torch.Tensor, torch.Generator, np.random.Generator], torch.Tensor]
 
 
-def is_active(aug: DictConfig) -> bool:
-    """Whether any per-image step is on (mixup/cutmix are the loaders' business)."""
-    return bool(aug.resized_crop or aug.crop_padding or aug.flip or aug.color_jitter or aug.hue or aug.policy
-                or aug.erasing or aug.cutout)
+def _pair(cfg: DictConfig, key: str, high: float | None = None) -> None:
+    value = list(cfg.augment[key])
+    if len(value) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value) \
+            or not 0 < value[0] <= value[1] or (high is not None and value[1] > high):
+        limit = f" <= {high}" if high is not None else ""
+        raise CnnlabError(f"augment.{key} must be [low, high] with 0 < low <= high{limit}, got {value}")
 
 
-class BatchAugment:
-    """Train-time augmentation of a uint8 batch on its device (per-image draws from the loader's generator)."""
+class Op:
+    """One augmentation step. `check` gets the whole train config (keys are named augment.<key> in errors)."""
 
-    def __init__(self, aug: DictConfig, fill: tuple[int, ...]):
-        self.aug = aug
-        self.fill = torch.tensor(fill, dtype=torch.uint8)
-        self.policy = policy_transform(aug)
+    def check(self, cfg: DictConfig) -> None:
+        """Raise CnnlabError naming the key when a value is out of range."""
 
-    @property
-    def active(self) -> bool:
-        return is_active(self.aug)
+    def active(self, aug: DictConfig) -> bool:
+        raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
-        a = self.aug
-        if a.resized_crop:
-            x = T.random_resized_crop(x, a.crop_scale, a.crop_ratio, generator)
-        if a.crop_padding:
-            x = T.random_crop(x, a.crop_padding, generator, flip=0.5 if a.flip else 0.0)
-        elif a.flip:
-            x = T.random_flip(x, generator)
-        if a.color_jitter or a.hue:
-            x = T.color_jitter(x, a.color_jitter, a.hue, rng.permutation(4).tolist(), generator)
-        if self.policy is not None:
-            with torch.random.fork_rng(devices=[]):  # v2 policies draw from the global RNG: isolate and seed it
-                torch.manual_seed(int(rng.integers(2**62)))
-                x = torch.stack([self.policy(image) for image in x])
-        if self.fill.device != x.device:  # once: a host-to-device copy per batch would sync every step
-            self.fill = self.fill.to(x.device)
-        fill = self.fill
-        if a.erasing:
-            x = T.random_erasing(x, a.erasing, a.erasing_scale, a.erasing_ratio, fill, generator)
-        if a.cutout:
-            x = T.cutout(x, a.cutout, fill, generator)
-        return x
+    def batched(self, aug: DictConfig, fill: torch.Tensor) -> Batched:
+        """(x uint8 (B, C, H, W), torch generator, numpy generator) -> x, for the device loader."""
+        raise NotImplementedError
+
+    def per_image(self, aug: DictConfig, size: int, fill: tuple[int, ...]) -> list:
+        """The torchvision v2 transforms doing the same per image, for the DataLoader path."""
+        raise NotImplementedError
 
 
-class Cutout:
+class ResizedCrop(Op):
+    def check(self, cfg):
+        _pair(cfg, "crop_scale", 1.0)
+        _pair(cfg, "crop_ratio")
+
+    def active(self, aug):
+        return bool(aug.resized_crop)
+
+    def batched(self, aug, fill):
+        return lambda x, g, rng: T.random_resized_crop(x, aug.crop_scale, aug.crop_ratio, g)
+
+    def per_image(self, aug, size, fill):
+        return [v2.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio), antialias=True)]
+
+
+class PaddedCrop(Op):
+    """Random crop with zero padding; on the device it also does the flip (one gather for both)."""
+
+    def check(self, cfg):
+        _number(cfg, "augment.crop_padding", low=0, integer=True)
+
+    def active(self, aug):
+        return bool(aug.crop_padding)
+
+    def batched(self, aug, fill):
+        return lambda x, g, rng: T.random_crop(x, aug.crop_padding, g, flip=0.5 if aug.flip else 0.0)
+
+    def per_image(self, aug, size, fill):
+        return [v2.RandomCrop(size, padding=aug.crop_padding)]
+
+
+class Flip(Op):
+    def active(self, aug):
+        return bool(aug.flip)
+
+    def batched(self, aug, fill):
+        if aug.crop_padding:  # fused into PaddedCrop's gather, in the same place of the order
+            return lambda x, g, rng: x
+        return lambda x, g, rng: T.random_flip(x, g)
+
+    def per_image(self, aug, size, fill):
+        return [v2.RandomHorizontalFlip()]
+
+
+class ColorJitter(Op):
+    def check(self, cfg):
+        _number(cfg, "augment.color_jitter", low=0, high=1)
+        _number(cfg, "augment.hue", low=0, high=0.5)
+
+    def active(self, aug):
+        return bool(aug.color_jitter or aug.hue)
+
+    def batched(self, aug, fill):
+        return lambda x, g, rng: T.color_jitter(x, aug.color_jitter, aug.hue, rng.permutation(4).tolist(), g)
+
+    def per_image(self, aug, size, fill):
+        s = aug.color_jitter
+        return [v2.ColorJitter(brightness=s or None, contrast=s or None, saturation=s or None, hue=aug.hue or None)]
+
+
+class Policy(Op):
+    """AutoAugment / RandAugment / TrivialAugment: torchvision's v2 policy per image, BatchedPolicy on a batch."""
+
+    NAMES = ("autoaugment", "randaugment", "trivialaugment")
+
+    def check(self, cfg):
+        if cfg.augment.policy is not None:
+            _choice(cfg, "augment.policy", self.NAMES)
+        _choice(cfg, "augment.autoaugment_policy", ("imagenet", "cifar10", "svhn"))
+        _number(cfg, "augment.randaugment_n", low=0, integer=True)
+        _number(cfg, "augment.randaugment_m", low=0, high=30, integer=True)
+
+    def active(self, aug):
+        return bool(aug.policy)
+
+    def reference(self, aug) -> v2.Transform:
+        return reference_policy(aug.policy, aug.autoaugment_policy, aug.randaugment_n, aug.randaugment_m)
+
+    def batched(self, aug, fill):
+        policy = BatchedPolicy(self.reference(aug))
+        return lambda x, g, rng: policy(x, rng)
+
+    def per_image(self, aug, size, fill):
+        return [self.reference(aug)]
+
+
+class Erasing(Op):
+    def check(self, cfg):
+        _number(cfg, "augment.erasing", low=0, high=1)
+        _pair(cfg, "erasing_scale", 1.0)
+        _pair(cfg, "erasing_ratio")
+
+    def active(self, aug):
+        return bool(aug.erasing)
+
+    def batched(self, aug, fill):
+        return lambda x, g, rng: T.random_erasing(x, aug.erasing, aug.erasing_scale, aug.erasing_ratio, fill, g)
+
+    def per_image(self, aug, size, fill):
+        return [v2.RandomErasing(aug.erasing, scale=tuple(aug.erasing_scale), ratio=tuple(aug.erasing_ratio),
+                                 value=list(fill))]
+
+
+class Cutout(Op):
+    def check(self, cfg):
+        _number(cfg, "augment.cutout", low=0, integer=True)
+
+    def active(self, aug):
+        return bool(aug.cutout)
+
+    def batched(self, aug, fill):
+        return lambda x, g, rng: T.cutout(x, aug.cutout, fill, g)
+
+    def per_image(self, aug, size, fill):
+        return [_CutoutImage(aug.cutout, fill)]
+
+
+class _CutoutImage:
     """Per-image cutout for a v2 pipeline (torchvision has none): the batched op on a batch of one."""
 
     def __init__(self, size: int, fill: tuple[int, ...]):
@@ -79,6 +180,47 @@ class Cutout:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return T.cutout(image[None], self.size, self.fill, None)[0]
+
+
+STEPS: tuple[Op, ...] = (ResizedCrop(), PaddedCrop(), Flip(), ColorJitter(), Policy(), Erasing(), Cutout())
+
+
+def check(cfg: DictConfig) -> None:
+    """Range checks of every augment key (config.validate_train calls this), mixup/cutmix included."""
+    for op in STEPS:
+        op.check(cfg)
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _number(cfg, f"augment.{key}", low=0)
+    for key in ("mix_prob", "mix_switch_prob"):
+        _number(cfg, f"augment.{key}", low=0, high=1)
+
+
+def is_active(aug: DictConfig) -> bool:
+    """Whether any per-image step is on (mixup/cutmix are the loaders' business)."""
+    return any(op.active(aug) for op in STEPS)
+
+
+class BatchAugment:
+    """Train-time augmentation of a uint8 batch on its device (per-image draws from the loader's generators)."""
+
+    def __init__(self, aug: DictConfig, fill: tuple[int, ...]):
+        self.aug = aug
+        self.fill = torch.tensor(fill, dtype=torch.uint8)
+        self._ops = [op for op in STEPS if op.active(aug)]
+        self._device, self._steps = None, []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._ops)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
+        if self._device != x.device:  # once: the fill goes to the device (a copy per batch would sync)
+            self._device = x.device
+            fill = self.fill.to(x.device)
+            self._steps = [op.batched(self.aug, fill) for op in self._ops]
+        for step in self._steps:
+            x = step(x, generator, rng)
+        return x
 
 
 def image_transform(aug: DictConfig | None, size: int, fill: tuple[int, ...], *, from_files: bool) -> v2.Compose:
@@ -92,24 +234,8 @@ def image_transform(aug: DictConfig | None, size: int, fill: tuple[int, ...], *,
         steps.append(v2.PILToTensor())
         if not (aug is not None and aug.resized_crop):
             steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    if aug is None:
-        return v2.Compose(steps or [v2.Identity()])
-    if aug.resized_crop:
-        steps.append(v2.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio),
-                                          antialias=True))
-    if aug.crop_padding:
-        steps.append(v2.RandomCrop(size, padding=aug.crop_padding))
-    if aug.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if aug.color_jitter or aug.hue:
-        s = aug.color_jitter
-        steps.append(v2.ColorJitter(brightness=s or None, contrast=s or None, saturation=s or None,
-                                    hue=aug.hue or None))
-    if (policy := policy_transform(aug)) is not None:
-        steps.append(policy)
-    if aug.erasing:
-        steps.append(v2.RandomErasing(aug.erasing, scale=tuple(aug.erasing_scale), ratio=tuple(aug.erasing_ratio),
-                                      value=list(fill)))
-    if aug.cutout:
-        steps.append(Cutout(aug.cutout, fill))
+    if aug is not None:
+        for op in STEPS:
+            if op.active(aug):
+                steps += op.per_image(aug, size, fill)
     return v2.Compose(steps or [v2.Identity()])

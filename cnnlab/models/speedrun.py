@@ -1,8 +1,12 @@
 """A CIFAR speedrun-style network (after Keller Jordan's airbench): a small VGG-like net that trains fast.
 
 Ideas kept: a 2x2 patch-whitening stem whose filters are the eigenvectors of the data's patch covariance
-(computed from the first training batch the model sees, then frozen), conv-pool-BN-GELU blocks, a
+(fitted to one training batch before training starts, then frozen), conv-pool-BN-GELU blocks, a
 max-pooled head with a temperature, and flip test-time augmentation in eval mode.
+
+The fit happens once, outside the training step: `init_from_batch(x)` is the data-dependent initialisation
+hook (cnnlab.engine.data_init.DataDependentInit calls it on the first training batch in on_fit_start). A
+per-step "fitted yet?" check of a device buffer would be a host sync on every CUDA step.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from torch import nn
 class WhiteningStem(nn.Module):
     """2x2 convolution whose 2 * c * k * k filters whiten image patches (and their negatives).
 
-    Data-dependent initialisation: the first forward pass in training mode fits the filters to that batch;
-    they are buffers afterwards, saved in the state dict, never trained.
+    Data-dependent initialisation: `init_from_batch(x)` fits the filters to a batch once (before training);
+    they are buffers afterwards, saved in the state dict, never trained. Until then the filters are zero.
     """
 
     def __init__(self, in_channels: int, kernel_size: int = 2, eps: float = 5e-4):
@@ -39,9 +43,13 @@ class WhiteningStem(nn.Module):
         self.weight.copy_(torch.cat([filters, -filters]))
         self.fitted.fill_(True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and not self.fitted:
+    def init_from_batch(self, x: torch.Tensor) -> None:
+        """Fit to `x` (the model's input batch) unless fitted already, e.g. restored from a checkpoint.
+        Reading `fitted` is one host sync, once per run, before the first step."""
+        if not bool(self.fitted):
             self.fit(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
 
 
@@ -75,6 +83,10 @@ class SpeedrunNet(nn.Module):
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(cin, num_classes, bias=False)
         self.scale, self.tta_flip = scale, tta_flip
+
+    def fit(self, x: torch.Tensor) -> None:
+        """Fit the whitening stem to a batch of (normalised) training images: do this once before training."""
+        self.whiten.fit(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.stem_act(self.whiten(x)))

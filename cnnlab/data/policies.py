@@ -1,0 +1,233 @@
+"""AutoAugment, RandAugment and TrivialAugment on a whole uint8 batch, on its device.
+
+torchvision's v2 policies pick an op and a magnitude per image and run it on that image alone. Here the
+picks for the whole batch are drawn at once on the host (numpy: no device sync), the images are grouped
+by the op they drew, and each op runs once per group with a per-image magnitude tensor. The sampling
+rules, the magnitude tables and the sub-policies are torchvision's own (read from its classes, not
+copied), and every op computes what torchvision's per-image kernel computes (tests/test_augment.py
+compares them op by op and policy by policy). Geometric ops fill with 0, as the v2 policies do by default.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+
+# ------------------------------------------------------------------------------------------- the ops
+def _as(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Per-image values (float64, as torchvision's Python floats) as float32 broadcasting over (B, C, H, W)."""
+    return m.to(x.device, torch.float32).view(-1, 1, 1, 1)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's luma of a uint8 batch, floored as its uint8 kernels do: (B, 1, H, W) float."""
+    if x.shape[1] == 1:
+        return x.float()
+    r, g, b = x.float().unbind(1)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1).floor_()
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """ratio x + (1 - ratio) other with ratio = 1 + m, clamped and truncated to uint8 (torchvision's _blend;
+    both factors rounded from double precision, as its Python floats are)."""
+    ratio = 1.0 + m.double()
+    out = torch.addcmul(x.float() * _as(x, ratio), other, _as(x, 1.0 - ratio))
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour resampling through per-image inverse affine matrices (B, 2, 3) in pixel units about
+    the image centre, zero fill: torchvision's _affine_grid + _apply_grid_transform, batched."""
+    b, _, h, w = x.shape
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=x.device)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=x.device)
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=x.device)], -1)
+    scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
+    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale).view(b, h, w, 2)
+    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round_().to(torch.uint8)
+
+
+def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
+    """_warp with the matrix rows [a b c; d e f], each entry a scalar or a (B,) tensor."""
+    n = x.shape[0]
+    entries = [torch.as_tensor(v, dtype=torch.float32, device=x.device).expand(n) for v in (a, b, c, d, e, f)]
+    return _warp(x, torch.stack(entries, 1).view(n, 2, 3))
+
+
+def shear_x(x, m):  # torchvision: affine(shear=[degrees(atan(m)), 0], center=[0, 0]): x_in = x + m (y + h/2)
+    m = m.to(x.device, torch.float32)
+    return _affine(x, 1.0, m, m * x.shape[2] * 0.5, 0.0, 1.0, 0.0)
+
+
+def shear_y(x, m):  # y_in = y + m (x + w/2)
+    m = m.to(x.device, torch.float32)
+    return _affine(x, 1.0, 0.0, 0.0, m, 1.0, m * x.shape[3] * 0.5)
+
+
+def translate_x(x, m):  # torchvision translates by int(magnitude) pixels
+    return _affine(x, 1.0, 0.0, -m.to(x.device, torch.float32).trunc(), 0.0, 1.0, 0.0)
+
+
+def translate_y(x, m):
+    return _affine(x, 1.0, 0.0, 0.0, 0.0, 1.0, -m.to(x.device, torch.float32).trunc())
+
+
+def rotate(x, m):  # m degrees counter-clockwise about the centre
+    rad = torch.deg2rad(m.to(x.device, torch.float32))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    return _affine(x, cos, -sin, 0.0, sin, cos, 0.0)
+
+
+def brightness(x, m):
+    return (x.float() * _as(x, 1.0 + m.double())).clamp_(0, 255).to(torch.uint8)
+
+
+def color(x, m):  # saturation
+    return x if x.shape[1] == 1 else _blend(x, _grey(x), m)
+
+
+def contrast(x, m):
+    return _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), m)
+
+
+def sharpness(x, m):
+    b, c, h, w = x.shape
+    if h <= 2 or w <= 2:
+        return x
+    kernel = torch.ones(3, 3, device=x.device) / 13.0
+    kernel[1, 1] = 5.0 / 13.0
+    out = x.float()
+    blurred = F.conv2d(out, kernel.expand(c, 1, 3, 3), groups=c).round_()
+    inner = out[..., 1:-1, 1:-1]
+    inner.addcmul_(blurred - inner, _as(x, -m.double()))  # factor 1 + m; the border keeps its pixels
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def posterize(x, m):  # keep the top int(m) bits
+    bits = m.to(x.device).long()
+    mask = (((1 << bits) - 1) << (8 - bits)).to(torch.uint8)
+    return x & mask.view(-1, 1, 1, 1)
+
+
+def solarize(x, m):  # invert the pixels at or above 255 m
+    return torch.where(x.float() >= 255.0 * _as(x, m), 255 - x, x)
+
+
+def autocontrast(x, m):
+    f = x.float()
+    low, high = f.amin(dim=(2, 3), keepdim=True), f.amax(dim=(2, 3), keepdim=True)
+    flat = high == low
+    scale = torch.where(flat, torch.ones_like(high), (high - low) * (1.0 / 255))
+    return ((f - torch.where(flat, torch.zeros_like(low), low)) / scale).clamp_(0, 255).to(torch.uint8)
+
+
+def equalize(x, m):
+    return TF.equalize(x)  # torchvision's kernel is batched and sync-free already
+
+
+def invert(x, m):
+    return 255 - x
+
+
+OPS = {
+    "ShearX": shear_x, "ShearY": shear_y, "TranslateX": translate_x, "TranslateY": translate_y, "Rotate": rotate,
+    "Brightness": brightness, "Color": color, "Contrast": contrast, "Sharpness": sharpness, "Posterize": posterize,
+    "Solarize": solarize, "AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert,
+}
+
+
+# ---------------------------------------------------------------------------------------- the policies
+class BatchedPolicy:
+    """One of torchvision's v2 policies (`reference`), applied to a whole batch: `policy(x, rng)`.
+
+    A policy is a few stages; in each stage every image draws (op, magnitude, applied?) the way the
+    reference draws them for one image. The draws come from the numpy generator (host, per batch).
+    """
+
+    def __init__(self, reference: v2.Transform):
+        self.reference = reference
+        self.space = type(reference)._AUGMENTATION_SPACE  # op name -> (magnitudes(bins, h, w), signed)
+        self._tables: dict = {}
+
+    def _magnitudes(self, name: str, bins: int, h: int, w: int) -> np.ndarray | None:
+        """torchvision's magnitude table of an op, computed once per image size (numpy, on the host)."""
+        key = (name, bins, h, w)
+        if key not in self._tables:
+            table = self.space[name][0](bins, h, w)
+            self._tables[key] = None if table is None else table.double().numpy()
+        return self._tables[key]
+
+    def stages(self, n: int, h: int, w: int, rng: np.random.Generator):
+        """Yield per stage (op names, chosen op index per image (-1: none), magnitude per image)."""
+        ref = self.reference
+        names = list(self.space)
+        if isinstance(ref, v2.AutoAugment):
+            policies = ref._policies
+            pick = rng.integers(len(policies), size=n)
+            for stage in range(2):
+                stage_names = sorted({p[stage][0] for p in policies})
+                index = {name: i for i, name in enumerate(stage_names)}
+                op = np.array([index[policies[k][stage][0]] for k in pick])
+                prob = np.array([policies[k][stage][1] for k in pick])
+                level = np.array([policies[k][stage][2] or 0 for k in pick])
+                op = np.where(rng.random(n) <= prob, op, -1)
+                mag = np.zeros(n)
+                for i, name in enumerate(stage_names):
+                    table = self._magnitudes(name, 10, h, w)
+                    if table is not None:
+                        mag = np.where(op == i, table[level], mag)
+                yield stage_names, op, self._signed(stage_names, op, mag, rng)
+        elif isinstance(ref, v2.RandAugment):
+            for _ in range(ref.num_ops):
+                op = rng.integers(len(names), size=n)
+                mag = np.zeros(n)
+                for i, name in enumerate(names):
+                    table = self._magnitudes(name, ref.num_magnitude_bins, h, w)
+                    if table is not None:
+                        mag = np.where(op == i, table[ref.magnitude], mag)
+                yield names, op, self._signed(names, op, mag, rng)
+        else:  # TrivialAugmentWide: one op, one magnitude bin, both uniform
+            op = rng.integers(len(names), size=n)
+            level = rng.integers(ref.num_magnitude_bins, size=n)
+            mag = np.zeros(n)
+            for i, name in enumerate(names):
+                table = self._magnitudes(name, ref.num_magnitude_bins, h, w)
+                if table is not None:
+                    mag = np.where(op == i, table[level], mag)
+            yield names, op, self._signed(names, op, mag, rng)
+
+    def _signed(self, names, op: np.ndarray, mag: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        signed = np.array([self.space[name][1] for name in names])
+        flip = signed[np.maximum(op, 0)] & (op >= 0) & (rng.random(len(op)) <= 0.5)
+        return np.where(flip, -mag, mag)
+
+    def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        x = x.clone()
+        for names, op, mag in self.stages(n, h, w, rng):
+            for i, name in enumerate(names):
+                if name == "Identity":
+                    continue
+                members = np.flatnonzero(op == i)
+                if len(members) == 0:
+                    continue
+                index = torch.from_numpy(members).to(x.device)
+                x[index] = OPS[name](x.index_select(0, index), torch.from_numpy(mag[members]))
+        return x
+
+
+def reference_policy(name: str, autoaugment_policy: str = "imagenet", n: int = 2, m: int = 9) -> v2.Transform:
+    """torchvision's per-image v2 policy of that name (the DataLoader path uses it as it is)."""
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy(autoaugment_policy))
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=n, magnitude=m)
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    raise ValueError(f"unknown policy {name!r}")
