@@ -54,8 +54,9 @@ def test_run_directory_layout(default_run):
     last = torch.load(default_run / "checkpoints" / "last.pt", weights_only=True)
     best = torch.load(default_run / "checkpoints" / "best.pt", weights_only=True)
     metrics = read_json(default_run / "metrics.json")
-    assert last["epoch"] == 14
-    assert best["epoch"] == metrics["best_epoch"] - 1
+    assert last["epoch"] == 15  # epochs are numbered from 1 everywhere
+    assert best["epoch"] == metrics["best_epoch"]
+    assert [row["epoch"] for row in metrics["history"]] == list(range(1, 16))
 
 
 def test_tensorboard_has_scalars_hparams_and_image_grid(default_run):

@@ -185,6 +185,7 @@ class Trainer:
         self.tb: TensorBoard | None = None
         self.spec = self.data = None
         self.signals = StopSignals()
+        self.vote = distributed.StopVote() if distributed.world_size() > 1 else None  # ranks stop at one step
 
     # ------------------------------------------------------------------------------------------ saving
     def _save(self, name: str) -> None:
@@ -231,6 +232,14 @@ class Trainer:
     def _out_of_time(self) -> bool:
         return self.cfg.time_limit is not None and time.monotonic() - self.started >= self.cfg.time_limit
 
+    def _stop_reason(self) -> str:
+        """"interrupted", "time_limit" or "" after an optimizer step; with several ranks, their agreed outcome
+        (distributed.StopVote: every rank stops at the same step, one step after the first one saw a reason)."""
+        signalled, late = bool(self.signals.received), self._out_of_time()
+        if self.vote is not None:
+            signalled, late = self.vote(signalled, late)
+        return "interrupted" if signalled else "time_limit" if late else ""
+
     # -------------------------------------------------------------------------------------------- loop
     def _train_epoch(self, model, loader, display, profiler) -> dict | None:
         """Train one epoch from batch progress.batch; returns its means, or None when stopped before its end."""
@@ -241,12 +250,11 @@ class Trainer:
         loader.set_epoch(p.epoch)
         num_batches = len(loader)
         display.start_epoch(p.epoch + 1, num_batches)
-        partial = p.partial or {}
+        partial = (p.partial or {}) if self.is_main else {}  # several ranks: whole-job sums, held by rank 0
         # Running sums on the device, read only when due: loss over finite batches, correct, non-finite batches,
         # images in finite batches.
         sums = torch.tensor([partial.get("loss_sum", 0.0), partial.get("correct", 0), 0.0,
                              partial.get("counted", partial.get("seen", 0))], device=self.device, dtype=torch.float64)
-        ignore_loss = torch.tensor([0.0, 1.0, 1.0, 0.0], device=self.device, dtype=torch.float64)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # step of the first non-finite loss
         seen = partial.get("seen", 0)
         start = time.perf_counter() - partial.get("seconds", 0.0)
@@ -261,6 +269,8 @@ class Trainer:
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             finite = torch.isfinite(loss.detach())
+            if skip_bad:
+                finite = distributed.all_true(finite)  # several ranks: a batch is dropped everywhere or nowhere
             (state.scaler.scale(loss / accumulate) if state.scaler is not None else loss / accumulate).backward()
             if skip_bad:
                 _drop_gradients_unless(model, finite)
@@ -273,15 +283,13 @@ class Trainer:
                     self.callbacks.on_log(self, model)
                 if cfg.max_steps and p.step >= cfg.max_steps:
                     stopped = "max_steps"
-                elif self.signals.received and i + 1 < num_batches:
-                    stopped = "interrupted"
-                elif self._out_of_time() and i + 1 < num_batches:
-                    stopped = "time_limit"
+                elif i + 1 < num_batches:
+                    stopped = self._stop_reason()
             profiler.step()
             hard = y.argmax(1) if y.ndim == 2 else y  # mixup/cutmix give soft targets: score the dominant class
-            batch_sums = torch.stack([loss.detach().double() * len(y), (logits.detach().argmax(1) == hard).sum().double(),
-                                      (~finite).double(), finite.double() * len(y)])
-            sums += torch.where(finite, batch_sums, batch_sums * ignore_loss)
+            sums += torch.stack([torch.where(finite, loss.detach().double() * len(y), 0.0),
+                                 (logits.detach().argmax(1) == hard).sum().double(), (~finite).double(),
+                                 finite.double() * len(y)])
             first_bad = torch.where((first_bad < 0) & ~finite, p.step, first_bad)
             seen += len(y)
             if display.due() or p.step % cfg.log_every == 0:  # the only host syncs in an epoch
@@ -298,6 +306,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        if distributed.world_size() > 1:  # the whole job's numbers: every rank trained an equal share
+            totals = torch.cat([sums, sums.new_tensor([seen])])
+            distributed.all_reduce_sum(totals)
+            sums, seen = totals[:4], int(totals[4])
         if seen == 0:
             raise CnnlabError("the training split has no batches: lower data.batch_size or data.val_split")
         loss_sum, correct, bad, counted = sums.tolist()
@@ -362,6 +374,11 @@ class Trainer:
         set_deterministic(self.cfg.deterministic)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cfg.cudnn_benchmark and not self.cfg.deterministic
+        if self.cfg.sync_bn and distributed.world_size() > 1:
+            if self.device.type != "cuda":
+                raise CnnlabError(f"trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no kernel for "
+                                  f"{self.device.type}); without it each rank normalises over its own share")
+            model = distributed.convert_sync_bn(model)  # same parameter objects: the optimizer is unaffected
         model.to(self.device, memory_format=self.memory_format)
         ema = None
         if self.cfg.ema_decay:
@@ -372,8 +389,9 @@ class Trainer:
         if resume is not None:
             self._restore(*resume)
         p = self.state.progress
-        step_model = torch.compile(model) if self.cfg.compile else model
-        eval_model = ema.module if ema is not None else step_model
+        ddp_model = distributed.wrap(model, self.device)  # several ranks: DistributedDataParallel; `model` is saved
+        step_model = torch.compile(ddp_model) if self.cfg.compile else ddp_model
+        eval_model = ema.module if ema is not None else step_model if ddp_model is model else model
         train_loader, val_loader = data.train, data.val
         if self.cfg.overfit_batches:
             train_loader = val_loader = FixedBatches(data.train, self.cfg.overfit_batches)
@@ -397,12 +415,15 @@ class Trainer:
                         self._save("last.pt")
                         break
                     self._end_epoch(eval_model, val_loader, train, display)
-                    if self.signals.received and p.epoch < self.cfg.epochs and not p.stop_reason:
+                    if distributed.any_rank(bool(self.signals.received)) and p.epoch < self.cfg.epochs \
+                            and not p.stop_reason:
                         p.stop_reason = "interrupted"
         except torch.OutOfMemoryError:
             raise CnnlabError(f"out of memory on {self.device}: lower data.batch_size (trainer.accumulate keeps the "
                               f"effective batch), or use trainer.precision=bf16; checkpoints so far are intact") from None
         finally:
+            if self.vote is not None:
+                self.vote.flush()
             display.close()
             if self.tb is not None:
                 self.tb.writer.flush()
@@ -470,8 +491,10 @@ class Trainer:
                 self.tb.close()
             return {"finished": False, "stop_reason": p.stop_reason}
         spec = data.spec
-        best = checkpoint.load(self.ckpt_dir / "best.pt")  # every rank: rank 0 wrote it before the last barrier
-        model.load_state_dict(best.get("ema") or best["model"])  # the weights that were validated
+        if self.is_main:
+            best = checkpoint.load(self.ckpt_dir / "best.pt")
+            model.load_state_dict(best.get("ema") or best["model"])  # the weights that were validated
+        distributed.broadcast_module(model)  # the other ranks need no shared filesystem
         test = evaluate(model, self._eval_loader(data.test), spec.num_classes, self.autocast, self.memory_format)
         best_val = next(h for h in p.history if h["epoch"] == p.best_epoch)
         last = p.history[-1]
@@ -498,6 +521,7 @@ class Trainer:
             "skipped_batches": p.skipped_batches,
             "device": str(self.device),
             "world_size": distributed.world_size(),
+            "global_batch": data.train.batch_size * distributed.world_size() * self.cfg.accumulate,
             "history": p.history,
         }
         self.callbacks.on_fit_end(self, model, data, metrics)

@@ -1,0 +1,254 @@
+"""Nothing lost: kills inside checkpoint writes, signals, NaN losses, finished and locked run dirs, write faults."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cnnlab.data import DataBundle, DataSpec
+from cnnlab.engine import checkpoint, rundir
+from cnnlab.engine.trainer import Trainer
+from cnnlab.errors import CnnlabError
+from conftest import REPO, cli, read_json
+
+# LeNet-5 on the embedded digits: about 11 steps an epoch, a fraction of a second each.
+ARGS = ["train", "model.act=tanh", "trainer.image_grid=0", "trainer.progress=plain"]
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def _start(tmp_path: Path, *args: str, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cnnlab", *ARGS, *args], cwd=tmp_path, env=_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the run ended before the moment the test waits for"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted 4-epoch run the interrupted ones must reproduce bit for bit."""
+    cwd = tmp_path_factory.mktemp("straight")
+    result = cli(*ARGS, "trainer.epochs=4", "hydra.run.dir=run", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / "run"
+
+
+def test_sigkill_inside_a_checkpoint_write_then_resume_gives_the_uninterrupted_weights(tmp_path, straight):
+    """The write is slowed by a test hook; SIGKILL lands while the temp file is half-way to last.pt."""
+    ckpt = tmp_path / "run" / "checkpoints"
+    proc = _start(tmp_path, "trainer.epochs=4", "hydra.run.dir=run", **{checkpoint.SLOW_SAVE_ENV: "2"})
+    # Epoch 2's last.pt write: an earlier last.pt exists and a temp file for the new one is being written.
+    _wait_for(lambda: (ckpt / "last.pt").is_file() and any(ckpt.glob(".last.pt.*.tmp")), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(ckpt.glob(".last.pt.*.tmp")), "the kill should have left the half-written temp file behind"
+    assert checkpoint.load(ckpt / "last.pt")["epoch"] < 4  # the previous last.pt is intact and readable
+    resumed = cli(*ARGS, "trainer.epochs=4", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    assert not list(ckpt.glob("*.tmp")), "stale temp files are removed once the run dir is claimed again"
+    _same_weights(straight / "checkpoints" / "last.pt", ckpt / "last.pt")
+    assert read_json(tmp_path / "run" / "metrics.json")["epochs"] == 4
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_mid_epoch_says_how_to_resume_and_resume_is_exact(tmp_path, straight, signum):
+    proc = _start(tmp_path, "trainer.epochs=4", "hydra.run.dir=run")
+    _wait_for(lambda: (tmp_path / "run" / "checkpoints" / "best.pt").is_file(), proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    assert "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert "saved" in line and "Continue with: cnnlab train" in line and "trainer.resume=auto" in line
+    state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["fit"]["finished"] is False and not (tmp_path / "run" / "metrics.json").exists()
+    command = line.split("Continue with: ", 1)[1].split()
+    assert command[:2] == ["cnnlab", "train"]
+    resumed = cli(*command[1:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_weights(straight / "checkpoints" / "last.pt", tmp_path / "run" / "checkpoints" / "last.pt")
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    """The first Ctrl-C starts a (slowed) save of last.pt; the second one does not wait for it."""
+    proc = _start(tmp_path, "trainer.epochs=50", "hydra.run.dir=run", **{checkpoint.SLOW_SAVE_ENV: "30"})
+    ckpt = tmp_path / "run" / "checkpoints"
+    _wait_for(lambda: any(ckpt.glob(".best.pt.*.tmp")), proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    started = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert time.time() - started < 10
+    assert proc.returncode == 130 and "exiting at once" in err and "Traceback" not in err
+
+
+def test_a_finished_run_is_never_trained_into_again_unless_asked(tmp_path):
+    first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.suffix != ".log" and p.name != rundir.LOCK_NAME}
+    again = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "optimizer.lr=0.1", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    auto = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert auto.returncode == 0 and "finished run: nothing to resume" in auto.stdout
+    assert {p: p.read_bytes() for p in files} == files  # config, overrides, checkpoints, metrics, events
+    over = cli(*ARGS, "trainer.epochs=2", "hydra.run.dir=run", "trainer.overwrite=true", cwd=tmp_path)
+    assert over.returncode == 0, over.stderr
+    assert read_json(tmp_path / "run" / "metrics.json")["epochs"] == 2
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir(tmp_path):
+    claim = rundir.claim(tmp_path / "run", None, False)
+    try:
+        second = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    finally:
+        claim.release()
+    assert second.returncode == 2
+    assert f"another cnnlab process (pid {os.getpid()}) is writing to" in second.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / ".hydra").exists()
+
+
+def test_default_run_dirs_started_in_the_same_second_differ(tmp_path):
+    procs = [_start(tmp_path, "trainer.epochs=1", "data=synthetic", "data.num_samples=64", "data.image_size=28")
+             for _ in range(2)]
+    for proc in procs:
+        proc.communicate(timeout=120)
+        assert proc.returncode == 0
+    assert len(list((tmp_path / "outputs").glob("*/*/metrics.json"))) == 2
+
+
+def test_a_nan_loss_stops_with_one_line_and_saves_nothing_non_finite(tmp_path):
+    result = cli(*ARGS, "trainer.epochs=2", "optimizer=sgd", "optimizer.lr=1e30", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "the loss became nan/inf in epoch 1 at step" in line and "trainer.nan_policy=skip_batch" in line
+    for path in (tmp_path / "run" / "checkpoints").glob("*.pt"):
+        assert all(torch.isfinite(t).all() for t in _weights(path).values() if t.is_floating_point())
+
+
+def test_resuming_with_a_changed_learning_rate_is_refused_before_anything_is_copied(tmp_path):
+    first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=a", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    other = cli(*ARGS, "trainer.epochs=2", "optimizer.lr=0.5", f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}",
+                "hydra.run.dir=b", cwd=tmp_path)
+    assert other.returncode == 2 and "optimizer.lr was 0.001, now 0.5" in other.stderr
+    assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("run_dir", ["x" * 300, "a_file/run"])
+def test_unwritable_run_dirs_are_one_line(tmp_path, run_dir):
+    (tmp_path / "a_file").write_text("")
+    result = cli(*ARGS, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot write")
+
+
+# ----------------------------------------------------------------------------------------- in-process
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model": {"w": torch.ones(3)}})
+
+    def full_disk(obj, f):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(CnnlabError, match="No space left on device.*intact"):
+        checkpoint.save(path, {"model": {"w": torch.zeros(3)}})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(3))
+
+
+def test_a_stored_config_is_plain_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_SECRET", "hunter2")
+    state = {"config": {"model": {"_target_": "cnnlab.models.lenet.LeNet5", "note": "${oc.env:CNNLAB_SECRET}"},
+                        "data": {"name": "imagefolder", "root": "${oc.env:CNNLAB_SECRET}", "download": True,
+                                 "download_url": "http://example.invalid/x.tgz"},
+                        "data_spec": {"num_classes": 2, "channels": 1, "image_size": 8, "classes": ["a", "b"],
+                                      "mean": [0.5], "std": [0.5]}}}
+    cfg = checkpoint.run_config(state, "ckpt")
+    assert cfg.model.note == "${oc.env:CNNLAB_SECRET}" and cfg.data.root == "${oc.env:CNNLAB_SECRET}"
+    assert cfg.data.download is False and cfg.data.download_url is None
+    assert "hunter2" not in OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+    for target in ("os.system", "builtins.eval"):
+        for where in ({"_target_": target}, {"_target_": "cnnlab.models.lenet.LeNet5", "block": {"_target_": target}}):
+            bad = {**state, "config": {**state["config"], "model": where}}
+            with pytest.raises(CnnlabError, match="not one of cnnlab's models"):
+                checkpoint.run_config(bad, "ckpt")
+
+
+class _Batches:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def test_skip_batch_drops_non_finite_batches_without_stopping(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    poisoned = x[:16].clone()
+    poisoned[0, 0] = float("nan")
+    train = _Batches([(poisoned, y[:16]), (x[16:32], y[16:32]), (x[32:48], y[32:48]), (x[48:], y[48:])])
+    val = _Batches([(x, y)])
+    data = DataBundle(train, val, val, DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,)))
+    cfg = OmegaConf.create({"precision": "fp32", "channels_last": False, "compile": False, "cudnn_benchmark": False,
+                            "deterministic": False, "epochs": 5, "accumulate": 1, "label_smoothing": 0.0,
+                            "log_every": 2, "max_steps": None, "time_limit": None, "grad_clip": None,
+                            "ema_decay": None, "monitor": "val_acc", "early_stopping_patience": None,
+                            "limit_train_batches": None, "limit_val_batches": None, "overfit_batches": None,
+                            "profile": False, "progress": "none", "nan_policy": "skip_batch"})
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    from cnnlab.optim import Schedule
+
+    schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+    metrics = Trainer(cfg, tmp_path, torch.device("cpu")).fit(model, data, optimizer, schedule)
+    assert metrics["skipped_batches"] == 5  # one poisoned batch per epoch
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert metrics["best_val_acc"] > 90.0
+    history = metrics["history"]
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
