@@ -7,6 +7,8 @@ at classes with their own keyword arguments; their shared keys are checked in `v
 
 from __future__ import annotations
 
+import math
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -199,6 +201,8 @@ def _number(cfg: DictConfig, key: str, *, low: float, low_open: bool = False, hi
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         raise CnnlabError(f"{key} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise CnnlabError(f"{key} must be a finite number, got {value!r}")
     too_low = value <= low if low_open else value < low
     if too_low or (high is not None and value > high):
         bound = f"> {low}" if low_open else f">= {low}"
@@ -215,8 +219,84 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
         raise CnnlabError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _unknown(key: str, known: list[str], where: str) -> CnnlabError:
+    """One line naming the key and the nearest valid one (or, with none near, the valid ones)."""
+    import difflib
+
+    known = [k for k in known if k not in _HYDRA_KEYS]
+    guess = difflib.get_close_matches(key.rpartition(".")[2], known, n=1, cutoff=0.6)
+    hint = f"did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{guess[0]}?" if guess else \
+        f"the keys there: {', '.join(sorted(known))}"
+    return CnnlabError(f"unknown key {key} ({where}; {hint})")
+
+
+def check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
+    """Every key of `cfg` must be a field of the dataclass `schema` (recursively for dataclass fields).
+
+    Hydra's `+key=value` adds keys even where the schema is closed, and a key nothing reads would be
+    silently ignored: `+trainer.epochz=3` would train 15 epochs. Open (Any) fields are not walked here.
+    """
+    import dataclasses
+    import typing
+
+    from omegaconf import OmegaConf
+
+    hints = typing.get_type_hints(schema)
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else ():
+        if key not in known:
+            raise _unknown(f"{prefix}{key}", known, "not in the config schema")
+        if dataclasses.is_dataclass(hints[key]) and isinstance(cfg._get_node(key), DictConfig):
+            check_keys(cfg._get_node(key), hints[key], f"{prefix}{key}.")
+
+
+# Keys Hydra's instantiate reads itself.
+_HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def _check_optimizer_keys(opt_cfg: DictConfig) -> None:
+    """optimizer.*: cnnlab's own keys plus the keyword arguments of the `_target_` class (when it takes no
+    **kwargs and can be imported; an unimportable target is the optimizer builder's error to report)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    from cnnlab.optim import _OWN_KEYS
+
+    try:
+        target = get_object(str(opt_cfg.get("_target_")))
+        params = inspect.signature(target).parameters.values()
+    except Exception:  # noqa: BLE001 - optim.build reports a bad _target_ with its own line
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    known = [*_OWN_KEYS, *_HYDRA_KEYS, *(p.name for p in params if p.name != "params")]
+    for key in opt_cfg:
+        if key not in known:
+            raise _unknown(f"optimizer.{key}", known, f"neither an argument of {opt_cfg._target_} nor a cnnlab key")
+
+
+def _check_scheduler_keys(sched_cfg: DictConfig) -> None:
+    """scheduler.*: the keys of configs/scheduler/<name>.yaml, which lists every key that schedule reads."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.cli import config_dir
+
+    name = sched_cfg.get("name", "none")
+    path = f"{config_dir()}/scheduler/{name}.yaml"
+    if not isinstance(name, str) or not name.isidentifier() or not os.path.isfile(path):
+        return  # an unknown name: optim.build names the choices
+    known = list(OmegaConf.load(path).keys())
+    for key in sched_cfg:
+        if key not in known:
+            raise _unknown(f"scheduler.{key}", known, f"scheduler {name!r} does not read it")
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Range checks for `cnnlab train`; raises CnnlabError naming the key."""
+    check_keys(cfg, TrainSchema)
+    _check_optimizer_keys(cfg.optimizer)
+    _check_scheduler_keys(cfg.scheduler)
     _number(cfg, "seed", low=0, integer=True)
     _number(cfg, "trainer.epochs", low=1, integer=True)
     _number(cfg, "trainer.log_every", low=1, integer=True)
@@ -247,6 +327,8 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "data.image_size", low=1, integer=True)
     _number(cfg, "data.subset", low=1, integer=True)
     _number(cfg, "data.num_samples", low=1, integer=True)
+    _number(cfg, "data.channels", low=1, integer=True)  # null, not 0, means "the dataset's own"
+    _number(cfg, "data.num_classes", low=1, integer=True)
     _choice(cfg, "data.loader", ("auto", "device", "dataloader"))
     split = cfg.data.val_split
     if split != "test":
@@ -281,6 +363,7 @@ def _augment_ranges(cfg: DictConfig) -> None:
 
 
 def validate_eval(cfg: DictConfig) -> None:
+    check_keys(cfg, EvalSchema)
     _choice(cfg, "split", ("test", "val", "train"))
     _number(cfg, "batch_size", low=1, integer=True)
     _choice(cfg, "tta", ("none", "flip"))
