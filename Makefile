@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_ROOT ?= $(abspath ../shared/datasets)
 
-.PHONY: install train test bench clean
+.PHONY: install train test test-all lint bench clean
 
 install: $(STAMP)
 
@@ -21,7 +21,15 @@ train: $(STAMP)
 # Two workers, one file each at a time (module fixtures stay shared), one thread per process: most tests
 # start a `cnnlab` subprocess, and two busy processes with two threads each thrash two cores.
 test: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu"
+
+# Everything, slow tests included (gpu tests skip themselves without a CUDA device).
+test-all: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check cnnlab scripts tests
+	$(BIN)/ruff format --check cnnlab scripts tests
 
 bench: $(STAMP)
 	CNNLAB_DATA_ROOT=$${CNNLAB_DATA_ROOT:-$(DATA_ROOT)} $(BIN)/python scripts/bench_data.py --out outputs/bench_data.json
