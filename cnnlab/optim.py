@@ -101,11 +101,28 @@ def _epochs_to_steps(value: float, steps_per_epoch: int) -> int:
     return round(value * steps_per_epoch)
 
 
+def _warmup_steps(sched_cfg: DictConfig, steps_per_epoch: int) -> int:
+    """scheduler.warmup_steps when set (optimizer steps), else scheduler.warmup_epochs in steps."""
+    steps = sched_cfg.get("warmup_steps")
+    if steps is None:
+        return _epochs_to_steps(sched_cfg.get("warmup_epochs", 0), steps_per_epoch)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise CnnlabError(f"scheduler.warmup_steps must be an integer >= 0, got {steps!r}")
+    return steps
+
+
 def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, total_steps: int):
-    """A function step -> lr multiplier: linear warmup, then the named schedule (onecycle/plateau excepted)."""
+    """A function step -> lr multiplier: warmup, then the named schedule (onecycle/plateau excepted).
+
+    The warmup ramps linearly, or holds lr x scheduler.warmup_factor when that is set (He et al.'s ResNet-110:
+    lr 0.01 for 400 iterations, then 0.1). multistep's milestones count epochs, or steps with `unit: steps`.
+    """
     name = sched_cfg.get("name", "none")
     total = max(1, total_steps)
-    warmup = _epochs_to_steps(sched_cfg.get("warmup_epochs", 0), steps_per_epoch)
+    warmup = _warmup_steps(sched_cfg, steps_per_epoch)
+    hold = sched_cfg.get("warmup_factor")
+    if hold is not None and (isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0 < hold <= 1):
+        raise CnnlabError(f"scheduler.warmup_factor must be null (linear warmup) or a number in (0, 1], got {hold!r}")
 
     def epoch_of(step: int) -> int:
         return step // max(1, steps_per_epoch)
@@ -128,9 +145,13 @@ def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, total_steps: in
             return gamma ** (epoch_of(step) // size)
     elif name == "multistep":
         milestones, gamma = sorted(sched_cfg.milestones), sched_cfg.gamma
+        unit = sched_cfg.get("unit", "epochs")
+        if unit not in ("epochs", "steps"):
+            raise CnnlabError(f"scheduler.unit must be epochs or steps (of the milestones), got {unit!r}")
+        position = (lambda step: step) if unit == "steps" else epoch_of
 
         def base(step):
-            return gamma ** sum(epoch_of(step) >= m for m in milestones)
+            return gamma ** sum(position(step) >= m for m in milestones)
     elif name == "exponential":
         gamma = sched_cfg.gamma
 
@@ -140,8 +161,9 @@ def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, total_steps: in
         raise CnnlabError(f"scheduler.name '{name}' is unknown; choose from: {', '.join(SCHEDULES)}")
 
     def factor(step: int) -> float:
-        ramp = (step + 1) / warmup if step < warmup else 1.0
-        return ramp * base(step)
+        if step >= warmup:
+            return base(step)
+        return (hold if hold is not None else (step + 1) / warmup) * base(step)
 
     return factor
 
@@ -186,7 +208,7 @@ def build_scheduler(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, ste
     name = sched_cfg.get("name", "none")
     lr_sched = torch.optim.lr_scheduler
     if name == "onecycle":
-        if warm:
+        if warm or sched_cfg.get("warmup_steps"):
             raise CnnlabError("scheduler=onecycle has its own warm-up (scheduler.pct_start); set warmup_epochs=0")
         one = lr_sched.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(2, total_steps),
@@ -200,7 +222,7 @@ def build_scheduler(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, ste
         plateau = lr_sched.ReduceLROnPlateau(optimizer, mode="max", factor=sched_cfg.get("factor", 0.1),
                                              patience=sched_cfg.get("patience", 5),
                                              min_lr=sched_cfg.get("min_lr", 0.0))
-        return Schedule(lam, plateau, _epochs_to_steps(warm, steps_per_epoch))
+        return Schedule(lam, plateau, _warmup_steps(sched_cfg, steps_per_epoch))
     return Schedule(lam)
 
 
