@@ -1,0 +1,268 @@
+"""Sweeps end in one table, one dashboard and one plot: the report, the Hydra callback, failed jobs, TensorBoard
+HParams as TensorBoard itself computes it, gradient-flow logging."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli, read_json
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.overrides import TorchFunctionMode
+
+from cnnlab import data as data_lib
+from cnnlab import models, optim
+from cnnlab.cli import config_dir
+from cnnlab.config import register
+from cnnlab.engine.gradients import GradientFlow, stage_names
+from cnnlab.engine.trainer import Trainer, planned_steps
+from cnnlab.experiments import report as report_lib
+from cnnlab.experiments.hparams import hparams_of
+
+TINY = ["trainer.epochs=2", "trainer.image_grid=0", "data.subset=40", "trainer.progress=plain"]
+
+
+# ------------------------------------------------------------------------------------------ a real sweep
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """`cnnlab train -m optimizer.lr=0.01,-1,0.002` on digits: the middle job fails on purpose."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    result = cli("train", "-m", "optimizer.lr=0.01,-1,0.002", *TINY, "hydra.sweep.dir=sweep", cwd=cwd)
+    return cwd / "sweep", result
+
+
+def test_failed_job_does_not_stop_the_sweep_and_the_sweep_exits_nonzero(sweep):
+    sweep_dir, result = sweep
+    assert result.returncode == 1, result.stderr
+    assert (sweep_dir / "2" / "metrics.json").is_file()  # the job after the failed one ran
+    failed = read_json(sweep_dir / "1" / "failed.json")
+    assert failed["error"] == "optimizer.lr must be > 0, got -1"
+    assert "optimizer.lr=-1" in failed["overrides"]
+    assert "error: optimizer.lr must be > 0, got -1" in result.stderr
+    assert "error: 1 of 3 jobs failed" in result.stderr
+
+
+def test_sweep_writes_summary_csv_and_markdown_sorted_by_val_acc(sweep):
+    sweep_dir, result = sweep
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert len(rows) == 3
+    assert list(rows[0])[:3] == ["run", "optimizer.lr", "model"]  # the varied key first; constants are not columns
+    assert "trainer.epochs" not in rows[0] and "data.subset" not in rows[0]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [float(r["optimizer.lr"]) for r in ok] and float(ok[0]["best val acc"]) >= float(ok[1]["best val acc"])
+    assert rows[-1]["status"] == "failed: optimizer.lr must be > 0, got -1" and rows[-1]["optimizer.lr"] == "-1"
+    for row in ok:
+        metrics = read_json(Path(row["run"]) / "metrics.json")
+        assert float(row["best val acc"]) == pytest.approx(metrics["best_val_acc"])
+        assert int(row["best epoch"]) == metrics["best_epoch"] and 1 <= metrics["best_epoch"] <= 2
+        assert float(row["test acc"]) == pytest.approx(metrics["test_acc"])
+        assert int(row["params"]) == 61_706 and int(row["MACs"]) > 0
+        last = metrics["history"][-1]
+        assert float(row["train-val gap"]) == pytest.approx(last["train_acc"] - last["val_acc"])
+        assert float(row["total s"]) == pytest.approx(metrics["total_seconds"])
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert "| optimizer.lr | model | params | MACs | best val acc |" in markdown
+    assert "failed: optimizer.lr must be > 0, got -1" in markdown
+    assert "| optimizer.lr | model |" in result.stdout  # the same table, printed
+    for name in ("curves.png", "accuracy_vs_params.png"):
+        assert (sweep_dir / name).stat().st_size > 10_000
+
+
+def test_sweep_dashboard_names_runs_by_varied_keys_with_typed_hparams_and_metric_curves(sweep):
+    """TensorBoard's own HParams backend over <sweep>/tb: what the HParams tab shows."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
+
+    sweep_dir, _ = sweep
+    logdir = str(sweep_dir / "tb")
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(logdir)
+    mux.Reload()
+    assert sorted(mux.Runs()) == ["optimizer.lr=0.002", "optimizer.lr=0.01"]
+    tb = base_plugin.TBContext(logdir=logdir, multiplexer=mux,
+                               data_provider=data_provider.MultiplexerDataProvider(mux, logdir))
+    experiment = get_experiment.Handler(context.RequestContext(), backend_context.Context(tb), "",
+                                        api_pb2.GetExperimentRequest()).run()
+    infos = {h.name: h for h in experiment.hparam_infos}
+    assert experiment.hparam_infos[0].name == "optimizer.lr" and infos["optimizer.lr"].differs  # varied first
+    for name in ("optimizer.lr", "trainer.epochs", "data.subset"):  # numbers stay numbers
+        assert infos[name].type == api_pb2.DATA_TYPE_FLOAT64, name
+    assert infos["model"].type == api_pb2.DATA_TYPE_STRING and not infos["model"].differs
+    assert not {"augment", "debug", "finetune", "choice/augment"} & set(infos)  # no constant groups
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/test_acc"} <= metrics
+    events = EventAccumulator(str(sweep_dir / "tb" / "optimizer.lr=0.01"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [1, 2]  # curves over epochs numbered from 1
+    assert not [t for t in events.Tags()["scalars"] if t.startswith("hparam/")]
+    groups = sorted({t.split("/")[0] for t in events.Tags()["scalars"]})
+    assert groups[:2] == ["train", "val"]  # Time Series opens the first two groups
+
+
+def test_single_run_failure_is_still_one_line_and_exit_2(tmp_path):
+    result = cli("train", "optimizer.lr=-1", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: optimizer.lr must be > 0, got -1"
+    assert not (tmp_path / "run" / "failed.json").exists()
+
+
+# -------------------------------------------------------------------------------- the report, in-process
+def _fake_run(path: Path, overrides: list[str], config: dict, history: list[dict] | None, **metrics) -> Path:
+    """A run directory as training writes it (the numbers given), to test the report's arithmetic on known input."""
+    (path / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create(config), path / ".hydra" / "config.yaml")
+    if history is not None:
+        best = max(history, key=lambda h: h["val_acc"])
+        (path / "metrics.json").write_text(json.dumps({
+            "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
+            "test_acc": 50.0, "params": 1000, "seconds_per_epoch": 1.0, "total_seconds": len(history),
+            "finished": True, "history": history, **metrics}))
+    return path
+
+
+def _history(val_accs, train_acc=90.0):
+    return [{"epoch": i + 1, "val_acc": v, "val_loss": 1 / (1 + v), "train_acc": train_acc}
+            for i, v in enumerate(val_accs)]
+
+
+def test_report_types_varied_keys_from_the_config_and_finds_convergence(tmp_path):
+    base = {"model": {"_target_": "cnnlab.models.lenet.LeNet5"}, "trainer": {"epochs": 3, "monitor": "val_acc"},
+            "optimizer": {"lr": 0.001}, "seed": 0}
+    _fake_run(tmp_path / "a", ["optimizer.lr=1e-2", "seed=0"], {**base, "optimizer": {"lr": 0.01}},
+              _history([40.0, 79.5, 80.0]))
+    _fake_run(tmp_path / "b", ["seed=0"], base, _history([60.0, 85.0, 84.0]))
+    _fake_run(tmp_path / "c", ["optimizer.lr=0.1", "seed=0"], {**base, "optimizer": {"lr": 0.1}}, None)
+    report_lib.write_failure(tmp_path / "c", "optimizer.lr too high", ["optimizer.lr=0.1", "seed=0"])
+    report = report_lib.build([tmp_path])
+    assert report.keys == ["optimizer.lr"]  # seed is constant; b's lr is the config default, 0.001
+    assert [r.path.name for r in report.runs] == ["b", "a", "c"]
+    b, a, c = report.rows
+    assert a["optimizer.lr"] == 0.01 and isinstance(a["optimizer.lr"], float) and b["optimizer.lr"] == 0.001
+    assert (a["best val acc"], a["best epoch"], a["epoch within 1pt"]) == (80.0, 3, 2)
+    assert (b["best val acc"], b["best epoch"], b["epoch within 1pt"]) == (85.0, 2, 2)
+    assert a["train-val gap"] == pytest.approx(10.0) and b["train-val gap"] == pytest.approx(6.0)
+    assert c["status"] == "failed: optimizer.lr too high" and c["best val acc"] is None
+    assert report.labels() == ["optimizer.lr=0.001", "optimizer.lr=0.01", "optimizer.lr=0.1"]
+
+
+def test_report_sorts_by_val_loss_when_that_is_monitored(tmp_path):
+    cfg = {"trainer": {"monitor": "val_loss"}, "seed": 0}
+    _fake_run(tmp_path / "x", ["seed=1"], {**cfg, "seed": 1}, _history([50.0]))  # loss 1/51
+    _fake_run(tmp_path / "y", ["seed=2"], {**cfg, "seed": 2}, _history([90.0]))  # loss 1/91: lower, first
+    report = report_lib.build([tmp_path / "x", tmp_path / "y"])
+    assert report.monitor == "val_loss" and [r.path.name for r in report.runs] == ["y", "x"]
+    assert [row["seed"] for row in report.rows] == [2, 1]
+
+
+def test_report_of_nothing_is_a_clear_error(tmp_path):
+    from cnnlab.errors import CnnlabError
+
+    with pytest.raises(CnnlabError, match="no runs in"):
+        report_lib.build([tmp_path])
+    with pytest.raises(CnnlabError, match="does not exist"):
+        report_lib.build([tmp_path / "missing"])
+
+
+def test_hparams_of_without_hydra_reads_the_saved_overrides(tmp_path):
+    register()
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        cfg = compose("train", overrides=["optimizer.lr=1e-2", "data.subset=20", "augment=basic"])
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(["optimizer.lr=1e-2", "data.subset=20", "augment=basic"]),
+                   tmp_path / ".hydra" / "overrides.yaml")
+    params = hparams_of(cfg, tmp_path)
+    assert params["optimizer.lr"] == 0.01 and params["data.subset"] == 20 and params["trainer.epochs"] == 15
+    assert params["model"] == "LeNet5" and params["data"] == "digits" and params["augment"] == "basic"
+    assert "finetune" not in params and "debug" not in params
+
+
+# ----------------------------------------------------------------------------------------- gradient flow
+class SyncCounter(TorchFunctionMode):
+    """Counts tensor calls that wait for the device on CUDA (.item(), .tolist(), bool(), ...)."""
+
+    SYNCING = {"item", "__bool__", "__float__", "__int__", "tolist", "numpy", "cpu", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.SYNCING:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+class Watch(GradientFlow):
+    """GradientFlow, with the syncs of its after_backward counted."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.counter = SyncCounter()
+
+    def after_backward(self, trainer, model) -> None:
+        with self.counter:
+            super().after_backward(trainer, model)
+
+
+def _train_with(callback, run_dir: Path, epochs: int = 2, log_every: int = 3) -> dict:
+    register()
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        cfg = compose("train", overrides=["model=resnet18", "model.width_mult=0.125", "data=synthetic",
+                                          "data.num_samples=256", "data.image_size=16", "data.batch_size=32",
+                                          f"trainer.epochs={epochs}", f"trainer.log_every={log_every}",
+                                          "trainer.image_grid=0", "trainer.progress=none", "trainer.device=cpu"])
+    data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=0)
+    model = models.build(cfg.model, data.spec)
+    per_epoch, total = planned_steps(cfg.trainer, len(data.train))
+    optimizer, scheduler = optim.build(cfg.optimizer, cfg.scheduler, model, per_epoch, total)
+    trainer = Trainer(cfg.trainer, run_dir, torch.device("cpu"), callbacks=[callback])
+    metrics = trainer.fit(model, data, optimizer, scheduler)
+    return {"metrics": metrics, "steps": metrics["steps"], "model": model}
+
+
+def test_grad_norms_per_stage_every_log_interval_without_host_syncs(tmp_path):
+    callback = Watch(True, None)
+    out = _train_with(callback, tmp_path)
+    assert callback.counter.calls == []  # summed on the device: nothing read back per step
+    names = [name for name, _ in stage_names(out["model"])]
+    assert len(names) >= 4 and [n.split("_", 1)[0] for n in names] == [str(i) for i in range(1, len(names) + 1)]
+    head = dict(stage_names(out["model"]))[names[-1]]
+    assert any(p.shape[0] == 10 for p in head.parameters())  # the last stage holds the classifier (10 classes)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    tags = [t for t in events.Tags()["scalars"] if t.startswith("weights/grad_norm/")]
+    assert tags == sorted(f"weights/grad_norm/{n}" for n in names)
+    steps = out["steps"]
+    for tag in tags:
+        points = events.Scalars(tag)
+        assert [p.step for p in points] == list(range(3, steps + 1, 3))
+        assert all(math.isfinite(p.value) and p.value > 0 for p in points)
+    assert events.Tags()["histograms"] == []
+
+
+def test_histograms_every_n_epochs(tmp_path):
+    out = _train_with(GradientFlow(False, 2), tmp_path, epochs=3)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    names = [name for name, _ in stage_names(out["model"])]
+    histograms = events.Tags()["histograms"]
+    assert set(histograms) == {f"weights/{n}" for n in names} | {f"weights/{n}/grad" for n in names}
+    assert [h.step for h in events.Histograms(f"weights/{names[0]}")] == [2]  # epochs 1..3, every 2nd
+    grad = events.Histograms(f"weights/{names[-1]}/grad")[0].histogram_value
+    weight = events.Histograms(f"weights/{names[-1]}")[0].histogram_value
+    assert grad.num == weight.num == sum(p.numel() for p in dict(stage_names(out["model"]))[names[-1]].parameters())
+    assert not [t for t in events.Tags()["scalars"] if t.startswith("weights/grad_norm")]
+
+
+def test_log_histograms_must_be_a_positive_integer(tmp_path):
+    result = cli("train", "trainer.log_histograms=0", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == "error: trainer.log_histograms must be >= 1, got 0"
