@@ -58,7 +58,8 @@ USER_OS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ED
 
 
 def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    rank = os.environ.get("RANK", "0")  # torchrun: say which rank, unless it is rank 0
+    print(f"error: {'' if rank == '0' else f'[rank {rank}] '}{message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -117,18 +118,21 @@ def _task(module_name: str):
     def task(cfg) -> None:
         from omegaconf.errors import MissingMandatoryValue
 
+        from cnnlab import launch
+        from cnnlab.engine.trainer import Interrupted
         from cnnlab.errors import CnnlabError
 
         # Caught here, inside the job, because Hydra logs its own multi-line report for errors that escape it.
-        from cnnlab.engine.trainer import Interrupted
 
         try:
+            launch.enter_job(cfg)  # several ranks: torchrun's others run this job too, submitit's join the group
             module = importlib.import_module(module_name)
             result = module.run(cfg)
             # A sweeper (Optuna) optimises what the task returns: the command's objective, where it has one.
             return module.objective(cfg, result) if hasattr(module, "objective") else result
         except Interrupted as ex:  # last.pt is saved; the message says how to continue
-            print(str(ex), file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":
+                print(str(ex), file=sys.stderr)
             sys.exit(128 + ex.signum)
         except CnnlabError as ex:
             _fail_job(str(ex), cfg)
@@ -166,6 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     register()
     # Make Hydra re-raise instead of printing its own multi-line report, so that we can print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"  # whatever the user's environment says
+    from cnnlab import launch
+
+    try:
+        following = launch.start()  # torchrun: join the process group; ranks > 0 follow rank 0's Hydra
+    except CnnlabError as ex:
+        _fail(str(ex))
+    if following:
+        sys.exit(launch.follow(_task(COMMANDS[command][0])))
     sys.argv = [f"cnnlab {command}", *rest]
     run = hydra.main(version_base=None, config_path=config_dir(), config_name=command)(_task(COMMANDS[command][0]))
     try:
@@ -179,3 +191,5 @@ def main(argv: list[str] | None = None) -> None:
         if ex.errno not in USER_OS_ERRORS:
             raise
         _fail(f"cannot write {ex.filename or 'the output directory'}: {ex.strerror}")
+    finally:
+        launch.release()  # torchrun: the other ranks stop following

@@ -95,6 +95,7 @@ class TrainerConfig:
     log_histograms: Optional[int] = None  # weight and gradient histograms every N epochs (null: none)
     overwrite: bool = False  # train into a run dir that already holds a run (its checkpoints, tb/ and metrics go)
     nan_policy: str = "stop"  # stop | skip_batch: what a non-finite loss does (checked at the log interval)
+    sync_bn: bool = False  # several ranks (torchrun): BatchNorm statistics over the global batch (CUDA only)
 
 
 @dataclass
@@ -179,7 +180,8 @@ def register() -> None:
     """Put the schemas into Hydra's ConfigStore and the `${cnnlab.run_id:}` resolver into OmegaConf."""
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("cnnlab.run_id", lambda: RUN_ID, replace=True)
+    OmegaConf.register_new_resolver("cnnlab.run_id", lambda: RUN_ID, replace=True,
+                                    use_cache=True)  # cached: launchers' jobs in other processes reuse it
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)

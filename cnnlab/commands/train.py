@@ -15,11 +15,12 @@ from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
 from cnnlab.finetune import Finetune, optimizer_config
-from cnnlab.engine import rundir
+from cnnlab.engine import distributed, rundir
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.gradients import GradientFlow
 from cnnlab.engine.progress import make_console, say
 from cnnlab.engine.trainer import Trainer, planned_steps
+from cnnlab.errors import CnnlabError
 from cnnlab.experiments.cost import ModelCost
 from cnnlab.experiments.hparams import hparams_of
 from cnnlab.experiments.report import objective as best_monitored
@@ -48,7 +49,10 @@ def resume_command(run_dir: Path) -> str:
     hydra = _hydra()
     skip = ("trainer.resume=", "trainer.overwrite=", "hydra.run.dir=")
     overrides = [o for o in (hydra.overrides.task if hydra else []) if not o.startswith(skip)]
-    return shlex.join(["cnnlab", "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+    launcher = ["cnnlab"]
+    if distributed.world_size() > 1:  # the same ranks again
+        launcher = ["torchrun", f"--nproc_per_node={distributed.world_size()}", "-m", "cnnlab"]
+    return shlex.join([*launcher, "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
@@ -69,33 +73,62 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     validate_train(cfg)
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     try:
-        claim = rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+        claim = _claim(cfg, run_dir)
     except rundir.RunFinished as finished:
-        say(make_console(), str(finished))
+        if distributed.is_main():
+            say(make_console(), str(finished))
         metrics = run_dir / "metrics.json"
         return json.loads(metrics.read_text()) if metrics.is_file() else {"finished": True}
     try:
-        if claim.fresh:
+        if claim.fresh and distributed.is_main():
             save_hydra_files(run_dir, cfg)
         return _train(cfg, run_dir, claim)
     finally:
         claim.release()
 
 
+def _claim(cfg: DictConfig, run_dir: Path) -> rundir.Claim:
+    """Rank 0 claims the run dir (lock, resume decision) and sends the other ranks its decision, checkpoint
+    included: they hold no lock, read no file and need no shared filesystem."""
+    if distributed.world_size() == 1:
+        return rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+    outcome = None
+    if distributed.is_main():
+        try:
+            claim = rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+            outcome = rundir.Claim(run_dir, claim.resume_from, claim.resume_state, claim.fresh)  # without the lock
+        except (rundir.RunFinished, CnnlabError) as ex:
+            outcome = ex
+    shared = distributed.broadcast_object(outcome)
+    if distributed.is_main():
+        if isinstance(outcome, Exception):
+            raise outcome
+        return claim
+    if isinstance(shared, CnnlabError):
+        raise SystemExit(2)  # rank 0 prints the line
+    if isinstance(shared, Exception):
+        raise shared
+    return shared
+
+
 def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
+    device = distributed.device_for(resolve_device(cfg.trainer.device))
     data = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
     model = models.build(cfg.model, data.spec)
+    if distributed.world_size() > 1:  # DDP gives every rank rank 0's weights; dropout draws differ per rank
+        torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
     finetune = Finetune(cfg.finetune, model)
     opt_cfg = optimizer_config(cfg.finetune, cfg.optimizer)
     steps_per_epoch, total_steps = planned_steps(cfg.trainer, len(data.train))
     optimizer, scheduler = optim.build(opt_cfg, cfg.scheduler, model, steps_per_epoch, total_steps)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data_spec"] = data.spec.as_dict()
-    say(make_console(), f"cnnlab train: {cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name} "
-        f"({len(data.train.labels):,} train / {len(data.val.labels):,} val / {len(data.test.labels):,} test) "
-        f"on {device}; run dir {run_dir}")
+    ranks = f" x {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
+    if distributed.is_main():
+        say(make_console(), f"cnnlab train: {cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name} "
+            f"({len(data.train.labels):,} train / {len(data.val.labels):,} val / {len(data.test.labels):,} test) "
+            f"on {device}{ranks}; run dir {run_dir}")
     trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config=config, hparams=hparams_of(cfg, run_dir),
                       finetune=finetune, callbacks=callbacks_for(cfg), resume_hint=resume_command(run_dir))
     resume = (claim.resume_from, claim.resume_state) if claim.resume_from is not None else None

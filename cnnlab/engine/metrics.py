@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.engine import distributed
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, autocast=nullcontext,
@@ -39,6 +41,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, autocast=nullcontext,
         confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes * num_classes)
         if on_batch is not None:
             on_batch(x, y, logits)
+    if distributed.sharded(loader):  # each rank saw a disjoint share, none padded: the sums add up to the split's
+        distributed.all_reduce_sum(loss_sum, top1, top5, correct_per_class, count_per_class, confusion)
     model.train(was_training)
     n = int(count_per_class.sum())
     per_class = (100.0 * correct_per_class.double() / count_per_class.clamp_min(1)).tolist()

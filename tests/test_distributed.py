@@ -1,0 +1,245 @@
+"""Distributed training on CPU with gloo and 2 processes: shards, reductions, torchrun runs, eval and resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import REPO, cli, read_json
+from omegaconf import OmegaConf
+
+from cnnlab import data
+from cnnlab.config import AugmentConfig, DataConfig
+from cnnlab.data import Shard
+
+CPU = torch.device("cpu")
+# 512 training and 512 validation images: a 0.5-point band is 2.5 validation images.
+RUN = ["data=synthetic", "data.num_samples=1024", "data.val_split=0.5", "model=lenet5", "trainer.epochs=3",
+       "trainer.device=cpu", "trainer.progress=none", "trainer.image_grid=0", "optimizer=adam", "scheduler=none",
+       "seed=3"]
+
+
+def data_cfg(**kw):
+    return OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "synthetic", "num_samples": 204,
+                                                              "val_split": 0.2, **kw})
+
+
+def augment_cfg(**kw):
+    return OmegaConf.merge(OmegaConf.structured(AugmentConfig), kw)
+
+
+def bundles(world: int, **kw):
+    return [data.build(data_cfg(**kw), augment_cfg(crop_padding=2, flip=True), CPU, seed=5, shard=Shard(r, world))
+            for r in range(world)]
+
+
+# --------------------------------------------------------------------------------------------- shards
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_train_shares_cover_every_sample_once_in_the_global_batches(loader):
+    """2 ranks: every training sample once per epoch (n // 2 x 2 of them; n odd leaves one out, a different one
+    each epoch), equal batch counts, and the union of the ranks' i-th batches is the 1-process run's i-th batch
+    at twice the batch size. The loaders really yield the indices they report."""
+    two = bundles(2, loader=loader, batch_size=8, num_workers=0)
+    (one,) = bundles(1, loader=loader, batch_size=16, num_workers=0)
+    n = len(two[0].train.labels)
+    assert n % 2 == 1 and len(two[0].train) == len(two[1].train) == (n // 2) // 8
+    left_out = set()
+    for epoch in (0, 1):
+        for b in (*two, one):
+            b.train.set_epoch(epoch)
+        shares = [b.train.indices() for b in two]
+        union = torch.cat(shares)
+        assert len(set(union.tolist())) == len(union) == 2 * 8 * len(two[0].train)  # no sample twice
+        per_batch = [s.view(-1, 8) for s in shares]
+        single = one.train.indices().view(-1, 16)
+        for i in range(len(single)):
+            assert set(torch.cat([per_batch[0][i], per_batch[1][i]]).tolist()) == set(single[i].tolist())
+        for b, share in zip(two, shares):  # what iteration yields: the labels of these indices, in order
+            labels = torch.cat([y for _, y in b.train])
+            assert torch.equal(labels, b.train.labels[share])
+        left_out.add(frozenset(range(n)) - frozenset(union.tolist()))
+    assert len(left_out) == 2  # the left-out samples change with the epoch
+
+
+def test_even_split_covers_everything():
+    two = bundles(2, num_samples=200, val_split=0.2, batch_size=10)  # 160 training images: 80 per rank
+    union = torch.cat([b.train.indices() for b in two])
+    assert sorted(union.tolist()) == list(range(160))
+
+
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_eval_shares_are_disjoint_contiguous_and_unpadded(loader):
+    two = bundles(2, loader=loader, batch_size=4, num_workers=0)
+    for split in ("val", "test"):
+        shares = [getattr(b, split).indices() for b in two]
+        n = len(getattr(two[0], split).labels)
+        assert torch.equal(torch.cat(shares), torch.arange(n))  # every image once, none padded
+        for b, share in zip(two, shares):
+            labels = torch.cat([y for _, y in getattr(b, split)])
+            assert torch.equal(labels, getattr(b, split).labels[share])
+
+
+def test_augmentation_seeds_differ_per_rank_and_rank0_keeps_the_single_process_stream():
+    seeds = [Shard(r, 4).augment_seed(1234) for r in range(4)]
+    assert seeds[0] == 1234 == Shard().augment_seed(1234) and len(set(seeds)) == 4
+    a, b = bundles(2, batch_size=8)
+    a.train.set_epoch(0)
+    b.train.set_epoch(0)
+    assert a.train.augment_seed != b.train.augment_seed
+    # same shuffle on every rank: each rank's share is its slice of one permutation (checked above), and a
+    # rank's batches depend only on (seed, epoch, shard): drawn twice, identical
+    x1 = next(iter(b.train))[0]
+    x2 = next(iter(b.train))[0]
+    assert torch.equal(x1, x2)
+
+
+# ------------------------------------------------------------------------------- collectives, in-process
+def _ranks(rank: int, world: int, port: int, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from cnnlab.engine import distributed
+    from cnnlab.engine.metrics import evaluate
+    from cnnlab.models.lenet import LeNet5
+
+    assert distributed.init() and distributed.world_size() == world and distributed.rank() == rank
+    result = {}
+    t = torch.tensor([rank + 1.0])
+    distributed.all_reduce_sum(t)
+    result["sum"] = float(t)
+    result["any"] = (distributed.any_rank(rank == 1), distributed.any_rank(False))
+    result["object"] = distributed.broadcast_object({"dir": "/runs/x"} if rank == 0 else None)
+    vote = distributed.StopVote()
+    outcomes = [vote(rank == 1 and step == 3, False) for step in range(6)]
+    result["stop_step"] = next(step for step, (signalled, _) in enumerate(outcomes) if signalled)
+    # evaluation over the 2 shards, summed, equals evaluation of the whole split in one process
+    torch.manual_seed(0)
+    model = LeNet5(num_classes=10, in_channels=3)
+    sharded = data.build(data_cfg(batch_size=8), None, CPU, seed=1, shard=Shard(rank, world))
+    whole = data.build(data_cfg(batch_size=8), None, CPU, seed=1, shard=Shard())
+    result["eval"] = evaluate(model, sharded.val, 10)
+    result["eval_whole"] = evaluate(model, whole.val, 10)
+    # SyncBatchNorm conversion keeps the parameter objects (the optimizer built before it stays valid)
+    bn_model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    params = list(bn_model.parameters())
+    converted = distributed.convert_sync_bn(bn_model)
+    result["sync_bn"] = (type(converted[1]).__name__, all(p is q for p, q in zip(params, converted.parameters())))
+    distributed.barrier()
+    distributed.shutdown()
+    out.put((rank, result))
+
+
+@pytest.mark.slow
+def test_gloo_helpers_votes_and_sharded_evaluation_on_two_processes():
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = 29_500 + os.getpid() % 1000
+    procs = [ctx.Process(target=_ranks, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    for r in results.values():
+        assert r["sum"] == 3.0 and r["any"] == (True, False) and r["object"] == {"dir": "/runs/x"}
+        assert r["stop_step"] == 4  # rank 1 saw a reason at step 3: both ranks stop together, one step later
+        whole, summed = r["eval_whole"], r["eval"]
+        assert summed["count"] == whole["count"] == 41
+        assert summed["top1"] == whole["top1"] and abs(summed["loss"] - whole["loss"]) < 1e-6
+        assert torch.equal(summed["confusion"], whole["confusion"])
+        assert r["sync_bn"] == ("SyncBatchNorm", True)
+
+
+# ---------------------------------------------------------------------------------------- torchrun runs
+def torchrun(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "cnnlab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def only_run_dir(cwd: Path) -> Path:
+    (run_dir,) = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]  # one dir for all ranks (Hydra #2070)
+    return run_dir
+
+
+def train_run(launch, batch: int, cwd: Path) -> Path:
+    result = launch("train", *RUN, f"data.batch_size={batch}", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_dir(cwd)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """The same training twice: 2 ranks x batch 16, and 1 process x batch 32 (the same global batch)."""
+    return {"ddp": train_run(torchrun, 16, tmp_path_factory.mktemp("ddp")),
+            "same_global": train_run(cli, 32, tmp_path_factory.mktemp("same_global"))}
+
+
+@pytest.mark.slow
+def test_two_ranks_take_half_the_steps_of_one_process_at_the_same_per_rank_batch(runs, tmp_path):
+    same_per_rank = read_json(train_run(cli, 16, tmp_path) / "metrics.json")
+    ddp = read_json(runs["ddp"] / "metrics.json")
+    assert ddp["steps"] == same_per_rank["steps"] // 2 == 3 * 16
+
+
+def test_two_ranks_match_the_single_process_run_at_the_same_global_batch(runs):
+    ddp, same_global = (read_json(runs[k] / "metrics.json") for k in ("ddp", "same_global"))
+    assert ddp["world_size"] == 2 and ddp["global_batch"] == 32 and same_global["world_size"] == 1
+    assert ddp["steps"] == same_global["steps"] == 3 * 16  # half the 96 steps of 1 process at batch 16
+    assert abs(ddp["best_val_acc"] - same_global["best_val_acc"]) <= 0.5
+    assert abs(ddp["history"][-1]["val_acc"] - same_global["history"][-1]["val_acc"]) <= 0.5
+    assert ddp["best_val_acc"] > 50  # it learned something (10 classes)
+
+
+def test_only_rank_zero_writes(runs):
+    run_dir = runs["ddp"]
+    log = (run_dir / "train.log").read_text()
+    assert log.count("epoch 1/3") == 1 and "x 2 ranks" in log
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1
+
+
+def test_ddp_checkpoint_evaluates_in_one_process(runs, tmp_path):
+    ckpt = runs["ddp"] / "checkpoints" / "best.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert not any(k.startswith("module.") for k in state["model"])  # the unwrapped model was saved
+    result = cli("eval", f"checkpoint={ckpt}", f"output={tmp_path / 'eval.json'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = read_json(runs["ddp"] / "metrics.json")
+    assert read_json(tmp_path / "eval.json")["top1"] == pytest.approx(trained["test_acc"])  # the shards summed
+
+
+@pytest.mark.slow
+def test_stop_and_resume_with_two_ranks_ends_with_the_uninterrupted_weights(runs, tmp_path):
+    """trainer.time_limit stops both ranks at the same step mid-epoch (last.pt unfinished); resume=auto in the
+    same run dir with 2 ranks finishes, bit-identical to the uninterrupted 2-rank run."""
+    first = torchrun("train", *RUN, "data.batch_size=16", "trainer.time_limit=0.001", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not stopped["fit"]["finished"] and stopped["fit"]["batch"] > 0 and stopped["step"] < 3 * 16
+    again = torchrun("train", *RUN, "data.batch_size=16", f"hydra.run.dir={run_dir}", "trainer.resume=auto",
+                     cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[:6000]
+    assert only_run_dir(tmp_path) == run_dir
+    resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    straight = torch.load(runs["ddp"] / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["fit"]["finished"] and resumed["step"] == straight["step"] == 3 * 16
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+
+@pytest.mark.slow
+def test_sync_bn_on_cpu_is_one_clear_line(tmp_path):
+    result = torchrun("train", *RUN, "trainer.epochs=1", "trainer.sync_bn=true", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: trainer.sync_bn=true needs CUDA" in result.stderr
+    assert "Traceback" not in result.stderr.split("torch.distributed.elastic")[0]
