@@ -217,3 +217,54 @@ def test_presets_compose_as_a_list():
         bad.augment[key] = value
         with pytest.raises(CnnlabError, match=message):
             validate_train(bad)
+
+
+# ---------------------------------------------------------------------------- batched policies
+def test_every_policy_op_computes_what_torchvision_computes():
+    """Each batched op, with a different magnitude per image, against torchvision's per-image kernel."""
+    from torchvision.transforms import v2
+
+    from cnnlab.data.policies import OPS
+
+    reference = v2.TrivialAugmentWide()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (24, 3, 18, 22), dtype=torch.uint8, generator=gen)
+    x[0] = 9  # a flat image (autocontrast/equalize edge case)
+    ranges = {"ShearX": (-0.99, 0.99), "ShearY": (-0.99, 0.99), "TranslateX": (-12, 12), "TranslateY": (-12, 12),
+              "Rotate": (-135, 135), "Brightness": (-0.99, 0.99), "Color": (-0.99, 0.99), "Contrast": (-0.99, 0.99),
+              "Sharpness": (-0.99, 0.99), "Posterize": (2, 8), "Solarize": (0, 1)}
+    for name, op in OPS.items():
+        low, high = ranges.get(name, (0, 0))
+        m = torch.rand(len(x), generator=gen, dtype=torch.float64) * (high - low) + low
+        if name == "Posterize":
+            m = m.round()
+        want = torch.stack([reference._apply_image_or_video_transform(image, name, float(v), interpolation=
+                                                                      v2.InterpolationMode.NEAREST, fill=reference._fill)
+                            for image, v in zip(x, m)])
+        got = op(x, m)
+        assert got.dtype == torch.uint8 and torch.equal(got, want), name
+
+
+def policy_stats(out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-image summaries a policy moves: unchanged?, mean |change|, mean, spread, zero (filled) pixels."""
+    changed = (out != images).flatten(1)
+    diff = (out.float() - images.float()).abs().flatten(1).mean(1)
+    f = out.float().flatten(1)
+    return torch.stack([(~changed.any(1)).float(), diff, f.mean(1), f.std(1), (out == 0).all(1).flatten(1).float()
+                        .mean(1)], 1)
+
+
+@pytest.mark.parametrize("kw", [{"policy": "randaugment"}, {"policy": "randaugment", "randaugment_n": 1,
+                                                            "randaugment_m": 20},
+                                {"policy": "trivialaugment"}, {"policy": "autoaugment"},
+                                {"policy": "autoaugment", "autoaugment_policy": "cifar10"},
+                                {"policy": "autoaugment", "autoaugment_policy": "svhn"}])
+def test_batched_policies_match_the_per_image_distributions(kw):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randint(40, 216, (1, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    images = (base.float() * torch.linspace(0.4, 1.2, 1536).view(-1, 1, 1, 1)).clamp(0, 255).to(torch.uint8)
+    device, worker = (stacked(b) for b in both_paths(images, batch=512, **kw))
+    sd, sw = policy_stats(device, images), policy_stats(worker, images)
+    scale = torch.maximum(sd.std(0), sw.std(0)).clamp_min(1e-6)
+    gap = (sd.mean(0) - sw.mean(0)).abs() / scale  # in per-image standard deviations; noise ~ sqrt(2/1536) = 0.036
+    assert (gap < 0.15).all(), (kw, gap, sd.mean(0), sw.mean(0))

@@ -42,15 +42,21 @@ def _blend(x: torch.Tensor, other: torch.Tensor, m: torch.Tensor) -> torch.Tenso
 
 def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour resampling through per-image inverse affine matrices (B, 2, 3) in pixel units about
-    the image centre, zero fill: torchvision's _affine_grid + _apply_grid_transform, batched."""
-    b, _, h, w = x.shape
+    the image centre, zero fill: torchvision's _affine_grid + grid_sample(nearest), batched. The grid is
+    computed as torchvision computes it and turned into source pixel indices the way grid_sample does
+    (unnormalise, round half to even), then one uint8 gather: no float copy of the images."""
+    b, c, h, w = x.shape
     xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=x.device)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=x.device)
     base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=x.device)], -1)
     scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
-    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale).view(b, h, w, 2)
-    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.round_().to(torch.uint8)
+    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale)  # (B, H*W, 2) in [-1, 1]
+    size = torch.tensor([float(w), float(h)], device=x.device)
+    source = grid.add_(1).mul_(size).sub_(1).div_(2).round_()  # (column, row) per output pixel
+    inside = ((source >= 0) & (source < size)).all(-1)
+    flat = torch.where(inside, source[..., 1] * w + source[..., 0], float(h * w)).long()  # h*w: the zero pixel
+    padded = F.pad(x.reshape(b, c, h * w), (0, 1))
+    return padded.gather(2, flat[:, None].expand(b, c, h * w)).view(b, c, h, w)
 
 
 def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
@@ -100,10 +106,10 @@ def sharpness(x, m):
     b, c, h, w = x.shape
     if h <= 2 or w <= 2:
         return x
-    kernel = torch.ones(3, 3, device=x.device) / 13.0
-    kernel[1, 1] = 5.0 / 13.0
     out = x.float()
-    blurred = F.conv2d(out, kernel.expand(c, 1, 3, 3), groups=c).round_()
+    # torchvision's 3x3 kernel (1/13 around, 5/13 in the centre) as an exact integer box sum: the blurred values
+    # are k/13, never within rounding error of a .5 tie, so rounding gives torchvision's pixels.
+    blurred = (F.avg_pool2d(out, 3, 1, divisor_override=1) + 4.0 * out[..., 1:-1, 1:-1]).div_(13.0).round_()
     inner = out[..., 1:-1, 1:-1]
     inner.addcmul_(blurred - inner, _as(x, -m.double()))  # factor 1 + m; the border keeps its pixels
     return out.clamp_(0, 255).to(torch.uint8)
@@ -115,8 +121,10 @@ def posterize(x, m):  # keep the top int(m) bits
     return x & mask.view(-1, 1, 1, 1)
 
 
-def solarize(x, m):  # invert the pixels at or above 255 m
-    return torch.where(x.float() >= 255.0 * _as(x, m), 255 - x, x)
+def solarize(x, m):  # invert the pixels at or above 255 m: for integers, at or above ceil(255 m)
+    threshold = torch.ceil(255.0 * m.double()).clamp(0, 256).to(x.device).view(-1, 1, 1, 1)
+    above = (x >= threshold.clamp(max=255).to(torch.uint8)) & (threshold <= 255)
+    return torch.where(above, 255 - x, x)
 
 
 def autocontrast(x, m):
