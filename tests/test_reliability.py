@@ -252,3 +252,30 @@ def test_skip_batch_drops_non_finite_batches_without_stopping(tmp_path):
     history = metrics["history"]
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_dataloader_workers_end_with_a_stopped_run(tmp_path):
+    marker = f"hydra.run.dir={tmp_path}/workers_run"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *ARGS, "trainer.epochs=50", "data=synthetic",
+                             "data.num_samples=4000", "data.image_size=28", "data.loader=dataloader",
+                             "data.num_workers=2", marker], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(_processes_with(marker)) >= 3, proc)  # the run and its two workers
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    deadline = time.time() + 20
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_with(marker) == []
