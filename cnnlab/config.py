@@ -340,6 +340,7 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "optimizer.lr", low=0, low_open=True)
     _number(cfg, "optimizer.weight_decay", low=0)
     _number(cfg, "optimizer.momentum", low=0, high=1)
+    _optimizer_and_schedule_ranges(cfg)
 
 
 def _augment_ranges(cfg: DictConfig) -> None:
@@ -362,6 +363,40 @@ def _augment_ranges(cfg: DictConfig) -> None:
         if len(value) != 2 or not 0 < value[0] <= value[1] or (high is not None and value[1] > high):
             limit = f" <= {high}" if high is not None else ""
             raise CnnlabError(f"augment.{key} must be [low, high] with 0 < low <= high{limit}, got {value}")
+
+
+def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:
+    """The torch optimizer arguments and cnnlab schedule keys the configs set (torch would raise ValueError
+    mid-build, or train on with a nan lr)."""
+    from omegaconf import OmegaConf
+
+    _number(cfg, "optimizer.eps", low=0, low_open=True)
+    _number(cfg, "optimizer.alpha", low=0)
+    betas = OmegaConf.select(cfg, "optimizer.betas")
+    if betas is not None:
+        values = list(betas) if OmegaConf.is_list(betas) else [betas]
+        if len(values) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                       and math.isfinite(b) and 0 <= b < 1 for b in values):
+            raise CnnlabError(f"optimizer.betas must be [beta1, beta2] with 0 <= beta < 1, got {values}")
+    _number(cfg, "scheduler.warmup_epochs", low=0)
+    _number(cfg, "scheduler.gamma", low=0, low_open=True)
+    _number(cfg, "scheduler.min_lr_ratio", low=0, high=1)
+    _number(cfg, "scheduler.pct_start", low=0, low_open=True, high=1)
+    _number(cfg, "scheduler.div_factor", low=0, low_open=True)
+    _number(cfg, "scheduler.final_div_factor", low=0, low_open=True)
+    _number(cfg, "scheduler.factor", low=0, low_open=True, high=0.999999)
+    _number(cfg, "scheduler.patience", low=0, integer=True)
+    _number(cfg, "scheduler.min_lr", low=0)
+    if OmegaConf.select(cfg, "scheduler.anneal_strategy") is not None:
+        _choice(cfg, "scheduler.anneal_strategy", ("cos", "linear"))
+    for key in ("scheduler.cycle_momentum", "optimizer.nesterov", "optimizer.amsgrad", "optimizer.decay_norm_bias"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, bool):
+            raise CnnlabError(f"{key} must be true or false, got {value!r}")
+    milestones = OmegaConf.select(cfg, "scheduler.milestones")
+    if milestones is not None and (not OmegaConf.is_list(milestones) or not all(
+            isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones)):
+        raise CnnlabError(f"scheduler.milestones must be a list of epochs (integers >= 0), got {milestones}")
 
 
 def validate_eval(cfg: DictConfig) -> None:
