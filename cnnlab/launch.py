@@ -16,6 +16,7 @@ launching process's resolver cache into each job), and `cnnlab.engine.distribute
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,6 +42,10 @@ def enter_job(cfg: DictConfig) -> None:
     the other ranks. submitit tasks: join the job's process group."""
     if not _leading:
         distributed.init()  # a no-op unless submitit started this job as one of several tasks
+        if not distributed.is_main():  # every submitit task is a Hydra job: only rank 0 writes the job's log
+            for handler in logging.getLogger().handlers[:]:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
         return
     if not (distributed.is_main() and distributed.world_size() > 1):
         return

@@ -243,3 +243,35 @@ def test_sync_bn_on_cpu_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "error: trainer.sync_bn=true needs CUDA" in result.stderr
     assert "Traceback" not in result.stderr.split("torch.distributed.elastic")[0]
+
+
+# ---------------------------------------------------------------------------------------- SLURM sweeps
+def test_slurm_launcher_composes_with_one_task_per_gpu():
+    """configs/hydra/launcher/slurm.yaml with tasks_per_node = gpus_per_node: each sweep job is one SLURM job
+    running one DDP process per GPU (Hydra #2231: tasks, not gpus_per_node alone, make the processes)."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab.cli import config_dir
+    from cnnlab.config import register
+
+    register()
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
+                                "hydra.launcher.tasks_per_node=4", "hydra.launcher.nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+
+
+@pytest.mark.slow
+def test_submitit_job_with_two_tasks_trains_one_ddp_model(tmp_path):
+    """The same launcher plugin's local executor: a -m job with tasks_per_node=2 is one 2-rank DDP run in one
+    job dir, and only rank 0 writes its log."""
+    result = cli("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                 "hydra.launcher.timeout_min=10", *RUN, "trainer.epochs=1", "data.batch_size=16", cwd=tmp_path,
+                 env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job,) = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.json")]
+    metrics = read_json(job / "metrics.json")
+    assert metrics["world_size"] == 2 and metrics["steps"] == 16
+    assert (job / "train.log").read_text().count("epoch 1/1") == 1
