@@ -5,6 +5,8 @@
 - full: everything trains.
 - discriminative: everything trains, each earlier stage with lr x finetune.lr_decay of the next one.
 - gradual: the head first, then one more stage from the top every finetune.unfreeze_every epochs.
+- feature_extract: the frozen backbone runs once; its features are cached on the device and only the
+  classifier trains on them (cnnlab/feature_extract.py), many epochs in seconds.
 `finetune.freeze_bn` additionally keeps every BatchNorm layer as loaded (statistics and affine weights).
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cnnlab.engine import distributed
+from cnnlab.engine.progress import make_console, say
 from cnnlab.optim import stage_modules
 
 
@@ -47,6 +51,32 @@ class Finetune:
                     m.eval()
                     for p in m.parameters():
                         p.requires_grad_(False)
+
+
+FROZEN_BACKBONE = ("linear_probe", "feature_extract")
+
+
+def pretrained(model_cfg: DictConfig) -> bool:
+    """Whether the model config loads pretrained weights (model=torchvision's weights / weights_path)."""
+    return bool(model_cfg.get("weights") or model_cfg.get("weights_path"))
+
+
+def prepare(cfg: DictConfig, model: nn.Module, data, device, console=None):
+    """Before the optimizer is built: warn when a frozen-backbone mode has no pretrained weights (it would train
+    a head on random features); feature_extract swaps in the cached-feature model and data. Returns (model, data)."""
+    name = cfg.finetune.name
+    console = console if console is not None else make_console()
+    if name in FROZEN_BACKBONE and not pretrained(cfg.model) and distributed.is_main():
+        say(console, f"[yellow]finetune={name} freezes a randomly initialised backbone: the model has no pretrained "
+                     f"weights (model=torchvision model.weights=DEFAULT or model.weights_path=FILE)[/yellow]")
+    if name != "feature_extract":
+        return model, data
+    from cnnlab.feature_extract import prepare as cache_features
+
+    model, data, line = cache_features(model, data, device, cfg.seed)
+    if distributed.is_main():
+        say(console, line)
+    return model, data
 
 
 def optimizer_config(cfg: DictConfig, opt_cfg: DictConfig) -> DictConfig:

@@ -41,7 +41,8 @@ def test_gradual_unfreezes_one_stage_per_period_from_the_head():
     for epoch, trainable in ((0, 1), (1, 1), (2, 2), (5, 3), (100, 7)):
         model.train()
         finetune.apply(model, epoch)
-        assert [all(p.requires_grad for p in s.parameters()) for s in stages] == [False] * (7 - trainable) + [True] * trainable
+        frozen = [False] * (7 - trainable) + [True] * trainable
+        assert [all(p.requires_grad for p in s.parameters()) for s in stages] == frozen
         assert [s.training for s in stages] == [False] * (7 - trainable) + [True] * trainable
 
 
@@ -49,7 +50,8 @@ def test_discriminative_lrs_decay_towards_the_input():
     model = torchvision.models.resnet18(num_classes=10)
     opt = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "layer_decay": 1.0,
                             "head_lr_mult": 1.0})
-    groups = optim.build_optimizer(optimizer_config(finetune_cfg("discriminative", lr_decay=0.5), opt), model).param_groups
+    opt = optimizer_config(finetune_cfg("discriminative", lr_decay=0.5), opt)
+    groups = optim.build_optimizer(opt, model).param_groups
     assert [g["lr"] for g in groups] == pytest.approx([0.1 * 0.5 ** k for k in range(6, -1, -1)])
 
 
@@ -63,6 +65,16 @@ def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, tmp_p
     backbone = [k for k in loaded if not k.startswith("fc.")]
     assert all(torch.equal(loaded[k], trained[k]) for k in backbone)  # weights and BN statistics
     assert trained["fc.weight"].shape == (10, 512)
+    assert "randomly initialised" not in result.stdout + result.stderr  # it has pretrained weights
+
+
+def test_linear_probe_without_pretrained_weights_warns_once(tmp_path):
+    result = cli("train", "model=lenet5", "finetune=linear_probe", "trainer.epochs=1",
+                 f"hydra.run.dir={tmp_path / 'r'}", *TINY, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "randomly initialised" in line]
+    assert lines == ["finetune=linear_probe freezes a randomly initialised backbone: the model has no pretrained "
+                     "weights (model=torchvision model.weights=DEFAULT or model.weights_path=FILE)"]
 
 
 def test_group_learning_rates_are_what_the_config_says(resnet18_file, tmp_path):

@@ -15,6 +15,7 @@ from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
 from cnnlab.finetune import Finetune, optimizer_config
+from cnnlab.finetune import prepare as finetune_prepare
 from cnnlab.engine import distributed, rundir
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.gradients import GradientFlow
@@ -29,7 +30,8 @@ from cnnlab.experiments.report import objective as best_monitored
 def callbacks_for(cfg: DictConfig) -> list:
     """The trainer callbacks this config asks for (each feature adds its line here)."""
     callbacks = [ModelCost()]
-    callbacks.append(TrainingImages(cfg.trainer.image_grid, cfg.trainer.image_every))
+    grid = 0 if cfg.finetune.name == "feature_extract" else cfg.trainer.image_grid  # it sees features, not images
+    callbacks.append(TrainingImages(grid, cfg.trainer.image_every))
     if cfg.trainer.log_grad_norms or cfg.trainer.log_histograms:
         callbacks.append(GradientFlow(cfg.trainer.log_grad_norms, cfg.trainer.log_histograms))
     return callbacks
@@ -116,6 +118,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     device = distributed.device_for(resolve_device(cfg.trainer.device))
     data = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
     model = models.build(cfg.model, data.spec)
+    model, data = finetune_prepare(cfg, model, data, device)  # feature_extract: cached features, head-only model
     if distributed.world_size() > 1:  # DDP gives every rank rank 0's weights; dropout draws differ per rank
         torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
     finetune = Finetune(cfg.finetune, model)
