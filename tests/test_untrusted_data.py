@@ -428,3 +428,29 @@ def test_imagefolder_empty_or_unknown_class_folders_are_errors(tmp_path):
     with pytest.raises(CnnlabError, match="owl that .* lacks") as ex:
         data.load_arrays(cfg(name="imagefolder", root=str(tmp_path / "pics"), image_size=8))
     one_line(ex)
+
+
+def test_truncated_or_garbled_images_are_one_line(tmp_path, recwarn):
+    """Every format PIL reads here, truncated and byte-flipped: a decoded image or one line naming the file,
+    never another exception and never PIL's multi-line warnings."""
+    from cnnlab.data.datasets import read_image
+
+    rng = random.Random(2)
+    path = tmp_path / "x.img"
+    for fmt in ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 12), (10, 200, 30)).save(buffer, fmt)
+        whole = buffer.getvalue()
+        cases = [whole[:n] for n in range(0, len(whole), max(1, len(whole) // 20))]
+        for _ in range(60):
+            garbled = bytearray(whole)
+            for _ in range(rng.randint(1, 4)):
+                garbled[rng.randrange(min(len(garbled), 120))] = rng.randrange(256)
+            cases.append(bytes(garbled))
+        for blob in cases:
+            path.write_bytes(blob)
+            try:
+                read_image(path)
+            except CnnlabError as ex:
+                assert "\n" not in str(ex) and str(path) in str(ex), str(ex)
+    assert not [w for w in recwarn if "PIL" in w.filename]

@@ -55,6 +55,7 @@ def read_image(path: Path):
 
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on damaged-but-decodable metadata
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 return image.convert("RGB")
@@ -62,7 +63,8 @@ def read_image(path: Path):
         raise CnnlabError(f"{path}: refused to decode it ({ex}); a real image this large needs "
                           "PIL.Image.MAX_IMAGE_PIXELS raised") from None
     except (OSError, SyntaxError, ValueError, EOFError) as ex:  # UnidentifiedImageError is an OSError
-        raise corrupt(path, f"{type(ex).__name__}: {ex}") from None
+        detail = " ".join(f"{type(ex).__name__}: {ex}".split())
+        raise CnnlabError(f"{path} is corrupt or truncated ({detail}); remove or replace it") from None
 
 
 def corrupt(path: Path, detail: str) -> CnnlabError:
