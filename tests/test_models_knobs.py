@@ -244,6 +244,15 @@ def test_model_specific_bad_values(name, key, value):
         make(name, 32, 3, **{key: value})
 
 
+@pytest.mark.parametrize("name, key, value", [("densenet121", "growth_rate", 0), ("densenet121", "compression", 0),
+                                              ("vit_tiny", "heads", -3), ("resnet18", "layers", [2, "x"]),
+                                              ("resnet18", "widths", []), ("wide_resnet16_8", "widen", 0),
+                                              ("resnext50_32x4d", "groups", 0)])
+def test_family_knobs_are_checked_by_name(name, key, value):
+    with pytest.raises(CnnlabError, match=rf"^model\.{key} must be"):
+        make(name, 32, 3, **{key: value})
+
+
 def test_an_unknown_knob_names_the_keys_the_model_accepts():
     with pytest.raises(CnnlabError, match=r"^model.foo is not a knob of LeNet5; it accepts: convs, fc, kernel_size"):
         make("lenet5", 28, 1, foo=1)

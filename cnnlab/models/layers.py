@@ -47,6 +47,17 @@ def _positive_int(key: str, v) -> None:
         raise CnnlabError(f"model.{key} must be an integer >= 1; got {v!r}")
 
 
+def _positive_ints(key: str, v) -> None:
+    if not isinstance(v, (list, tuple)) or not v or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+        raise CnnlabError(f"model.{key} must be a list of integers >= 1; got {v!r}")
+
+
+def _compression(key: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+        raise CnnlabError(f"model.{key} must be a number in (0, 1]; got {v!r}")
+
+
 # Knobs that mean the same in every model, checked by name (a null value means "the model's default").
 KNOB_CHECKS = {
     "norm": lambda k, v: check_choice(k, v, NORMS), "fc_norm": lambda k, v: check_choice(k, v, NORMS),
@@ -55,7 +66,10 @@ KNOB_CHECKS = {
     "dropout": _fraction, "dropout2d": _fraction, "block_dropout": _fraction, "drop_path": _fraction,
     "width_mult": _positive, "depth_mult": _positive, "pool_p": _positive,
     "kernel_size": _positive_int, "dilation": _positive_int, "pool_kernel": _positive_int,
-    "pool_stride": _positive_int, "hidden": _positive_int,
+    "pool_stride": _positive_int, "hidden": _positive_int, "growth_rate": _positive_int, "bn_size": _positive_int,
+    "groups": _positive_int, "width_per_group": _positive_int, "stem_width": _positive_int, "widen": _positive_int,
+    "heads": _positive_int, "dim": _positive_int, "mlp_dim": _positive_int, "patch_size": _positive_int,
+    "layers": _positive_ints, "widths": _positive_ints, "block_config": _positive_ints, "compression": _compression,
 }
 
 
