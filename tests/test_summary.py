@@ -6,18 +6,17 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
 from omegaconf import OmegaConf
 from torch import nn
 
 from cnnlab.analysis.receptive_field import receptive_field
 from cnnlab.analysis.summary import summarize
+from cnnlab.commands.summary import spec_of
 from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.models import build, load_yaml
 from cnnlab.models.layers import POOLS, make_pool
-from cnnlab.commands.summary import spec_of
-
-from conftest import REPO
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -59,6 +58,11 @@ def test_lenet5_rows_by_hand():
     assert s["activation_bytes"] == 4 * sum(torch.Size(r["shape"]).numel() for r in s["layers"])
     # conv5 -> pool2 -> conv5 -> pool2: 5 + 1 + 4*2 + 1*2 = 16 pixels, 4 apart
     assert s["receptive_field"]["size"] == 16 and s["receptive_field"]["jump"] == 4
+    # per layer: every feature map's field and jump; activations keep them; flattened vectors have none
+    assert [(r["name"], r["rf"], r["jump"]) for r in s["layers"]] == [
+        ("features.0", 5, 1), ("features.1", 5, 1), ("features.2", 6, 2), ("features.3", 14, 2), ("features.4", 14, 2),
+        ("features.5", 16, 4), ("classifier.0", None, None), ("classifier.1", None, None), ("classifier.2", None, None),
+        ("classifier.3", None, None), ("classifier.4", None, None), ("classifier.5", None, None)]
 
 
 def test_receptive_fields_of_classic_nets():
@@ -112,7 +116,7 @@ def test_cli_json(run_cli, tmp_path):
     assert report["params"] == 11_689_512
     assert report["macs"] == pytest.approx(1.82e9, rel=0.02)
     assert report["layers"][0] == {"name": "stem.0.0", "type": "Conv2d", "shape": [64, 112, 112], "params": 9408,
-                                   "macs": 64 * 112 * 112 * 3 * 49, "bytes": 64 * 112 * 112 * 4}
+                                   "macs": 64 * 112 * 112 * 3 * 49, "bytes": 64 * 112 * 112 * 4, "rf": 7, "jump": 2}
     assert list(tmp_path.iterdir()) == []  # a summary writes nothing
 
 
@@ -121,6 +125,8 @@ def test_cli_table_and_collapse_warning(run_cli):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "features.0.0" in result.stdout and "33,638,218" in result.stdout
     assert "receptive field 212 px, jump 32 px" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if "layer" in line and "MACs" in line)
+    assert header.split()[-4:] == ["RF", "┃", "jump", "┃"]
     result = run_cli("summary", "model=torchvision", "model.name=alexnet", "data=mnist", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "collapses below 1 at features.5 (MaxPool2d)" in " ".join(result.stdout.split())
@@ -130,3 +136,22 @@ def test_cli_bad_format_is_one_line(run_cli):
     result = run_cli("summary", "format=xml", env=ONE_THREAD)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: format must be one of table, json; got 'xml'"
+
+
+def test_sweep_writes_nothing_here(run_cli, tmp_path):
+    result = run_cli("summary", "-m", "model=lenet5,mnist_cnn", "format=json", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [json.loads(line)["model"] for line in result.stdout.splitlines() if line.startswith("{")] == [
+        "LeNet5", "MnistCNN"]
+    assert list(tmp_path.iterdir()) == []  # no multirun/ folder (Hydra's multirun.yaml goes to the temp dir)
+
+
+def test_resnet_rows_follow_the_shortcut():
+    rows = {r["name"]: r for r in summary_of("resnet18", 32, num_classes=10)["layers"]}
+    # a 3x3 stride-1 stem: 3 px; layers.1.0 halves the map (jump 2); its 1x1 projection sees what its input saw
+    assert (rows["stem.0"]["rf"], rows["stem.0"]["jump"]) == (3, 1)
+    assert rows["layers.0.1.acts.1"]["rf"] == 11 and rows["layers.1.0.convs.0"]["jump"] == 2
+    assert rows["layers.1.0.project.0"]["rf"] == 11  # a 1x1 (stride 2) conv adds nothing to the field
+    assert rows["layers.1.0.acts.1"]["rf"] == 17  # the add takes the larger field of its two branches
+    assert rows["layers.3.1.convs.1"]["jump"] == 8
+    assert rows["head.3"]["rf"] is None

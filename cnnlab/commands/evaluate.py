@@ -92,8 +92,8 @@ def run(cfg: DictConfig) -> dict:
         "params": trained.params, "split": cfg.split, "epoch": trained.state.get("epoch"), "tta": cfg.tta,
         "loss": result["loss"], "top1": result["top1"], "top5": result["top5"], "count": result["count"],
         "macro": {k: 100 * v for k, v in scores["macro"].items()},
-        "per_class": {class_name(classes, i): {"images": scores["support"][i], "precision": 100 * scores["precision"][i],
-                                               "recall": 100 * scores["recall"][i], "f1": 100 * scores["f1"][i]}
+        "per_class": {class_name(classes, i): {"images": scores["support"][i],
+                                               **{k: 100 * scores[k][i] for k in ("precision", "recall", "f1")}}
                       for i in range(spec.num_classes)},
         "most_confused": pairs,
         "confusion_matrix": cm.tolist(),

@@ -61,7 +61,8 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     batch = torch.export.Dim("batch", min=1)
     try:
         torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False)
+                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file (weights inside; fine below 2 GB)
     except torch.onnx.OnnxExporterError as ex:  # an op the exporter cannot translate: say which, in one line
         first = str(ex).strip().splitlines()[0][:300]
         raise CnnlabError(f"torch.onnx cannot export {type(model).__name__}: {first}; try format=torchscript") from None

@@ -47,7 +47,8 @@ def _file_name(index: int, layer: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}.png"
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, FeaturesSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     _number(cfg, "max_maps", low=1, integer=True)
     device = resolve_device(cfg.device)
@@ -64,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
     pred = int(probs.argmax())
     pred_text = f"{class_name(spec.classes, pred)} (p={float(probs[pred]):.2f})"
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     tb = TensorBoard(run_dir / "tb")
     report = {"checkpoint": str(trained.path.resolve()), "model": trained.name, "input": str(path),
               "prediction": {"class": class_name(spec.classes, pred), "index": pred, "prob": float(probs[pred])},

@@ -50,7 +50,8 @@ def predict_files(trained, files: list[Path], topk: int, batch_size: int, device
     return [entries[path] for path in files]
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, PredictSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     _number(cfg, "topk", low=1, integer=True)
     _number(cfg, "batch_size", low=1, integer=True)
@@ -65,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
         raise CnnlabError(f"none of the {len(files)} input file(s) is an image this model can read "
                           f"(first: {entries[0]['error']})")
     out = Path(cfg.output).expanduser() if cfg.output else \
-        Path(HydraConfig.get().runtime.output_dir) / "predictions.json"
+        Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
     report = {"checkpoint": str(trained.path.resolve()), "model": trained.name,
               "input_size": [trained.spec.channels, trained.spec.image_size, trained.spec.image_size],
               "topk": cfg.topk, "count": len(done), "skipped": len(entries) - len(done), "predictions": entries}

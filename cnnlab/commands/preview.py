@@ -37,7 +37,8 @@ def describe(augment: DictConfig) -> str:
     return ", ".join(changed) or "no augmentation"
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, PreviewSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     _number(cfg, "count", low=1, integer=True)
     _number(cfg, "columns", low=1, integer=True)
@@ -48,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     title = f"{cfg.data.name} training images, augmented: {describe(cfg.augment)} (seed {cfg.seed}, epoch 1)"
     fig = grid_figure(images, label_captions(y, data.spec.classes), title=title, columns=cfg.columns)
     out = Path(cfg.output).expanduser() if cfg.output else \
-        Path(HydraConfig.get().runtime.output_dir) / "augment_preview.png"
+        Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"
     save(fig, out)
     say(make_console(), f"{len(images)} augmented {cfg.data.name} images -> {escape(str(out))}")
     return {"output": str(out), "count": len(images)}

@@ -1,0 +1,81 @@
+"""`cnnlab features`: feature maps of every stage, the first layer's filters and Grad-CAM for one image, as PNGs
+in the run dir and TensorBoard images; chosen layers; bad inputs one error line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import cli
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from trained_run import ONE_THREAD, compose, one_error_line, train_in_process
+
+from cnnlab.commands import features
+from cnnlab.errors import CnnlabError
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    where = tmp_path_factory.mktemp("features")
+    run_dir = train_in_process(where)
+    image = where / "digit.png"
+    digit = torch.zeros(32, 32, dtype=torch.uint8)
+    digit[6:26, 14:18] = 255  # a "1"
+    Image.fromarray(digit.numpy()).save(image)
+    yield run_dir / "checkpoints" / "best.pt", image
+    torch.set_num_threads(threads)
+
+
+def test_every_stage_filters_and_gradcam(setup, tmp_path):
+    ckpt, image = setup
+    result = cli("features", f"checkpoint={ckpt}", f"input={image}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                 env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "run"
+    report = json.loads((run / "features.json").read_text())
+    # LeNet-5's stages: conv1 (6x28x28), conv2 (16x10x10), the classifier (10 logits: not a map)
+    assert [(r["layer"], r["shape"]) for r in report["layers"]] == [("features.0", [6, 28, 28]),
+                                                                    ("features.3", [16, 10, 10]),
+                                                                    ("classifier", [10])]
+    assert sorted(p.name for p in (run / "feature_maps").iterdir()) == ["00_features.0.png", "01_features.3.png"]
+    assert report["filters"]["layer"] == "features.0" and report["filters"]["shape"] == [6, 1, 5, 5]
+    assert report["gradcam"]["layer"] == "features.3" and report["gradcam"]["map"] == [10, 10]
+    assert report["gradcam"]["class"] == report["prediction"]["class"]
+    for name in ("filters.png", "gradcam.png", "feature_maps/00_features.0.png"):
+        assert (run / name).read_bytes()[:4] == b"\x89PNG"
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert set(events.Tags()["images"]) == {"features/00_features.0", "features/01_features.3", "filters", "gradcam"}
+    assert "not a feature map" in result.stdout
+
+
+def test_chosen_layers(setup, tmp_path):
+    ckpt, image = setup
+    report = features.run(compose("features", f"checkpoint={ckpt}", f"input={image}", "layers=[features.1,features.2]",
+                                  "max_maps=4"), run_dir=tmp_path)
+    assert [(r["layer"], r["type"], r["shape"]) for r in report["layers"]] == [
+        ("features.1", "ReLU", [6, 28, 28]), ("features.2", "AvgPool2d", [6, 14, 14])]
+    assert report["gradcam"]["layer"] == "features.2" and report["gradcam"]["map"] == [14, 14]
+    assert sorted(p.name for p in (tmp_path / "feature_maps").iterdir()) == ["00_features.1.png",
+                                                                             "01_features.2.png"]
+
+
+def test_bad_inputs(setup, tmp_path):
+    ckpt, image = setup
+    with pytest.raises(CnnlabError, match=r"unknown layer 'features\.9' in LeNet5; its layers: features, "
+                                          r"features\.0, features\.1"):
+        features.run(compose("features", f"checkpoint={ckpt}", f"input={image}", "layers=[features.9]"),
+                     run_dir=tmp_path)
+    text = tmp_path / "notes.png"
+    text.write_text("not really a png")
+    with pytest.raises(CnnlabError, match="is not a readable image"):
+        features.run(compose("features", f"checkpoint={ckpt}", f"input={text}"), run_dir=tmp_path)
+    with pytest.raises(CnnlabError, match="does not exist"):
+        features.run(compose("features", f"checkpoint={ckpt}", f"input={tmp_path / 'none.png'}"), run_dir=tmp_path)
+    line = one_error_line(cli("features", f"checkpoint={ckpt}", f"input={image}", "layers=[nope]", cwd=tmp_path,
+                              env=ONE_THREAD))
+    assert "unknown layer 'nope'" in line
