@@ -331,6 +331,8 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "data.num_samples", low=1, integer=True)
     _number(cfg, "data.channels", low=1, integer=True)  # null, not 0, means "the dataset's own"
     _number(cfg, "data.num_classes", low=1, integer=True)
+    if not str(cfg.data.root).strip():
+        raise CnnlabError("data.root is empty: give a folder (an empty path would silently mean the current one)")
     _choice(cfg, "data.loader", ("auto", "device", "dataloader"))
     split = cfg.data.val_split
     if split != "test":
