@@ -115,6 +115,7 @@ CONFIG_CASES = [
     (["data.loader=gpu"], "data.loader must be one of"),
     (["data.subset=0"], "data.subset must be >= 1"),
     (["data.download=maybe"], "maybe"),
+    (["data.root="], "data.root is empty"),
     (["finetune.lr_decay=0"], "finetune.lr_decay must be"),
     (["augment.mix_prob=2"], "augment.mix_prob"),
     (["augment.hue=0.9"], "augment.hue"),
