@@ -333,6 +333,9 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "data.num_classes", low=1, integer=True)
     if not str(cfg.data.root).strip():
         raise CnnlabError("data.root is empty: give a folder (an empty path would silently mean the current one)")
+    if cfg.data.get("download_url") and cfg.data.name != "imagefolder":
+        raise CnnlabError(f"data.download_url is read by data=imagefolder only; data={cfg.data.name} downloads "
+                          "from its official URL (data.download=true)")
     _choice(cfg, "data.loader", ("auto", "device", "dataloader"))
     split = cfg.data.val_split
     if split != "test":
