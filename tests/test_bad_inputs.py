@@ -18,14 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from cnnlab.cli import main
 from conftest import cli
 from test_data import jpeg, mat_v5, write_idx
 from test_untrusted_data import RunsCode, png_header_only, write_cifar
 
-TINY = ["data=synthetic", "data.num_samples=64", "data.batch_size=16", "trainer.epochs=1", "trainer.max_steps=1",
-        "trainer.progress=none"]
+from cnnlab.cli import main
+
+TINY = [
+    "data=synthetic",
+    "data.num_samples=64",
+    "data.batch_size=16",
+    "trainer.epochs=1",
+    "trainer.max_steps=1",
+    "trainer.progress=none",
+]
 
 
 @pytest.fixture
@@ -162,15 +168,23 @@ def test_bad_config_value(run_main, tmp_path, overrides, expected):
 
 # ---------------------------------------------------------------------------------------------- paths
 def test_missing_data_root_with_download_off(run_main, tmp_path):
-    check(run_main, tmp_path, ["train", *TINY, "data=mnist", f"data.root={tmp_path}/nowhere", "data.download=false"],
-          f"MNIST not found under {tmp_path}/nowhere (data.download=false)")
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=mnist", f"data.root={tmp_path}/nowhere", "data.download=false"],
+        f"MNIST not found under {tmp_path}/nowhere (data.download=false)",
+    )
 
 
 @pytest.mark.parametrize("dataset", ["imagefolder", "cifar10"])
 def test_data_root_that_is_a_file(run_main, tmp_path, dataset):
     (tmp_path / "file").write_text("not a folder")
-    check(run_main, tmp_path, ["train", *TINY, f"data={dataset}", f"data.root={tmp_path}/file",
-                               "data.download=false"], "file")
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, f"data={dataset}", f"data.root={tmp_path}/file", "data.download=false"],
+        "file",
+    )
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any directory")
@@ -179,8 +193,12 @@ def test_unreadable_imagefolder(run_main, tmp_path):
         jpeg(tmp_path / "pics" / c / "0.jpg", (1, 2, 3))
     (tmp_path / "pics" / "a").chmod(0)
     try:
-        check(run_main, tmp_path, ["train", *TINY, "data=imagefolder", f"data.root={tmp_path}/pics",
-                                   "data.image_size=8"], "pics")
+        check(
+            run_main,
+            tmp_path,
+            ["train", *TINY, "data=imagefolder", f"data.root={tmp_path}/pics", "data.image_size=8"],
+            "pics",
+        )
     finally:
         (tmp_path / "pics" / "a").chmod(0o755)
 
@@ -201,8 +219,12 @@ def test_resume_path_that_is_not_a_checkpoint(run_main, tmp_path, what):
 # ------------------------------------------------------------------------------- hostile dataset files
 def _mnist(root: Path) -> Path:
     raw = root / "MNIST" / "raw"
-    for stem, shape in (("train-images-idx3-ubyte", (20, 28, 28)), ("train-labels-idx1-ubyte", (20,)),
-                        ("t10k-images-idx3-ubyte", (10, 28, 28)), ("t10k-labels-idx1-ubyte", (10,))):
+    for stem, shape in (
+        ("train-images-idx3-ubyte", (20, 28, 28)),
+        ("train-labels-idx1-ubyte", (20,)),
+        ("t10k-images-idx3-ubyte", (10, 28, 28)),
+        ("t10k-labels-idx1-ubyte", (10,)),
+    ):
         write_idx(raw / f"{stem}.gz", np.arange(np.prod(shape)).reshape(shape) % 10)
     return raw / "train-images-idx3-ubyte.gz"
 
@@ -213,37 +235,56 @@ def _garble_deflate(path: Path) -> None:
     path.write_bytes(bytes(whole))
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda p: p.write_bytes(gzip.compress(bytes(6))), "wrong magic number"),
-    (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0]))), "shorter than the 16-byte idx header"),
-    (_garble_deflate, "corrupt or truncated"),
-    (lambda p: p.write_bytes(p.read_bytes()[:40]), "corrupt or truncated"),
-    (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 9, 28, 28) + bytes(10))),
-     "header says"),
-], ids=["6-byte idx", "short header", "corrupt deflate", "truncated gzip", "truncated idx"])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda p: p.write_bytes(gzip.compress(bytes(6))), "wrong magic number"),
+        (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0]))), "shorter than the 16-byte idx header"),
+        (_garble_deflate, "corrupt or truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:40]), "corrupt or truncated"),
+        (
+            lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 9, 28, 28) + bytes(10))),
+            "header says",
+        ),
+    ],
+    ids=["6-byte idx", "short header", "corrupt deflate", "truncated gzip", "truncated idx"],
+)
 def test_corrupt_mnist_file(run_main, tmp_path, damage, expected):
     path = _mnist(tmp_path / "root")
     damage(path)
-    check(run_main, tmp_path, ["train", *TINY, "data=mnist", f"data.root={tmp_path}/root", "data.download=false"],
-          f"{path}")
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=mnist", f"data.root={tmp_path}/root", "data.download=false"],
+        f"{path}",
+    )
     code, err = run_main("train", *TINY, "data=mnist", f"data.root={tmp_path}/root", "data.download=false")
     assert expected in err
 
 
 def test_cifar_batch_that_would_run_code(run_main, tmp_path):
     marker = tmp_path / "pwned"
-    folder = write_cifar(tmp_path / "root", override={
-        "data_batch_2": pickle.dumps(RunsCode(os.system, f"touch {marker}"), protocol=2)})
-    check(run_main, tmp_path, ["train", *TINY, "data=cifar10", f"data.root={tmp_path}/root", "data.download=false"],
-          f"{folder / 'data_batch_2'} is not a plain data file")
+    folder = write_cifar(
+        tmp_path / "root", override={"data_batch_2": pickle.dumps(RunsCode(os.system, f"touch {marker}"), protocol=2)}
+    )
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=cifar10", f"data.root={tmp_path}/root", "data.download=false"],
+        f"{folder / 'data_batch_2'} is not a plain data file",
+    )
     assert not marker.exists()
 
 
 def test_truncated_cifar_batch(run_main, tmp_path):
     folder = write_cifar(tmp_path / "root")
     (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes()[:500])
-    check(run_main, tmp_path, ["train", *TINY, "data=cifar10", f"data.root={tmp_path}/root", "data.download=false"],
-          f"{folder / 'test_batch'} is corrupt or truncated")
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=cifar10", f"data.root={tmp_path}/root", "data.download=false"],
+        f"{folder / 'test_batch'} is corrupt or truncated",
+    )
 
 
 def _pics(root: Path) -> Path:
@@ -265,8 +306,12 @@ def test_hostile_imagefolder(run_main, tmp_path, case):
     else:
         bad = root / "cat" / "1.jpg"
         bad.write_text("not a jpeg")
-    check(run_main, tmp_path, ["train", *TINY, "data=imagefolder", f"data.root={root}", "data.image_size=8",
-                               "data.num_workers=0"], str(bad))
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=imagefolder", f"data.root={root}", "data.image_size=8", "data.num_workers=0"],
+        str(bad),
+    )
 
 
 def test_truncated_svhn_mat(run_main, tmp_path):
@@ -274,9 +319,14 @@ def test_truncated_svhn_mat(run_main, tmp_path):
     for split in ("train", "test"):
         (tmp_path / "root" / "svhn").mkdir(parents=True, exist_ok=True)
         (tmp_path / "root" / "svhn" / f"{split}_32x32.mat").write_bytes(
-            mat_v5({"X": x, "y": np.array([[1.0], [2.0], [3.0], [10.0]])}, compress=True)[:-20])
-    check(run_main, tmp_path, ["train", *TINY, "data=svhn", f"data.root={tmp_path}/root", "data.download=false"],
-          "train_32x32.mat is corrupt or truncated")
+            mat_v5({"X": x, "y": np.array([[1.0], [2.0], [3.0], [10.0]])}, compress=True)[:-20]
+        )
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=svhn", f"data.root={tmp_path}/root", "data.download=false"],
+        "train_32x32.mat is corrupt or truncated",
+    )
 
 
 def test_truncated_stl10(run_main, tmp_path):
@@ -286,8 +336,12 @@ def test_truncated_stl10(run_main, tmp_path):
         (folder / f"{split}_X.bin").write_bytes(bytes(3 * 96 * 96 * 2 - 7))
         (folder / f"{split}_y.bin").write_bytes(bytes([1, 2]))
     (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
-    check(run_main, tmp_path, ["train", *TINY, "data=stl10", f"data.root={tmp_path}/root", "data.download=false"],
-          "train_X.bin is corrupt or truncated")
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=stl10", f"data.root={tmp_path}/root", "data.download=false"],
+        "train_X.bin is corrupt or truncated",
+    )
 
 
 def test_flowers_setid_that_is_not_a_mat_file(run_main, tmp_path):
@@ -295,8 +349,12 @@ def test_flowers_setid_that_is_not_a_mat_file(run_main, tmp_path):
     jpeg(folder / "jpg" / "image_00001.jpg", (1, 2, 3))
     (folder / "imagelabels.mat").write_bytes(mat_v5({"labels": np.array([[1.0]])}))
     (folder / "setid.mat").write_bytes(b"<html>404 not found</html>")
-    check(run_main, tmp_path, ["train", *TINY, "data=flowers102", f"data.root={tmp_path}/root", "data.download=false",
-                               "data.image_size=8"], "setid.mat is not a MATLAB v5 .mat file")
+    check(
+        run_main,
+        tmp_path,
+        ["train", *TINY, "data=flowers102", f"data.root={tmp_path}/root", "data.download=false", "data.image_size=8"],
+        "setid.mat is not a MATLAB v5 .mat file",
+    )
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -355,24 +413,31 @@ def test_malformed_checkpoint(run_main, tmp_path, good_checkpoint, command, dama
     assert_nothing_resumable(tmp_path, keep=(path,))
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["checkpoint=/nonexistent/best.pt"], "/nonexistent/best.pt does not exist"),
-    (["checkpoint=."], "is not a file"),
-    (["+foo=1", "checkpoint=x.pt"], "unknown key foo"),
-    (["split=dev", "checkpoint=x.pt"], "split must be one of"),
-    (["batch_size=0", "checkpoint=x.pt"], "batch_size must be >= 1"),
-    ([], "checkpoint is required"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["checkpoint=/nonexistent/best.pt"], "/nonexistent/best.pt does not exist"),
+        (["checkpoint=."], "is not a file"),
+        (["+foo=1", "checkpoint=x.pt"], "unknown key foo"),
+        (["split=dev", "checkpoint=x.pt"], "split must be one of"),
+        (["batch_size=0", "checkpoint=x.pt"], "batch_size must be >= 1"),
+        ([], "checkpoint is required"),
+    ],
+)
 def test_bad_eval_input(run_main, tmp_path, overrides, expected):
     check(run_main, tmp_path, ["eval", *overrides], expected)
 
 
 # ------------------------------------------------------------- real subprocesses, under Hydra variables
-@pytest.mark.parametrize("env, args, expected", [
-    ({"HYDRA_FULL_ERROR": "0"}, ["optimizer.lrr=0.1"], "lrr"),  # Hydra's own short report would be 2+ lines
-    ({"HYDRA_MAIN_MODULE": "nonexistent.module"}, ["model=vgg999"], "unknown model 'vgg999'"),
-    ({"HYDRA_DEPRECATION_WARNINGS_AS_ERRORS": "1"}, ["+trainer.epochz=3"], "did you mean trainer.epochs?"),
-], ids=["HYDRA_FULL_ERROR=0", "HYDRA_MAIN_MODULE", "HYDRA_DEPRECATION_WARNINGS_AS_ERRORS"])
+@pytest.mark.parametrize(
+    "env, args, expected",
+    [
+        ({"HYDRA_FULL_ERROR": "0"}, ["optimizer.lrr=0.1"], "lrr"),  # Hydra's own short report would be 2+ lines
+        ({"HYDRA_MAIN_MODULE": "nonexistent.module"}, ["model=vgg999"], "unknown model 'vgg999'"),
+        ({"HYDRA_DEPRECATION_WARNINGS_AS_ERRORS": "1"}, ["+trainer.epochz=3"], "did you mean trainer.epochs?"),
+    ],
+    ids=["HYDRA_FULL_ERROR=0", "HYDRA_MAIN_MODULE", "HYDRA_DEPRECATION_WARNINGS_AS_ERRORS"],
+)
 def test_error_contract_holds_under_hydra_environment_variables(tmp_path, env, args, expected):
     result = cli("train", *args, cwd=tmp_path, env=env)
     assert_one_error_line(result.returncode, result.stderr, expected)

@@ -23,13 +23,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from test_data import jpeg, mat_v5, write_idx
 
 from cnnlab import data
 from cnnlab.config import AugmentConfig, DataConfig
 from cnnlab.data.matlab import read_mat
 from cnnlab.data.safe_archive import extract
 from cnnlab.errors import CnnlabError
-from test_data import jpeg, mat_v5, write_idx
 
 CPU = torch.device("cpu")
 
@@ -66,9 +66,12 @@ def write_cifar(root: Path, protocol: int = 2, override: dict | None = None) -> 
     rng = np.random.default_rng(0)
     files = {f"data_batch_{i}": None for i in range(1, 6)} | {"test_batch": None}
     for name in files:
-        files[name] = {"batch_label": "training batch", "labels": [int(v) for v in rng.integers(0, 10, 4)],
-                       "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
-                       "filenames": [f"img_{i}.png".encode() for i in range(4)]}
+        files[name] = {
+            "batch_label": "training batch",
+            "labels": [int(v) for v in rng.integers(0, 10, 4)],
+            "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+            "filenames": [f"img_{i}.png".encode() for i in range(4)],
+        }
     files["batches.meta"] = {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": 4}
     files.update(override or {})
     for name, content in files.items():
@@ -106,15 +109,18 @@ def test_cifar_batch_that_would_run_code_is_refused(tmp_path, payload):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ({"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4}, "not a CIFAR batch"),
-    ({"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4}, "not a CIFAR batch"),
-    ({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, "not a CIFAR batch"),
-    ({"data": np.zeros((4, 3072), np.uint8), "labels": ["a"] * 4}, "not a CIFAR batch"),
-    ({"data": np.zeros((4, 3072), np.uint8), "labels": [-1] * 4}, "negative labels"),
-    ({"labels": [0] * 4}, "expected a dict with data, labels"),
-    ([1, 2, 3], "expected a dict"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ({"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4}, "not a CIFAR batch"),
+        ({"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4}, "not a CIFAR batch"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, "not a CIFAR batch"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": ["a"] * 4}, "not a CIFAR batch"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [-1] * 4}, "negative labels"),
+        ({"labels": [0] * 4}, "expected a dict with data, labels"),
+        ([1, 2, 3], "expected a dict"),
+    ],
+)
 def test_malformed_cifar_batch_is_one_line(tmp_path, bad, expected):
     folder = write_cifar(tmp_path, override={"test_batch": pickle.dumps(bad, 2)})
     with pytest.raises(CnnlabError, match=expected) as ex:
@@ -184,8 +190,12 @@ HOSTILE_TARS = {
     "char_device": [_member("dev", tarfile.CHRTYPE)],
     "fifo": [_member("pipe", tarfile.FIFOTYPE)],
     # no '..' in any name: only following the links on disk shows that d/l/l2 is the parent of the destination
-    "link_chain": [_member("d", tarfile.DIRTYPE), _member("d/l", tarfile.SYMTYPE, ".."),
-                   _member("d/l/l2", tarfile.SYMTYPE, ".."), _member("d/l/l2/evil.txt")],
+    "link_chain": [
+        _member("d", tarfile.DIRTYPE),
+        _member("d/l", tarfile.SYMTYPE, ".."),
+        _member("d/l/l2", tarfile.SYMTYPE, ".."),
+        _member("d/l/l2/evil.txt"),
+    ],
 }
 
 
@@ -212,8 +222,9 @@ def test_hostile_tar_extracts_nothing_outside(tmp_path, case):
         assert not any(dest.iterdir())
 
 
-@pytest.mark.parametrize("name", ["../evil.txt", "{outside}/evil.txt", "a/../../evil.txt", "..\\evil.txt",
-                                  "C:/evil.txt"])
+@pytest.mark.parametrize(
+    "name", ["../evil.txt", "{outside}/evil.txt", "a/../../evil.txt", "..\\evil.txt", "C:/evil.txt"]
+)
 def test_hostile_zip_extracts_nothing(tmp_path, name):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -230,8 +241,9 @@ def test_hostile_zip_extracts_nothing(tmp_path, name):
 
 
 def test_friendly_archives_extract_with_inner_links(tmp_path):
-    archive = _tar(tmp_path / "ok.tar.gz", [_member("data/train/a.txt"), _member("data/latest", tarfile.SYMTYPE,
-                                                                                   "train")])
+    archive = _tar(
+        tmp_path / "ok.tar.gz", [_member("data/train/a.txt"), _member("data/latest", tarfile.SYMTYPE, "train")]
+    )
     extract(archive, tmp_path / "t")
     assert (tmp_path / "t" / "data" / "latest" / "a.txt").read_bytes() == b"evil\n"
     with zipfile.ZipFile(tmp_path / "ok.zip", "w") as zf:
@@ -272,8 +284,15 @@ def test_imagefolder_download_url_extracts_a_zip(tmp_path):
             for i in range(3):
                 zf.writestr(f"{c}/{i}.png", buffer.getvalue())
     root = tmp_path / "pics"
-    arrays = data.load_arrays(cfg(name="imagefolder", root=str(root), image_size=8, download=True,
-                                  download_url=(tmp_path / "pics.zip").as_uri()))
+    arrays = data.load_arrays(
+        cfg(
+            name="imagefolder",
+            root=str(root),
+            image_size=8,
+            download=True,
+            download_url=(tmp_path / "pics.zip").as_uri(),
+        )
+    )
     assert arrays.classes == ["cat", "dog"] and len(arrays.train_y) + len(arrays.test_y) == 6
 
 
@@ -287,8 +306,13 @@ def test_offline_download_says_where_the_files_go(tmp_path, monkeypatch):
     root = tmp_path / "root"
     with pytest.raises(CnnlabError) as ex:
         data.load_arrays(cfg(name="cifar10", root=str(root), download=True))
-    message = one_line(ex, "Network is unreachable", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                       f"{root}", "cifar-10-batches-py/data_batch_1")
+    message = one_line(
+        ex,
+        "Network is unreachable",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        f"{root}",
+        "cifar-10-batches-py/data_batch_1",
+    )
     assert "by hand" in message
     assert not root.exists() or not any(root.rglob("*.tar.gz"))  # no partial archive left behind
     with pytest.raises(CnnlabError, match="data.download=true .it fetches https://") as ex:
@@ -298,8 +322,12 @@ def test_offline_download_says_where_the_files_go(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------- idx, MAT, STL
 def _kmnist(root: Path) -> Path:
     raw = root / "KMNIST" / "raw"
-    for stem, shape in (("train-images-idx3-ubyte", (5, 28, 28)), ("train-labels-idx1-ubyte", (5,)),
-                        ("t10k-images-idx3-ubyte", (5, 28, 28)), ("t10k-labels-idx1-ubyte", (5,))):
+    for stem, shape in (
+        ("train-images-idx3-ubyte", (5, 28, 28)),
+        ("train-labels-idx1-ubyte", (5,)),
+        ("t10k-images-idx3-ubyte", (5, 28, 28)),
+        ("t10k-labels-idx1-ubyte", (5,)),
+    ):
         write_idx(raw / f"{stem}.gz", np.zeros(shape))
     return raw / "train-images-idx3-ubyte.gz"
 
@@ -310,16 +338,21 @@ def _corrupt_deflate(path: Path) -> None:
     path.write_bytes(bytes(whole))
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0]))), "shorter than the 16-byte idx header"),
-    (_corrupt_deflate, "corrupt or truncated"),
-    (lambda p: p.write_bytes(p.read_bytes()[:30]), "corrupt or truncated"),
-    (lambda p: p.write_bytes(gzip.compress(b"\x08\x08\x08\x08" + bytes(100))), "wrong magic number"),
-    (lambda p: p.write_bytes(b"plain bytes, not gzip"), "corrupt or truncated"),
-    (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 0, 28, 28))), "holds no data"),
-    (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**31, 9))),
-     "header says"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0]))), "shorter than the 16-byte idx header"),
+        (_corrupt_deflate, "corrupt or truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:30]), "corrupt or truncated"),
+        (lambda p: p.write_bytes(gzip.compress(b"\x08\x08\x08\x08" + bytes(100))), "wrong magic number"),
+        (lambda p: p.write_bytes(b"plain bytes, not gzip"), "corrupt or truncated"),
+        (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 0, 28, 28))), "holds no data"),
+        (
+            lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**31, 9))),
+            "header says",
+        ),
+    ],
+)
 def test_hostile_idx_files_are_one_line(tmp_path, damage, expected):
     path = _kmnist(tmp_path)
     damage(path)
@@ -356,9 +389,11 @@ def test_stl10_hostile_files_are_one_line(tmp_path):
         (folder / f"{split}_y.bin").write_bytes(bytes([1, 2]))
     (folder / "class_names.txt").write_bytes(b"\xff\xfe" + b"\n".join(b"c%d" % i for i in range(10)))
     data.load_arrays(cfg(name="stl10", root=str(tmp_path)))  # odd bytes in a name are no crash
-    for file, content, expected in (("train_y.bin", bytes([1, 11]), "labels outside 1..10"),
-                                    ("train_y.bin", bytes([1]), "1 labels for 2 images"),
-                                    ("train_X.bin", bytes(3 * 96 * 96 + 5), "not a whole number")):
+    for file, content, expected in (
+        ("train_y.bin", bytes([1, 11]), "labels outside 1..10"),
+        ("train_y.bin", bytes([1]), "1 labels for 2 images"),
+        ("train_X.bin", bytes(3 * 96 * 96 + 5), "not a whole number"),
+    ):
         (folder / file).write_bytes(content)
         with pytest.raises(CnnlabError, match=expected) as ex:
             data.load_arrays(cfg(name="stl10", root=str(tmp_path)))
@@ -370,6 +405,7 @@ def test_stl10_hostile_files_are_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------- image files
 def png_header_only(width: int, height: int) -> bytes:
     """A 100-byte PNG that claims width x height pixels: what a decompression bomb looks like to a reader."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -387,8 +423,11 @@ def test_decompression_bomb_png_is_refused_not_decoded(tmp_path, side):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(CnnlabError, match="refused to decode") as ex:
-            data.build(cfg(name="imagefolder", root=str(tmp_path / "pics"), image_size=8, val_fraction=0.3,
-                           batch_size=2), OmegaConf.structured(AugmentConfig), CPU)
+            data.build(
+                cfg(name="imagefolder", root=str(tmp_path / "pics"), image_size=8, val_fraction=0.3, batch_size=2),
+                OmegaConf.structured(AugmentConfig),
+                CPU,
+            )
     one_line(ex, bomb)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
@@ -408,8 +447,11 @@ def test_imagefolder_files_that_are_not_images(tmp_path, capfd):
     fake = tmp_path / "pics" / "dog" / "2.jpg"
     fake.write_text("a text file named like a jpeg")
     with pytest.raises(CnnlabError, match="corrupt or truncated") as ex:
-        data.build(cfg(name="imagefolder", root=str(tmp_path / "pics"), image_size=8, batch_size=2),
-                   OmegaConf.structured(AugmentConfig), CPU)
+        data.build(
+            cfg(name="imagefolder", root=str(tmp_path / "pics"), image_size=8, batch_size=2),
+            OmegaConf.structured(AugmentConfig),
+            CPU,
+        )
     one_line(ex, fake)
 
 

@@ -24,9 +24,14 @@ def _unpickle(path: Path, *keys: str) -> dict:
 def _cifar(root: Path, download: bool, tv_class, train_files, test_files, meta_file, label_key, names_key):
     folder = root / tv_class.base_folder
     needed = [*train_files, *test_files, meta_file]
-    ensure_files(tv_class.__name__, root, [f"{tv_class.base_folder}/{f}" for f in needed], download,
-                 lambda: download_and_extract(tv_class.url, root, filename=tv_class.filename, md5=tv_class.tgz_md5),
-                 url=tv_class.url)
+    ensure_files(
+        tv_class.__name__,
+        root,
+        [f"{tv_class.base_folder}/{f}" for f in needed],
+        download,
+        lambda: download_and_extract(tv_class.url, root, filename=tv_class.filename, md5=tv_class.tgz_md5),
+        url=tv_class.url,
+    )
 
     def read(files):
         xs, ys = [], []
@@ -37,11 +42,18 @@ def _cifar(root: Path, download: bool, tv_class, train_files, test_files, meta_f
                 labels = torch.as_tensor(batch[label_key], dtype=torch.long)
             except (TypeError, ValueError, RuntimeError, OverflowError) as ex:  # what the file holds is not numbers
                 raise CnnlabError(f"{folder / name} is not a CIFAR batch ({type(ex).__name__}: {ex})") from None
-            if getattr(batch["data"], "dtype", None) != "uint8" or data.ndim != 2 or data.shape[1] != 3072 \
-                    or labels.ndim != 1 or len(data) != len(labels):
-                raise CnnlabError(f"{folder / name} is not a CIFAR batch: data {tuple(data.shape)} "
-                                  f"{getattr(batch['data'], 'dtype', type(batch['data']).__name__)}, "
-                                  f"{labels.numel()} labels")
+            if (
+                getattr(batch["data"], "dtype", None) != "uint8"
+                or data.ndim != 2
+                or data.shape[1] != 3072
+                or labels.ndim != 1
+                or len(data) != len(labels)
+            ):
+                raise CnnlabError(
+                    f"{folder / name} is not a CIFAR batch: data {tuple(data.shape)} "
+                    f"{getattr(batch['data'], 'dtype', type(batch['data']).__name__)}, "
+                    f"{labels.numel()} labels"
+                )
             if len(labels) and labels.min() < 0:
                 raise CnnlabError(f"{folder / name} is not a CIFAR batch: negative labels")
             xs.append(data.reshape(-1, 3, 32, 32))
@@ -60,8 +72,16 @@ def _cifar(root: Path, download: bool, tv_class, train_files, test_files, meta_f
 def load_cifar10(root: Path, download: bool) -> ArrayDataset:
     from torchvision.datasets import CIFAR10
 
-    return _cifar(root, download, CIFAR10, [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                  "batches.meta", "labels", "label_names")
+    return _cifar(
+        root,
+        download,
+        CIFAR10,
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        "labels",
+        "label_names",
+    )
 
 
 def load_cifar100(root: Path, download: bool) -> ArrayDataset:

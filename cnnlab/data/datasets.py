@@ -60,8 +60,9 @@ def read_image(path: Path):
             with Image.open(path) as image:
                 return image.convert("RGB")
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as ex:
-        raise CnnlabError(f"{path}: refused to decode it ({ex}); a real image this large needs "
-                          "PIL.Image.MAX_IMAGE_PIXELS raised") from None
+        raise CnnlabError(
+            f"{path}: refused to decode it ({ex}); a real image this large needs PIL.Image.MAX_IMAGE_PIXELS raised"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as ex:  # UnidentifiedImageError is an OSError
         detail = " ".join(f"{type(ex).__name__}: {ex}".split())
         raise CnnlabError(f"{path} is corrupt or truncated ({detail}); remove or replace it") from None
@@ -80,8 +81,9 @@ def _missing(what: str, root: Path, expected: list[str], url: str | None) -> Cnn
     )
 
 
-def ensure_files(what: str, root: Path, expected: list[str], download: bool, fetch: Callable[[], None],
-                 url: str | None = None) -> None:
+def ensure_files(
+    what: str, root: Path, expected: list[str], download: bool, fetch: Callable[[], None], url: str | None = None
+) -> None:
     """Check root/<expected> exist; if not, run `fetch()` (md5-checked downloads, safe extraction) when
     `download`, turning offline/HTTP/md5 failures into one clear line that says where the files go and,
     given `url`, where to get them by hand."""
@@ -141,5 +143,3 @@ def make_synthetic(channels: int, image_size: int, num_classes: int, num_samples
     train_x, train_y = draw(num_samples)
     test_x, test_y = draw(n_test)
     return ArrayDataset(train_x, train_y, test_x, test_y, [f"class_{i}" for i in range(num_classes)])
-
-

@@ -22,8 +22,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 def _check_exist(what: str, paths: list[Path]) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise CnnlabError(f"{what}: {len(missing)} of {len(paths)} listed images are missing (first: {missing[0]}); "
-                          "the archive was not fully extracted: delete the folder and download it again")
+        raise CnnlabError(
+            f"{what}: {len(missing)} of {len(paths)} listed images are missing (first: {missing[0]}); "
+            "the archive was not fully extracted: delete the folder and download it again"
+        )
 
 
 # --------------------------------------------------------------------------------------------- Flowers-102
@@ -42,8 +44,14 @@ def load_flowers102(root: Path, download: bool) -> ArrayDataset:
         for key in ("label", "setid"):
             download_url(url + files[key][0], str(folder), md5=files[key][1])
 
-    ensure_files("Flowers102", root, ["flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"],
-                 download, fetch, url=Flowers102._download_url_prefix + files["image"][0])
+    ensure_files(
+        "Flowers102",
+        root,
+        ["flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"],
+        download,
+        fetch,
+        url=Flowers102._download_url_prefix + files["image"][0],
+    )
     labels = torch.from_numpy(read_mat(folder / "imagelabels.mat", ["labels"])["labels"].reshape(-1)).long() - 1
     sets = read_mat(folder / "setid.mat", ["trnid", "valid", "tstid"])
 
@@ -71,9 +79,14 @@ def load_oxford_pets(root: Path, download: bool) -> ArrayDataset:
         for url, md5 in OxfordIIITPet._RESOURCES:
             download_and_extract(url, folder, md5=md5)
 
-    ensure_files("OxfordIIITPet", root, ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations/trainval.txt",
-                                         "oxford-iiit-pet/annotations/test.txt"], download, fetch,
-                 url=" and ".join(url for url, _ in OxfordIIITPet._RESOURCES))
+    ensure_files(
+        "OxfordIIITPet",
+        root,
+        ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations/trainval.txt", "oxford-iiit-pet/annotations/test.txt"],
+        download,
+        fetch,
+        url=" and ".join(url for url, _ in OxfordIIITPet._RESOURCES),
+    )
     names: dict[int, str] = {}
 
     def split(name: str) -> tuple[FileList, torch.Tensor]:
@@ -116,27 +129,36 @@ def _scan(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
         files = [p for p in (folder / name).rglob("*") if _visible(p, folder) and p.is_file()]
         found = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise CnnlabError(f"imagefolder: class folder {folder / name} holds no images "
-                              f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
+            raise CnnlabError(
+                f"imagefolder: class folder {folder / name} holds no images "
+                f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder"
+            )
         others += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         paths += found
         labels += [label] * len(found)
     if others:
-        print(f"warning: imagefolder: skipped {len(others)} file(s) that are not images under {folder} "
-              f"(first: {min(others)})", file=sys.stderr)
+        print(
+            f"warning: imagefolder: skipped {len(others)} file(s) that are not images under {folder} "
+            f"(first: {min(others)})",
+            file=sys.stderr,
+        )
     return paths, labels
 
 
-def load_imagefolder(root: Path, download_url: str | None, val_fraction: float, seed: int,
-                     download: bool) -> ArrayDataset:
+def load_imagefolder(
+    root: Path, download_url: str | None, val_fraction: float, seed: int, download: bool
+) -> ArrayDataset:
     """`root/train/<class>/*` + `root/val/<class>/*` (or test/), or `root/<class>/*` with a seeded,
     per-class `val_fraction` of it held out as the test split."""
     if not root.is_dir() and download and download_url:  # no md5 known: the archive is only checked for safety
-        ensure_files("imagefolder", root, ["."], True, lambda: download_and_extract(download_url, root),
-                     url=download_url)
+        ensure_files(
+            "imagefolder", root, ["."], True, lambda: download_and_extract(download_url, root), url=download_url
+        )
     if not root.is_dir():
-        raise CnnlabError(f"imagefolder: {root.resolve()} is not a folder; set data.root=DIR, a folder holding "
-                          "train/<class>/ and val/<class>/ image folders, or <class>/ folders")
+        raise CnnlabError(
+            f"imagefolder: {root.resolve()} is not a folder; set data.root=DIR, a folder holding "
+            "train/<class>/ and val/<class>/ image folders, or <class>/ folders"
+        )
     held_out = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
     train_dir = root / "train" if held_out is not None and (root / "train").is_dir() else root
     classes = _class_folders(train_dir, skip=held_out)
@@ -147,8 +169,10 @@ def load_imagefolder(root: Path, download_url: str | None, val_fraction: float, 
     if train_dir != root:
         unknown = sorted(set(_class_folders(held_out)) - set(classes))
         if unknown:
-            raise CnnlabError(f"imagefolder: {held_out} has class folder(s) {', '.join(unknown)} that {train_dir} "
-                              f"lacks; the classes are {', '.join(classes)}")
+            raise CnnlabError(
+                f"imagefolder: {held_out} has class folder(s) {', '.join(unknown)} that {train_dir} "
+                f"lacks; the classes are {', '.join(classes)}"
+            )
         test_classes = [c for c in classes if (held_out / c).is_dir()]
         if not test_classes:
             raise CnnlabError(f"imagefolder: {held_out} has none of the class folders {', '.join(classes)}")
@@ -156,8 +180,11 @@ def load_imagefolder(root: Path, download_url: str | None, val_fraction: float, 
         test_labels = [classes.index(test_classes[i]) for i in test_labels]
         return ArrayDataset(FileList(paths), y, FileList(test_paths), torch.tensor(test_labels), classes)
     g = torch.Generator().manual_seed(seed)
-    held = [idx[torch.randperm(len(idx), generator=g)][: max(1, round(len(idx) * val_fraction))]
-            for idx in (torch.nonzero(y == c).flatten() for c in range(len(classes))) if len(idx) > 1]
+    held = [
+        idx[torch.randperm(len(idx), generator=g)][: max(1, round(len(idx) * val_fraction))]
+        for idx in (torch.nonzero(y == c).flatten() for c in range(len(classes)))
+        if len(idx) > 1
+    ]
     if not held:
         raise CnnlabError(f"imagefolder: {train_dir} has too few images to hold out data.val_fraction={val_fraction}")
     test = torch.cat(held).sort().values

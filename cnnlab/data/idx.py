@@ -13,8 +13,10 @@ from cnnlab.data.datasets import ArrayDataset, corrupt, ensure_files
 from cnnlab.errors import CnnlabError
 
 STEMS = {
-    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
 }
 
 
@@ -68,15 +70,23 @@ def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
             else:
                 raise errors[-1]
 
-    ensure_files(name, root, [str(find(stem).relative_to(root)) for stem in STEMS.values()], download, fetch,
-                 url=f"{tv_class.mirrors[0]}{{{','.join(f for f, _ in tv_class.resources)}}}")
+    ensure_files(
+        name,
+        root,
+        [str(find(stem).relative_to(root)) for stem in STEMS.values()],
+        download,
+        fetch,
+        url=f"{tv_class.mirrors[0]}{{{','.join(f for f, _ in tv_class.resources)}}}",
+    )
     arrays = {key: read_idx(find(stem), 3 if key.endswith("x") else 1) for key, stem in STEMS.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise CnnlabError(f"{name} {split} images and labels differ in count under {raw}")
     return ArrayDataset(
-        arrays["train_x"].unsqueeze(1), arrays["train_y"].long(),
-        arrays["test_x"].unsqueeze(1), arrays["test_y"].long(),
+        arrays["train_x"].unsqueeze(1),
+        arrays["train_y"].long(),
+        arrays["test_x"].unsqueeze(1),
+        arrays["test_y"].long(),
         [c.split(" - ")[0] for c in tv_class.classes],
     )
 

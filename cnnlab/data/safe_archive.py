@@ -67,8 +67,10 @@ def _refuse(archive: Path, member: str, why: str) -> CnnlabError:
 def _check_space(archive: Path, dest: Path, total: int) -> None:
     free = shutil.disk_usage(dest).free
     if total > free:
-        raise CnnlabError(f"{archive} unpacks to {total / 1e9:.2f} GB but {dest} has {free / 1e9:.2f} GB free; "
-                          "free some space or point data.root elsewhere")
+        raise CnnlabError(
+            f"{archive} unpacks to {total / 1e9:.2f} GB but {dest} has {free / 1e9:.2f} GB free; "
+            "free some space or point data.root elsewhere"
+        )
 
 
 def _tar_members(archive: Path, tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
@@ -78,8 +80,11 @@ def _tar_members(archive: Path, tar: tarfile.TarFile, dest: Path) -> list[tarfil
             raise _refuse(archive, m.name, "would be written outside the destination")
         if m.issym():  # a relative target is resolved from the link's own folder
             link = m.linkname.replace("\\", "/")
-            if link.startswith("/") or (len(link) > 1 and link[1] == ":") \
-                    or not _inside(dest, os.path.join(os.path.dirname(m.name), link)):
+            if (
+                link.startswith("/")
+                or (len(link) > 1 and link[1] == ":")
+                or not _inside(dest, os.path.join(os.path.dirname(m.name), link))
+            ):
                 raise _refuse(archive, m.name, f"is a symlink to {link!r}, outside the destination")
         elif m.islnk():
             if _escapes(m.linkname) or not _inside(dest, m.linkname):

@@ -32,8 +32,11 @@ def _allowed() -> dict[tuple[str, str], object]:
     import numpy as np
 
     multiarray, numeric = _numpy_core("multiarray"), _numpy_core("numeric")
-    table: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                            ("_codecs", "encode"): codecs.encode}
+    table: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
     for core in ("numpy.core", "numpy._core"):
         table[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
         table[(f"{core}.multiarray", "scalar")] = multiarray.scalar
@@ -68,7 +71,9 @@ def load_data_pickle(path: Path):
         with open(path, "rb") as f:
             return DataUnpickler(f, encoding="latin1").load()
     except RefusedGlobal as ex:
-        raise CnnlabError(f"{path} is not a plain data file ({ex}); refused to unpickle it: "
-                          "delete it and download it again from the official source") from None
+        raise CnnlabError(
+            f"{path} is not a plain data file ({ex}); refused to unpickle it: "
+            "delete it and download it again from the official source"
+        ) from None
     except Exception as ex:  # OSError, or anything a malformed pickle stream raises: the file's fault, not ours
         raise corrupt(path, f"{type(ex).__name__}: {ex}") from None

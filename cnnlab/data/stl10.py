@@ -37,9 +37,14 @@ def load_stl10(root: Path, download: bool) -> ArrayDataset:
 
     folder = root / STL10.base_folder
     files = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", STL10.class_names_file]
-    ensure_files("STL10", root, [f"{STL10.base_folder}/{f}" for f in files], download,
-                 lambda: download_and_extract(STL10.url, root, filename=STL10.filename, md5=STL10.tgz_md5),
-                 url=STL10.url)
+    ensure_files(
+        "STL10",
+        root,
+        [f"{STL10.base_folder}/{f}" for f in files],
+        download,
+        lambda: download_and_extract(STL10.url, root, filename=STL10.filename, md5=STL10.tgz_md5),
+        url=STL10.url,
+    )
     train_x, train_y = _split(folder, "train")
     test_x, test_y = _split(folder, "test")
     classes = read_bytes(folder / STL10.class_names_file).decode("utf-8", "replace").split()

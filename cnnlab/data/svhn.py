@@ -34,8 +34,14 @@ def load_svhn(root: Path, download: bool) -> ArrayDataset:
             if not (root / FOLDER / filename).is_file():
                 download_url(url, str(root / FOLDER), filename, md5)
 
-    ensure_files("SVHN", root, [f"{FOLDER}/{filename}" for _, filename, _ in splits.values()], download, fetch,
-                 url=" and ".join(url for url, _, _ in splits.values()))
+    ensure_files(
+        "SVHN",
+        root,
+        [f"{FOLDER}/{filename}" for _, filename, _ in splits.values()],
+        download,
+        fetch,
+        url=" and ".join(url for url, _, _ in splits.values()),
+    )
     train_x, train_y = _split(root / FOLDER / splits["train"][1])
     test_x, test_y = _split(root / FOLDER / splits["test"][1])
     return ArrayDataset(train_x, train_y, test_x, test_y, [str(d) for d in range(10)])
