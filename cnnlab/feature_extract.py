@@ -106,12 +106,13 @@ def prepare(model: nn.Module, data: DataBundle, device: torch.device, seed: int)
     for p in head.parameters():
         p.requires_grad_(True)
     batch_size = data.train.batch_size
-    splits = {"train": data.train.evaluation_mode(), "val": data.val, "test": data.test}
+    splits = {"train": data.train.evaluation_mode(), "test": data.test}
+    if not data.val_is_test:  # else val is the test loader itself
+        splits["val"] = data.val
     cached = {name: extract(model, head, loader) for name, loader in splits.items()}
     loaders = {name: FeatureLoader(*cached[name], batch_size if name == "train" else loader.batch_size,
                                    train=name == "train", seed=seed) for name, loader in splits.items()}
-    if data.val_is_test:
-        loaders["val"] = loaders["test"]
+    loaders.setdefault("val", loaders["test"])
     n, dim = cached["train"][0].shape[:2]
     total = sum(f.numel() * f.element_size() for f, _ in cached.values())
     line = (f"finetune=feature_extract: {n:,} x {dim} training features (and val/test) cached on {device} "

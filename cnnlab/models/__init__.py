@@ -6,7 +6,8 @@ the dataset's DataSpec unless the config sets them.
 
 The config's keys are checked against the constructor's signature before anything is built (an unknown or
 missing key is a CnnlabError listing the keys the model accepts), and the shared knobs' values by name
-(layers.check_knobs). An exception raised while building is then a bug and keeps its traceback.
+(layers.check_knobs, for cnnlab's own models). An exception raised while building is then a bug and keeps
+its traceback.
 
 A new model: a class (or a factory decorated with layers.extends) in the family's file here, and one
 configs/model/<name>.yaml listing every keyword it takes (a variant: `defaults: [<base>, _self_]` plus the keys
@@ -80,7 +81,8 @@ def build(model_cfg: DictConfig, spec) -> nn.Module:
         raise CnnlabError(f"model._target_ '{model_cfg._target_}' cannot be imported: {ex}") from None
     _check_keys(target, model_cfg)
     values = OmegaConf.to_container(model_cfg, resolve=True)
-    check_knobs({k: v for k, v in values.items() if k != "_target_"})
+    if str(model_cfg._target_).startswith("cnnlab."):  # our knob names; a user's model may mean other things
+        check_knobs({k: v for k, v in values.items() if k != "_target_"})
     accepted = knobs(target)
     facts = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.image_size}
     facts = {k: v for k, v in facts.items() if (accepted is None or k in accepted) and k not in model_cfg}
