@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check cnnlab scripts tests
 
 bench: $(STAMP)
-	CNNLAB_DATA_ROOT=$${CNNLAB_DATA_ROOT:-$(DATA_ROOT)} $(BIN)/python scripts/bench_data.py --out outputs/bench_data.json
+	CNNLAB_DATA_ROOT=$${CNNLAB_DATA_ROOT:-$(DATA_ROOT)} $(BIN)/python scripts/bench.py overhead data gpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info
