@@ -347,6 +347,10 @@ def _corrupt_deflate(path: Path) -> None:
         (lambda p: p.write_bytes(gzip.compress(b"\x08\x08\x08\x08" + bytes(100))), "wrong magic number"),
         (lambda p: p.write_bytes(b"plain bytes, not gzip"), "corrupt or truncated"),
         (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 0, 28, 28))), "holds no data"),
+        (  # a small gzip that inflates far beyond its header's 5 images: reading stops after 5 images + 1 byte
+            lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 5, 28, 28) + bytes(2**25))),
+            "header says 3920 bytes of data, file has more",
+        ),
         (
             lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**31, 9))),
             "header says",

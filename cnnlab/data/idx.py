@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from cnnlab.data.datasets import ArrayDataset, corrupt, ensure_files
 from cnnlab.errors import CnnlabError
 
+CHUNK = 1 << 24  # bytes read at a time
 STEMS = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -21,27 +23,38 @@ STEMS = {
 
 
 def read_idx(path: Path, expect_dims: int) -> torch.Tensor:
-    """Read an idx file (optionally gzipped): magic 0x0000 08 <ndim>, big-endian dims, then uint8 data."""
+    """Read an idx file (optionally gzipped): magic 0x0000 08 <ndim>, big-endian dims, then uint8 data.
+
+    The data is read up to the size the header declares (plus one byte to notice extra data), so a small
+    gzip that inflates without end (a decompression bomb) costs no more memory than its header admits.
+    """
+    offset = 4 + 4 * expect_dims
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
+            header = f.read(offset)
+            if len(header) < 4 or header[:3] != b"\0\0\x08" or header[3] != expect_dims:
+                raise CnnlabError(
+                    f"{path} is not an idx file of {expect_dims} dimension(s) of uint8 (wrong magic number)"
+                )
+            if len(header) < offset:
+                raise corrupt(path, f"{len(header)} bytes, shorter than the {offset}-byte idx header")
+            dims = struct.unpack(f">{expect_dims}I", header[4:])
+            count = math.prod(dims)
+            if count == 0:
+                raise CnnlabError(f"{path} holds no data (dimensions {dims})")
+            raw = bytearray()
+            while len(raw) <= count:  # in chunks: a header may declare far more than the file holds
+                chunk = f.read(min(CHUNK, count + 1 - len(raw)))
+                if not chunk:
+                    break
+                raw += chunk
     except (OSError, EOFError, zlib.error) as ex:  # BadGzipFile is an OSError; truncation EOFError; bad deflate
         raise corrupt(path, f"{type(ex).__name__}: {ex}") from None
-    offset = 4 + 4 * expect_dims
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expect_dims:
-        raise CnnlabError(f"{path} is not an idx file of {expect_dims} dimension(s) of uint8 (wrong magic number)")
-    if len(raw) < offset:
-        raise corrupt(path, f"{len(raw)} bytes, shorter than the {offset}-byte idx header")
-    dims = struct.unpack(f">{expect_dims}I", raw[4:offset])
-    count = 1
-    for d in dims:
-        count *= d
-    if len(raw) - offset != count:
-        raise corrupt(path, f"header says {count} bytes of data, file has {len(raw) - offset}")
-    if count == 0:
-        raise CnnlabError(f"{path} holds no data (dimensions {dims})")
-    return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
+    if len(raw) != count:
+        found = "more" if len(raw) > count else len(raw)
+        raise corrupt(path, f"header says {count} bytes of data, file has {found}")
+    return torch.frombuffer(raw, dtype=torch.uint8).reshape(dims)
 
 
 def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
