@@ -91,6 +91,15 @@ def test_training_the_head_changes_only_the_head_in_the_full_state_dict():
     assert torch.allclose(fresh(x), trained(torch.cat([f for f, _ in features.test])[:8]), atol=1e-5)
 
 
+def test_val_split_test_extracts_the_test_split_once():
+    model, data = small_resnet(), bundle()
+    data = DataBundle(data.train, data.test, data.test, data.spec, val_is_test=True)
+    calls = []
+    model.stem.register_forward_hook(lambda *args: calls.append(1))
+    _, features, _ = prepare(model, data, torch.device("cpu"), seed=0)
+    assert features.val is features.test and features.val_is_test and len(calls) == 2 * 5
+
+
 class Scaled(nn.Module):
     """A model that changes its last Linear's output (so that Linear alone is not its head)."""
 
