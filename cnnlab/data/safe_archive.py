@@ -114,7 +114,10 @@ def extract(archive: Path, dest: Path) -> None:
                 zf.extractall(dest, members=_zip_members(archive, zf, dest))
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tar:
-                tar.extractall(dest, members=_tar_members(archive, tar, dest), filter="data")
+                members = _tar_members(archive, tar, dest)
+                # Python >= 3.10.12 / 3.11.4: the "data" filter also catches escapes through links made earlier
+                options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(dest, members=members, **options)
         else:
             raise CnnlabError(f"{archive} is not a zip or tar archive; delete it and download it again")
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as ex:  # FilterError is a TarError
