@@ -204,6 +204,8 @@ class Trainer:
             raise CnnlabError(f"cannot resume from {path}: {'; '.join(conflicts)}. Resume with the same settings, "
                               f"or start a new run from its weights (model.weights_path / finetune)")
         self.state.load_state_dict(state, path)
+        if distributed.rank():  # the checkpoint holds rank 0's RNG: the other ranks draw (dropout) from their own
+            torch.manual_seed(self.seed + 1_000_003 * distributed.rank() + self.state.progress.step)
         self._adopt_best(path)
         p = self.state.progress
         where = f"epoch {p.epoch + 1}" + (f", batch {p.batch}" if p.batch else "")
