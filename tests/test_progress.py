@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -129,3 +130,37 @@ def test_summary_title_keeps_the_run_dir_on_one_line():
     out.print(metrics_table(f"cnnlab run: {path}", [("best val acc", "85.00%"), ("test acc", "84.10%")]))
     text = out.file.getvalue()
     assert f"cnnlab run: {path}\n" in text and "best val acc" in text
+
+
+# ------------------------------------------------------------------------------- through a real run
+def test_a_real_run_talks_inside_its_epochs(tmp_path, monkeypatch, capsys):
+    """The trainer asks due() after every step: with a clock that runs fast, a plain run prints progress lines
+    inside its epochs and the long-epoch estimate once, whatever trainer.log_every is."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab.commands.train import run
+    from cnnlab.config import register
+
+    ticks = iter(range(0, 10**9, 40))
+    monkeypatch.setattr(progress, "_now", lambda: float(next(ticks)))  # 40 s between clock reads
+    register()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "configs"),
+                               version_base=None):
+        cfg = compose("train", overrides=["data=synthetic", "data.num_samples=640", "data.batch_size=32",
+                                          "trainer.epochs=2", "trainer.progress=plain", "trainer.log_every=1000",
+                                          "trainer.image_grid=0", "trainer.device=cpu"])
+    run(cfg, run_dir=tmp_path / "run")
+    out = capsys.readouterr().out
+    inside = [line for line in out.splitlines() if line.startswith("epoch 1/2 batch")]
+    assert len(inside) >= 3 and "img/s" in inside[0] and "eta" in inside[0], out
+    assert out.count("min/epoch on cpu; a GPU or a smaller model is faster") == 1, out
+
+
+def test_train_log_is_plain_text(run_cli, tmp_path):
+    result = run_cli("train", "data=synthetic", "data.num_samples=128", "data.val_split=test", "trainer.epochs=1",
+                     "trainer.image_grid=0", "trainer.progress=plain", "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr
+    assert "data.val_split=test: the best checkpoint is selected on the test split" in result.stdout
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "data.val_split=test: the best checkpoint is selected on the test split" in log
+    assert "[yellow]" not in log and "[/" not in log
