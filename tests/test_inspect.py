@@ -43,7 +43,8 @@ def test_every_stage_filters_and_gradcam(setup, tmp_path):
                                                                     ("classifier", [10])]
     assert sorted(p.name for p in (run / "feature_maps").iterdir()) == ["00_features.0.png", "01_features.3.png"]
     assert report["filters"]["layer"] == "features.0" and report["filters"]["shape"] == [6, 1, 5, 5]
-    assert report["gradcam"]["layer"] == "features.3" and report["gradcam"]["map"] == [10, 10]
+    # Grad-CAM at the last spatial map: after conv2's activation and pooling, before the classifier flattens it
+    assert report["gradcam"]["layer"] == "features.5" and report["gradcam"]["map"] == [5, 5]
     assert report["gradcam"]["class"] == report["prediction"]["class"]
     for name in ("filters.png", "gradcam.png", "feature_maps/00_features.0.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"

@@ -86,7 +86,8 @@ def confusion_figure(cm: torch.Tensor, classes: Sequence[str], title: str = ""):
             high = 0.6 * vmax  # white text on the dark end of the colour map
             for (t, p), v in np.ndenumerate(values):
                 if v > 0 or values is not share:
-                    ax.text(p, t, format(v, fmt), ha="center", va="center", fontsize=max(5, label_size - 1),
+                    text = "<1" if values is share and 0 < v < 0.5 else format(v, fmt)
+                    ax.text(p, t, text, ha="center", va="center", fontsize=max(5, label_size - 1),
                             color="white" if v > high else "black")
     total, hits = int(cm.sum()), int(cm.diagonal().sum())
     heading = f"confusion matrix: {total:,} images, {100.0 * hits / max(1, total):.2f}% on the diagonal"

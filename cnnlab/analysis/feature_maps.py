@@ -28,6 +28,26 @@ def capture(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module]) -> 
     return outputs, logits
 
 
+@torch.no_grad()
+def last_feature_map(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module] | None:
+    """The last layer (a module without children, in execution order) whose output is a spatial map larger
+    than 1x1: where Grad-CAM looks, after the last convolution's activation and before global pooling."""
+    found, handles = [], []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            def hook(_module, _inputs, out, name=name, module=module):
+                first = out[0] if isinstance(out, (tuple, list)) else out
+                if isinstance(first, torch.Tensor) and first.dim() == 4 and first.shape[2] * first.shape[3] > 1:
+                    found.append((name, module))
+            handles.append(module.register_forward_hook(hook))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[-1] if found else None
+
+
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
     """The first 2-D convolution the model defines (its input layer, in every model of the zoo)."""
     return next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 from rich.text import Text
 
-from cnnlab.analysis.feature_maps import capture, feature_map_figure, filter_figure, first_conv
+from cnnlab.analysis.feature_maps import capture, feature_map_figure, filter_figure, first_conv, last_feature_map
 from cnnlab.analysis.figures import save, to_tensor
 from cnnlab.analysis.gradcam import grad_cam, overlay_figure
 from cnnlab.analysis.grid import class_name
@@ -85,9 +85,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         report["filters"] = {"layer": name, "shape": list(module.weight.shape), "file": str(save(fig, run_dir /
                                                                                                 "filters.png"))}
         tb.image("filters", to_tensor(fig), 0)
+    # Grad-CAM at the deepest chosen layer with a map, by default at the network's last map (after its activation)
     maps = [(name, layers[name]) for name in layers if outputs.get(name) is not None and outputs[name].dim() == 4]
-    if maps:  # Grad-CAM at the deepest chosen layer that still has a spatial map
-        name, module = maps[-1]
+    target = last_feature_map(model, x) if not cfg.layers else maps[-1] if maps else None
+    if target is not None:
+        name, module = target
         cam = grad_cam(model, x, module, pred)
         h, w = cam["map"]
         fig = overlay_figure(image, cam["cam"], f"Grad-CAM for {pred_text} at {name} ({h}x{w} map) - {path.name}")
@@ -111,5 +113,5 @@ def _print(report: dict, heading: str, run_dir: Path) -> None:
         table.add_row(Text(row["layer"]), row["type"], shape, Text(picture))
     console.print(table)
     if report["gradcam"] is None:
-        say(console, "no chosen layer outputs a feature map: no Grad-CAM")
+        say(console, "no layer outputs a spatial feature map: no Grad-CAM")
     say(console, f"feature maps, filters.png, gradcam.png and TensorBoard events (tb/) in {run_dir}")

@@ -37,7 +37,7 @@ def predict_files(trained, files: list[Path], topk: int, batch_size: int, device
                 readable.append(path)
             except CnnlabError as ex:
                 entries[path] = {"file": str(path), "error": str(ex)}
-                warn(f"skipped {path}: {ex}")
+                warn(f"skipped: {ex}")
         if not images:
             continue
         x = normalise(torch.stack(images).to(device), trained.spec)
