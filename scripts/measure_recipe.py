@@ -4,8 +4,9 @@ process start to exit; accuracy selected on the validation split and reported on
     python scripts/measure_recipe.py mnist_lenet5 --seeds 0 1 2 --out outputs/recipes/mnist_lenet5.json
     python scripts/measure_recipe.py cifar10_cpu --seeds 0 -- trainer.epochs=12   # extra overrides after --
 
-Writes JSON (per-seed metrics, mean and std of test accuracy, wall seconds, the machine) and prints a
-markdown row for the README.
+Writes JSON (per-seed metrics, mean and std of test accuracy, wall seconds, the machine, and the load
+average before and after each seed: a time taken on a busy machine says so) and prints a markdown row
+for the README.
 """
 
 from __future__ import annotations
@@ -53,14 +54,17 @@ def main() -> None:
         run_dir = out.parent / f"{args.experiment}-seed{seed}"
         command = [sys.executable, "-m", "cnnlab", "train", f"experiment={args.experiment}", f"seed={seed}",
                    "trainer.progress=plain", f"hydra.run.dir={run_dir}", *args.overrides]
+        load_before = os.getloadavg()
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        load_after = os.getloadavg()
         if result.returncode != 0:
             sys.exit(f"seed {seed} failed:\n{result.stderr[-3000:]}")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         metrics.pop("history", None)
-        runs.append({"seed": seed, "wall_seconds": wall, **metrics})
+        runs.append({"seed": seed, "wall_seconds": wall, "load_average_before": [round(v, 2) for v in load_before],
+                     "load_average_after": [round(v, 2) for v in load_after], **metrics})
         print(f"seed {seed}: test {metrics['test_acc']:.2f}%  best val {metrics['best_val_acc']:.2f}%  "
               f"wall {wall:.1f}s", flush=True)
     tests = [r["test_acc"] for r in runs]
@@ -68,7 +72,9 @@ def main() -> None:
     summary = {
         "experiment": args.experiment, "overrides": args.overrides, "machine": machine(),
         "test_acc_mean": statistics.mean(tests), "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
-        "wall_seconds_mean": statistics.mean(walls), "wall_seconds_max": max(walls), "runs": runs,
+        "wall_seconds_mean": statistics.mean(walls), "wall_seconds_max": max(walls),
+        "loaded": any(max(r["load_average_before"][0], r["load_average_after"][0]) > 0.5 * (os.cpu_count() or 1)
+                      for r in runs), "runs": runs,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
