@@ -19,14 +19,25 @@ from cnnlab.data import Shard
 
 CPU = torch.device("cpu")
 # 512 training and 512 validation images: a 0.5-point band is 2.5 validation images.
-RUN = ["data=synthetic", "data.num_samples=1024", "data.val_split=0.5", "model=lenet5", "trainer.epochs=3",
-       "trainer.device=cpu", "trainer.progress=none", "trainer.image_grid=0", "optimizer=adam", "scheduler=none",
-       "seed=3"]
+RUN = [
+    "data=synthetic",
+    "data.num_samples=1024",
+    "data.val_split=0.5",
+    "model=lenet5",
+    "trainer.epochs=3",
+    "trainer.device=cpu",
+    "trainer.progress=none",
+    "trainer.image_grid=0",
+    "optimizer=adam",
+    "scheduler=none",
+    "seed=3",
+]
 
 
 def data_cfg(**kw):
-    return OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "synthetic", "num_samples": 204,
-                                                              "val_split": 0.2, **kw})
+    return OmegaConf.merge(
+        OmegaConf.structured(DataConfig), {"name": "synthetic", "num_samples": 204, "val_split": 0.2, **kw}
+    )
 
 
 def augment_cfg(**kw):
@@ -34,8 +45,10 @@ def augment_cfg(**kw):
 
 
 def bundles(world: int, **kw):
-    return [data.build(data_cfg(**kw), augment_cfg(crop_padding=2, flip=True), CPU, seed=5, shard=Shard(r, world))
-            for r in range(world)]
+    return [
+        data.build(data_cfg(**kw), augment_cfg(crop_padding=2, flip=True), CPU, seed=5, shard=Shard(r, world))
+        for r in range(world)
+    ]
 
 
 # --------------------------------------------------------------------------------------------- shards
@@ -100,8 +113,9 @@ def test_augmentation_seeds_differ_per_rank_and_rank0_keeps_the_single_process_s
 
 # ------------------------------------------------------------------------------- collectives, in-process
 def _ranks(rank: int, world: int, port: int, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from cnnlab.engine import distributed
     from cnnlab.engine.metrics import evaluate
@@ -158,11 +172,20 @@ def test_gloo_helpers_votes_and_sharded_evaluation_on_two_processes():
 
 # ---------------------------------------------------------------------------------------- torchrun runs
 def torchrun(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "cnnlab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def only_run_dir(cwd: Path) -> Path:
@@ -179,8 +202,10 @@ def train_run(launch, batch: int, cwd: Path) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """The same training twice: 2 ranks x batch 16, and 1 process x batch 32 (the same global batch)."""
-    return {"ddp": train_run(torchrun, 16, tmp_path_factory.mktemp("ddp")),
-            "same_global": train_run(cli, 32, tmp_path_factory.mktemp("same_global"))}
+    return {
+        "ddp": train_run(torchrun, 16, tmp_path_factory.mktemp("ddp")),
+        "same_global": train_run(cli, 32, tmp_path_factory.mktemp("same_global")),
+    }
 
 
 @pytest.mark.slow
@@ -226,8 +251,9 @@ def test_stop_and_resume_with_two_ranks_ends_with_the_uninterrupted_weights(runs
     run_dir = only_run_dir(tmp_path)
     stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert not stopped["fit"]["finished"] and stopped["fit"]["batch"] > 0 and stopped["step"] < 3 * 16
-    again = torchrun("train", *RUN, "data.batch_size=16", f"hydra.run.dir={run_dir}", "trainer.resume=auto",
-                     cwd=tmp_path)
+    again = torchrun(
+        "train", *RUN, "data.batch_size=16", f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr[:6000]
     assert only_run_dir(tmp_path) == run_dir
     resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
@@ -256,8 +282,16 @@ def test_slurm_launcher_composes_with_one_task_per_gpu():
 
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
-                                "hydra.launcher.tasks_per_node=4", "hydra.launcher.nodes=2"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            [
+                "hydra/launcher=slurm",
+                "hydra.launcher.gpus_per_node=4",
+                "hydra.launcher.tasks_per_node=4",
+                "hydra.launcher.nodes=2",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
@@ -267,9 +301,18 @@ def test_slurm_launcher_composes_with_one_task_per_gpu():
 def test_submitit_job_with_two_tasks_trains_one_ddp_model(tmp_path):
     """The same launcher plugin's local executor: a -m job with tasks_per_node=2 is one 2-rank DDP run in one
     job dir, and only rank 0 writes its log."""
-    result = cli("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-                 "hydra.launcher.timeout_min=10", *RUN, "trainer.epochs=1", "data.batch_size=16", cwd=tmp_path,
-                 env={"OMP_NUM_THREADS": "1"})
+    result = cli(
+        "train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        "hydra.launcher.timeout_min=10",
+        *RUN,
+        "trainer.epochs=1",
+        "data.batch_size=16",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (job,) = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.json")]
     metrics = read_json(job / "metrics.json")

@@ -45,7 +45,10 @@ def _synthetic(cfg: DictConfig, seed: int) -> ArrayDataset:
 
 # data.name -> (data config, seed) -> the dataset on the CPU
 LOADERS: dict[str, Callable[[DictConfig, int], ArrayDataset]] = {
-    **dict.fromkeys(SOURCES, _source), "imagefolder": _imagefolder, "synthetic": _synthetic}
+    **dict.fromkeys(SOURCES, _source),
+    "imagefolder": _imagefolder,
+    "synthetic": _synthetic,
+}
 DATASETS = tuple(LOADERS)
 
 
@@ -66,7 +69,8 @@ def load_arrays(data_cfg: DictConfig, seed: int = 0) -> ArrayDataset:
         arrays.test_x = resize_uint8(arrays.test_x, data_cfg.image_size)
     if data_cfg.channels and data_cfg.channels != arrays.train_x.shape[1]:
         raise CnnlabError(
-            f"data.channels={data_cfg.channels} but {name} images have {arrays.train_x.shape[1]} channel(s)")
+            f"data.channels={data_cfg.channels} but {name} images have {arrays.train_x.shape[1]} channel(s)"
+        )
     return arrays
 
 
@@ -171,13 +175,27 @@ class LoaderFactory:
     workers: int
 
     def __call__(self, x: Images, y: torch.Tensor, batch_size: int, train: bool) -> Loader:
-        common = {"train": train, "augment": self.augment if train else None,
-                  "mixer": self.mixer if train else None, "seed": self.seed, "shard": self.shard}
+        common = {
+            "train": train,
+            "augment": self.augment if train else None,
+            "mixer": self.mixer if train else None,
+            "seed": self.seed,
+            "shard": self.shard,
+        }
         mean, std = self.spec.mean, self.spec.std
         if self.on_device:
             return DeviceLoader(x.to(self.device), y.to(self.device), batch_size, mean, std, **common)
-        return WorkerLoader(x, y, batch_size, mean, std, self.device, eval_transform=self.eval_transform,
-                            num_workers=self.workers, **common)
+        return WorkerLoader(
+            x,
+            y,
+            batch_size,
+            mean,
+            std,
+            self.device,
+            eval_transform=self.eval_transform,
+            num_workers=self.workers,
+            **common,
+        )
 
 
 def train_augment(aug: DictConfig | None, device_path: bool, size: int, fill: tuple[int, ...], from_files: bool):
@@ -188,8 +206,14 @@ def train_augment(aug: DictConfig | None, device_path: bool, size: int, fill: tu
 
 
 # ---------------------------------------------------------------------------------------------------- build
-def build(data_cfg: DictConfig, augment_cfg: DictConfig | None, device: torch.device, seed: int = 0,
-          stats: tuple | None = None, shard: Shard | None = None) -> DataBundle:
+def build(
+    data_cfg: DictConfig,
+    augment_cfg: DictConfig | None,
+    device: torch.device,
+    seed: int = 0,
+    stats: tuple | None = None,
+    shard: Shard | None = None,
+) -> DataBundle:
     """Load, split and wrap the dataset in loaders for `device`. `stats` reuses a checkpoint's mean/std;
     `shard` is this rank's share (default: the torch.distributed process group's, else everything)."""
     arrays = load_arrays(data_cfg, seed)
@@ -206,10 +230,22 @@ def build(data_cfg: DictConfig, augment_cfg: DictConfig | None, device: torch.de
 
     aug = augment_cfg
     fill = tuple(round(255 * m) for m in spec.mean)  # erasing/cutout fill: the mean, which normalises to 0
-    mixer = None if aug is None else Mixer(spec.num_classes, aug.mixup_alpha, aug.cutmix_alpha, aug.mix_prob,
-                                           aug.mix_switch_prob)
-    make = LoaderFactory(device, device_path, spec, seed, shard or Shard.current(),
-                         train_augment(aug, device_path, size, fill, from_files), mixer, plain, workers)
+    mixer = (
+        None
+        if aug is None
+        else Mixer(spec.num_classes, aug.mixup_alpha, aug.cutmix_alpha, aug.mix_prob, aug.mix_switch_prob)
+    )
+    make = LoaderFactory(
+        device,
+        device_path,
+        spec,
+        seed,
+        shard or Shard.current(),
+        train_augment(aug, device_path, size, fill, from_files),
+        mixer,
+        plain,
+        workers,
+    )
     eval_bs = data_cfg.eval_batch_size or 2 * data_cfg.batch_size
     train = make(splits.train_x, splits.train_y, data_cfg.batch_size, True)
     test = make(splits.test_x, splits.test_y, eval_bs, False)

@@ -35,8 +35,20 @@ def _one_line(ex: CnnlabError) -> CnnlabError:
 class _Loader:
     """Epoch bookkeeping, batch counting, normalisation and mixing, common to both loaders."""
 
-    def __init__(self, labels: torch.Tensor, batch_size: int, mean, std, device, *, train: bool, augment,
-                 mixer=None, seed: int = 0, shard: Shard | None = None):
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean,
+        std,
+        device,
+        *,
+        train: bool,
+        augment,
+        mixer=None,
+        seed: int = 0,
+        shard: Shard | None = None,
+    ):
         self.labels, self.batch_size = labels, batch_size
         self.train, self.augment, self.seed, self.epoch = train, augment, seed, 0
         self.shard = shard or Shard()
@@ -110,11 +122,33 @@ class _Loader:
 class DeviceLoader(_Loader):
     """`images` (N, C, H, W) uint8 and `labels` already on the training device; `augment` a BatchAugment."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std, *,
-                 train: bool = False, augment=None, mixer=None, seed: int = 0, shard: Shard | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean,
+        std,
+        *,
+        train: bool = False,
+        augment=None,
+        mixer=None,
+        seed: int = 0,
+        shard: Shard | None = None,
+    ):
         augment = augment if (train and augment is not None and augment.active) else None
-        super().__init__(labels, batch_size, mean, std, images.device, train=train, augment=augment,
-                         mixer=mixer, seed=seed, shard=shard)
+        super().__init__(
+            labels,
+            batch_size,
+            mean,
+            std,
+            images.device,
+            train=train,
+            augment=augment,
+            mixer=mixer,
+            seed=seed,
+            shard=shard,
+        )
         self.images = images
         self._generator = torch.Generator(device=images.device)
         self._shuffle_device = images.device
@@ -202,22 +236,50 @@ class _EpochBatches:
         # on which rank or worker draws it (and the ranks' samples, hence their seeds, are disjoint)
         seeds = torch.randint(2**62, (n,), generator=g).tolist() if augmenting else [None] * n
         for i in range(len(lo)):
-            batch = order[i * lo.batch_size:(i + 1) * lo.batch_size]
+            batch = order[i * lo.batch_size : (i + 1) * lo.batch_size]
             yield [(j, seeds[j]) for j in batch]
 
 
 class WorkerLoader(_Loader):
     """A DataLoader over `images` (a CPU uint8 tensor or a FileList) with per-image v2 transforms."""
 
-    def __init__(self, images, labels: torch.Tensor, batch_size: int, mean, std, device, *, train: bool = False,
-                 augment=None, eval_transform=None, mixer=None, seed: int = 0, num_workers: int = 2,
-                 shard: Shard | None = None):
-        super().__init__(labels, batch_size, mean, std, device, train=train, augment=augment if train else None,
-                         mixer=mixer, seed=seed, shard=shard)
+    def __init__(
+        self,
+        images,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean,
+        std,
+        device,
+        *,
+        train: bool = False,
+        augment=None,
+        eval_transform=None,
+        mixer=None,
+        seed: int = 0,
+        num_workers: int = 2,
+        shard: Shard | None = None,
+    ):
+        super().__init__(
+            labels,
+            batch_size,
+            mean,
+            std,
+            device,
+            train=train,
+            augment=augment if train else None,
+            mixer=mixer,
+            seed=seed,
+            shard=shard,
+        )
         self.device = torch.device(device)
         self.loader = DataLoader(
-            _Samples(images, labels, augment, eval_transform), batch_sampler=_EpochBatches(self),
-            num_workers=num_workers, pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0)
+            _Samples(images, labels, augment, eval_transform),
+            batch_sampler=_EpochBatches(self),
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0,
+        )
 
     def __iter__(self):
         rng = np.random.default_rng(self.augment_seed)
@@ -234,7 +296,7 @@ def decode_files(files: FileList, transform, num_workers: int, batch_size: int =
     """Decode and transform every file once (in worker processes): a (N, C, H, W) uint8 tensor."""
     samples = _Samples(files, torch.zeros(len(files), dtype=torch.long), None, transform)
     keys = [(i, None) for i in range(len(files))]
-    batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
     loader = DataLoader(samples, batch_sampler=batches, num_workers=num_workers)
     try:
         return torch.cat([x for x, _ in loader])

@@ -46,7 +46,7 @@ class Shard:
         """This rank's share of an epoch's permutation `order` (on any device)."""
         if self.world == 1:
             return order
-        return order[self.rank::self.world][: self.train_size(len(order))]
+        return order[self.rank :: self.world][: self.train_size(len(order))]
 
     def eval_range(self, n: int) -> range:
         """This rank's contiguous slice of an n-sample evaluation split."""

@@ -21,8 +21,14 @@ class DataSpec:
     std: tuple[float, ...] = ()
 
     def as_dict(self) -> dict:
-        return {"num_classes": self.num_classes, "channels": self.channels, "image_size": self.image_size,
-                "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+            "image_size": self.image_size,
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 @dataclass

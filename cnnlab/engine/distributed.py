@@ -83,9 +83,11 @@ def init(timeout_minutes: float = 30.0) -> bool:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise CnnlabError(f"this node runs more ranks than it has GPUs (LOCAL_RANK {local}, "
-                              f"{torch.cuda.device_count()} GPU(s)): start one process per GPU "
-                              f"(torchrun --nproc_per_node={torch.cuda.device_count()})")
+            raise CnnlabError(
+                f"this node runs more ranks than it has GPUs (LOCAL_RANK {local}, "
+                f"{torch.cuda.device_count()} GPU(s)): start one process per GPU "
+                f"(torchrun --nproc_per_node={torch.cuda.device_count()})"
+            )
         torch.cuda.set_device(local)
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
@@ -107,8 +109,10 @@ def device_for(device: torch.device) -> torch.device:
         return device
     if device.type == "cuda":
         if device.index is not None and device.index != local_rank():
-            raise CnnlabError(f"trainer.device={device} under torchrun: each rank uses the GPU of its LOCAL_RANK; "
-                              f"use trainer.device=auto or cuda")
+            raise CnnlabError(
+                f"trainer.device={device} under torchrun: each rank uses the GPU of its LOCAL_RANK; "
+                f"use trainer.device=auto or cuda"
+            )
         return torch.device("cuda", local_rank())
     if device.type == "mps":
         raise CnnlabError("trainer.device=mps cannot be used by several ranks; use trainer.device=cpu")
