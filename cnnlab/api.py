@@ -16,7 +16,7 @@ import time
 import weakref
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
@@ -33,19 +33,23 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     if GlobalHydra.instance().is_initialized():  # e.g. a previous compose in a notebook that was interrupted
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base=None, job_name=f"cnnlab_{config_name}"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides)
-    _COMPOSED[id(cfg)] = (weakref.ref(cfg), overrides)
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    _COMPOSED[id(cfg)] = (weakref.ref(cfg), overrides, choices)
     weakref.finalize(cfg, _COMPOSED.pop, id(cfg), None)
     return cfg
 
 
-# id(config) -> (weak reference, its overrides): what compose() was asked, for train()'s .hydra/overrides.yaml
-_COMPOSED: dict[int, tuple[weakref.ref, list[str]]] = {}
+# id(config) -> (weak reference, its overrides, group choices): for train()'s .hydra/ files
+_COMPOSED: dict[int, tuple[weakref.ref, list[str], dict]] = {}
 
 
-def _overrides_of(cfg: DictConfig) -> list[str]:
+def _composed(cfg: DictConfig) -> tuple[list[str], dict]:
+    """The overrides and group choices compose() made `cfg` with (none for a config made another way)."""
     entry = _COMPOSED.get(id(cfg))
-    return list(entry[1]) if entry is not None and entry[0]() is cfg else []
+    return (list(entry[1]), dict(entry[2])) if entry is not None and entry[0]() is cfg else ([], {})
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -58,8 +62,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     hydra_dir = run_dir / ".hydra"
     if not (hydra_dir / "config.yaml").is_file():  # a fresh run dir: what `cnnlab train` would have written
         hydra_dir.mkdir(parents=True, exist_ok=True)
+        overrides, choices = _composed(cfg)
         OmegaConf.save(cfg, hydra_dir / "config.yaml")
-        OmegaConf.save(OmegaConf.create(_overrides_of(cfg)), hydra_dir / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+        if choices:
+            OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), hydra_dir / "hydra.yaml")
     return train_command.run(cfg, run_dir=run_dir)
 
 

@@ -25,10 +25,15 @@ def _overrides_and_choices(run_dir: str | Path | None) -> tuple[list[str], dict]
         hydra = HydraConfig.get()
         return list(hydra.overrides.task), dict(hydra.runtime.choices)
     overrides: list[str] = []
-    if run_dir is not None and (Path(run_dir) / ".hydra" / "overrides.yaml").is_file():
-        saved = OmegaConf.load(Path(run_dir) / ".hydra" / "overrides.yaml")
-        overrides = [str(o) for o in saved] if isinstance(saved, ListConfig) else []
-    return overrides, {}
+    choices: dict = {}
+    saved = Path(run_dir) / ".hydra" if run_dir is not None else None
+    if saved is not None and (saved / "overrides.yaml").is_file():
+        listed = OmegaConf.load(saved / "overrides.yaml")
+        overrides = [str(o) for o in listed] if isinstance(listed, ListConfig) else []
+    if saved is not None and (saved / "hydra.yaml").is_file():
+        found = OmegaConf.select(OmegaConf.load(saved / "hydra.yaml"), "hydra.runtime.choices", default=None)
+        choices = OmegaConf.to_container(found) if isinstance(found, DictConfig) else {}
+    return overrides, choices
 
 
 def _value(value):

@@ -67,6 +67,6 @@ def accuracy_vs_params(report: Report, path: str | Path, title: str = "") -> Pat
 def write(report: Report, out_dir: str | Path, title: str = "") -> list[Path]:
     """curves.png and accuracy_vs_params.png in `out_dir` (those that have data to show)."""
     out_dir = Path(out_dir)
-    made = [curves(report, out_dir / "curves.png", title), accuracy_vs_params(report, out_dir / "accuracy_vs_params.png",
-                                                                                title)]
+    made = [curves(report, out_dir / "curves.png", title),
+            accuracy_vs_params(report, out_dir / "accuracy_vs_params.png", title)]
     return [p for p in made if p is not None]

@@ -164,15 +164,13 @@ def value_of(run: Run, key: str):
     """The typed value of `key` in this run: a group's chosen option, or the composed config's value."""
     if key in run.choices:
         return _plain(run.choices[key])
+    given = [o.partition("=")[2] for o in run.overrides if o.partition("=")[0].lstrip("+~") == key]
     if run.config is not None:
         found = OmegaConf.select(run.config, key, default=_ABSENT, throw_on_resolution_failure=False)
-        if found is not _ABSENT:
+        if found is not _ABSENT and not (given and isinstance(found, DictConfig)):
             return _plain(found)
-    for override in reversed(run.overrides):  # a group choice in a run without hydra.yaml
-        key_part, _, value = override.partition("=")
-        if key_part.lstrip("+~") == key:
-            return _typed(value)
-    return None
+    # A group picked as a list (augment=[basic,cutout]: Hydra records no choice), or a run without its config.
+    return _typed(given[-1]) if given else None
 
 
 def _typed(text: str):
