@@ -16,9 +16,9 @@ from matplotlib.figure import Figure
 DPI = 100
 
 
-def new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     """A figure of width x height inches (at DPI pixels per inch) with its own Agg canvas."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from matplotlib.patches import Rectangle
 
-from cnnlab.analysis.figures import new_figure, show_image, to_tensor
+from cnnlab.analysis.figures import DPI, new_figure, to_tensor
 
 RIGHT, WRONG, NEUTRAL = "#1a7f37", "#c62828", "#222222"
 LEGEND = "caption: true class -> predicted class (probability); red: wrong; green: right (the class once)"
@@ -56,25 +58,41 @@ def _wrap(text: str, width: int) -> str:
 
 def grid_figure(images: torch.Tensor, captions: Sequence[str], colours: Sequence[str] | None = None,
                 title: str = "", columns: int = 8, tile: float = 1.45):
-    """uint8 (N, C, H, W) images in a grid of `tile`-inch cells, each with its caption below; returns a Figure."""
+    """uint8 (N, C, H, W) images in a grid of about `tile`-inch cells, each with its caption below; a Figure.
+
+    One mosaic drawn by one imshow (not an axis per image: 5-10x faster, which matters for a grid drawn
+    every few epochs); each image is enlarged by a whole factor, so its pixels stay sharp squares."""
     n = len(images)
     columns = max(1, min(columns, n))
     rows = max(1, math.ceil(n / columns))
-    fig = new_figure(columns * tile, rows * (tile + 0.38) + (0.55 if title else 0.1))
-    axes = fig.subplots(rows, columns, squeeze=False)
-    chars = int(tile * 13)  # characters of 8-pt text that fit under one tile
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.set_axis_off()
-            continue
-        show_image(ax, images[i])
+    _, h, w = images.shape[1:]
+    scale = max(1, round(tile * DPI / max(h, w)))
+    th, tw = h * scale, w * scale
+    gap, below = 10, 30  # pixels between tiles; pixels for two caption lines of 8-pt text
+    cell_w, cell_h = tw + gap, th + below
+    mosaic = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        img = images[i].repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        img = img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]
+        y, x = r * cell_h, c * cell_w + gap // 2
+        mosaic[y:y + th, x:x + tw] = img.permute(1, 2, 0).numpy()
+    head = 48 if title else 6  # pixels above the mosaic for the title
+    fig = new_figure(mosaic.shape[1] / DPI, (mosaic.shape[0] + head) / DPI, layout=None)
+    ax = fig.add_axes((0, 0, 1, mosaic.shape[0] / (mosaic.shape[0] + head)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    chars = max(8, tw // 6)  # characters of 8-pt text that fit under one tile
+    for i in range(n):
+        r, c = divmod(i, columns)
+        x, y = c * cell_w + gap // 2, r * cell_h
         colour = colours[i] if colours is not None else NEUTRAL
-        ax.set_xlabel(_wrap(captions[i], chars), fontsize=8, color=colour, labelpad=2, linespacing=1.0)
-        for spine in ax.spines.values():
-            spine.set_edgecolor(colour if colours is not None else "#cccccc")
-            spine.set_linewidth(2 if colour == WRONG else 1)
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), tw, th, fill=False, edgecolor=colour if colours else "#cccccc",
+                               linewidth=2 if colour == WRONG else 1))
+        ax.text(x + tw / 2, y + th + 2, _wrap(captions[i], chars), ha="center", va="top", fontsize=8, color=colour,
+                linespacing=1.0)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.text(0.5, 1 - 4 / (mosaic.shape[0] + head), title, ha="center", va="top", fontsize=10)
     return fig
 
 
