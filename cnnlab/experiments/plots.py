@@ -55,6 +55,10 @@ def accuracy_vs_params(report: Report, path: str | Path, title: str = "") -> Pat
         ax.annotate(lab, (row["params"], row["best val acc"]), textcoords="offset points", xytext=(6, 4),
                     fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter())  # 1.2M, not 1.2 x 10^6
+    ax.xaxis.set_minor_formatter(EngFormatter())
     ax.set(xlabel="parameters (log scale)", ylabel="accuracy (%)", title=title or "accuracy vs parameters")
     ax.scatter([], [], color="black", label="best val acc")
     ax.scatter([], [], facecolors="none", edgecolors="black", label="test acc (best.pt)")

@@ -82,14 +82,16 @@ class SweepSummary(Callback):
         except CnnlabError as ex:  # no job got as far as its run dir
             print(f"cnnlab: no sweep summary: {ex}", file=sys.stderr)
             return
-        title = f"sweep {sweep_dir}"
+        experiments = {str(r.choices.get("experiment")) for r in report.runs}
+        name = experiments.pop() if len(experiments) == 1 else "None"  # a study: every job has the same one
+        title = f"{name}: sweep {sweep_dir}" if name != "None" else f"sweep {sweep_dir}"
         csv_path, md_path = report_lib.write(report, sweep_dir, title)
         report_lib.print_table(report, title)
         made = [csv_path, md_path]
         if self.plot:
             from cnnlab.experiments import plots
 
-            made += plots.write(report, sweep_dir, title=str(sweep_dir))
+            made += plots.write(report, sweep_dir, title=f"{name} ({sweep_dir})" if name != "None" else str(sweep_dir))
         links = link_tensorboard(report, sweep_dir) if self.tensorboard_links else None
         print("wrote " + ", ".join(str(p) for p in made))
         if links is not None:
