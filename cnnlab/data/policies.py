@@ -42,21 +42,15 @@ def _blend(x: torch.Tensor, other: torch.Tensor, m: torch.Tensor) -> torch.Tenso
 
 def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour resampling through per-image inverse affine matrices (B, 2, 3) in pixel units about
-    the image centre, zero fill: torchvision's _affine_grid + grid_sample(nearest), batched. The grid is
-    computed as torchvision computes it and turned into source pixel indices the way grid_sample does
-    (unnormalise, round half to even), then one uint8 gather: no float copy of the images."""
-    b, c, h, w = x.shape
+    the image centre, zero fill: torchvision's _affine_grid + _apply_grid_transform, batched."""
+    b, _, h, w = x.shape
     xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=x.device)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=x.device)
     base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=x.device)], -1)
     scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
-    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale)  # (B, H*W, 2) in [-1, 1]
-    size = torch.tensor([float(w), float(h)], device=x.device)
-    source = grid.add_(1).mul_(size).sub_(1).div_(2).round_()  # (column, row) per output pixel
-    inside = ((source >= 0) & (source < size)).all(-1)
-    flat = torch.where(inside, source[..., 1] * w + source[..., 0], float(h * w)).long()  # h*w: the zero pixel
-    padded = F.pad(x.reshape(b, c, h * w), (0, 1))
-    return padded.gather(2, flat[:, None].expand(b, c, h * w)).view(b, c, h, w)
+    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale).view(b, h, w, 2)
+    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round_().to(torch.uint8)
 
 
 def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
@@ -226,7 +220,7 @@ class BatchedPolicy:
                 if len(members) == 0:
                     continue
                 index = torch.from_numpy(members).to(x.device)
-                x[index] = OPS[name](x.index_select(0, index), torch.from_numpy(mag[members]))
+                x.index_copy_(0, index, OPS[name](x.index_select(0, index), torch.from_numpy(mag[members])))
         return x
 
 
