@@ -349,25 +349,9 @@ def validate_train(cfg: DictConfig) -> None:
 
 
 def _augment_ranges(cfg: DictConfig) -> None:
-    _number(cfg, "augment.crop_padding", low=0, integer=True)
-    _number(cfg, "augment.color_jitter", low=0, high=1)
-    _number(cfg, "augment.hue", low=0, high=0.5)
-    _number(cfg, "augment.erasing", low=0, high=1)
-    _number(cfg, "augment.cutout", low=0, integer=True)
-    _number(cfg, "augment.randaugment_n", low=0, integer=True)
-    _number(cfg, "augment.randaugment_m", low=0, high=30, integer=True)
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        _number(cfg, f"augment.{key}", low=0)
-    for key in ("mix_prob", "mix_switch_prob"):
-        _number(cfg, f"augment.{key}", low=0, high=1)
-    if cfg.augment.policy is not None:
-        _choice(cfg, "augment.policy", ("autoaugment", "randaugment", "trivialaugment"))
-    _choice(cfg, "augment.autoaugment_policy", ("imagenet", "cifar10", "svhn"))
-    for key, high in (("crop_scale", 1.0), ("crop_ratio", None), ("erasing_scale", 1.0), ("erasing_ratio", None)):
-        value = list(cfg.augment[key])
-        if len(value) != 2 or not 0 < value[0] <= value[1] or (high is not None and value[1] > high):
-            limit = f" <= {high}" if high is not None else ""
-            raise CnnlabError(f"augment.{key} must be [low, high] with 0 < low <= high{limit}, got {value}")
+    from cnnlab.data import augment  # each augmentation op checks its own keys (imported late: data imports us)
+
+    augment.check(cfg)
 
 
 def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:

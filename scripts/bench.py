@@ -57,9 +57,15 @@ def cpu_name() -> str:
 def machine(device: torch.device | None = None) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()
-    info = {"cpu": cpu_name(), "cores": cores, "torch": torch.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in load],
-            "loaded": load[0] > 0.5 * cores}
+    info = {
+        "cpu": cpu_name(),
+        "cores": cores,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(v, 2) for v in load],
+        "loaded": load[0] > 0.5 * cores,
+    }
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -89,11 +95,25 @@ def data_root() -> str:
 def overhead_config(device: torch.device, args) -> object:
     precision = "bf16" if device.type == "cuda" else "fp32"
     overrides = [
-        "model=speedrun", "model.widths=[32,64,128]", "data=cifar10", f"data.root={data_root()}",
-        "data.download=false", f"data.subset={args.subset}", "data.batch_size=512", "data.loader=device",
-        "augment=none", "optimizer=sgd", "optimizer.lr=0.2", "scheduler=cosine", f"trainer.epochs={args.epochs}",
-        f"trainer.device={device}", f"trainer.precision={precision}", "trainer.progress=none",
-        "trainer.image_grid=0", "trainer.label_smoothing=0.2",
+        "model=speedrun",
+        "model.widths=[32,64,128]",
+        "data=cifar10",
+        f"data.root={data_root()}",
+        "data.download=false",
+        f"data.subset={args.subset}",
+        "data.batch_size=512",
+        "data.loader=device",
+        "augment=none",
+        "optimizer=sgd",
+        "optimizer.lr=0.2",
+        "scheduler=cosine",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.device={device}",
+        f"trainer.precision={precision}",
+        "trainer.progress=none",
+        "trainer.image_grid=0",
+        "trainer.label_smoothing=0.2",
+        "trainer.limit_val_batches=2",
         f"trainer.channels_last={str(device.type == 'cuda').lower()}",
     ]
     return compose(overrides)
@@ -135,7 +155,7 @@ def bare_epochs(cfg, device: torch.device) -> list[float]:
         sync(device)
         start = time.perf_counter()
         for i in range(steps):
-            index = order[i * bs:(i + 1) * bs]
+            index = order[i * bs : (i + 1) * bs]
             x = ((images.index_select(0, index).float() - shift) / scale).contiguous(memory_format=memory_format)
             y = labels.index_select(0, index)
             with autocast():
@@ -155,16 +175,26 @@ def overhead_rows(device: torch.device, args) -> dict:
     for repeat in range(args.repeats):  # alternate, so that a change in the machine's load hits both
         ours += cnnlab_epochs(cfg)[1:]  # warm epochs only
         bare += bare_epochs(cfg, device)[1:]
-        print(f"  repeat {repeat + 1}/{args.repeats}: cnnlab {ours[-1]:,.0f} img/s, bare loop {bare[-1]:,.0f} img/s",
-              flush=True)
+        print(
+            f"  repeat {repeat + 1}/{args.repeats}: cnnlab {ours[-1]:,.0f} img/s, bare loop {bare[-1]:,.0f} img/s",
+            flush=True,
+        )
     a, b = statistics.median(ours), statistics.median(bare)
     overhead = 100.0 * (b - a) / b
     print(f"overhead: {overhead:.1f}% (cnnlab {a:,.0f} img/s vs bare loop {b:,.0f} img/s on {device})")
-    return {"what": "speedrun 32-64-128, CIFAR-10 subset on the device, batch 512, SGD + cosine, no augmentation, "
-                    f"{cfg.trainer.precision}, channels_last={cfg.trainer.channels_last}",
-            "device": str(device), "train_images": round(args.subset * 10 * 0.9), "repeats": args.repeats,
-            "cnnlab_images_per_s": round(a), "bare_images_per_s": round(b), "overhead_percent": round(overhead, 2),
-            "cnnlab_epochs": [round(v) for v in ours], "bare_epochs": [round(v) for v in bare], "target_percent": 5}
+    return {
+        "what": "speedrun 32-64-128, CIFAR-10 subset on the device, batch 512, SGD + cosine, no augmentation, "
+        f"{cfg.trainer.precision}, channels_last={cfg.trainer.channels_last}",
+        "device": str(device),
+        "train_images": round(args.subset * 10 * 0.9),
+        "repeats": args.repeats,
+        "cnnlab_images_per_s": round(a),
+        "bare_images_per_s": round(b),
+        "overhead_percent": round(overhead, 2),
+        "cnnlab_epochs": [round(v) for v in ours],
+        "bare_epochs": [round(v) for v in bare],
+        "target_percent": 5,
+    }
 
 
 def section_overhead(args) -> dict:
@@ -202,8 +232,9 @@ def torchvision_cifar(train: bool, transform, root: str):
         """torchvision's CIFAR10 over the offline copy (same pixels, another order, so other md5s)."""
 
         def _check_integrity(self) -> bool:
-            return all((Path(self.root) / self.base_folder / name).is_file()
-                       for name, _ in self.train_list + self.test_list)
+            return all(
+                (Path(self.root) / self.base_folder / name).is_file() for name, _ in self.train_list + self.test_list
+            )
 
     return CIFAR10Copy(root, train=train, transform=transform, download=False)
 
@@ -215,24 +246,51 @@ def loader_row(device: torch.device, args) -> dict:
     from cnnlab import data
     from cnnlab.config import AugmentConfig, DataConfig
 
-    data_cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {
-        "name": "cifar10", "root": data_root(), "download": False, "batch_size": 512, "val_split": "test",
-        "loader": "device"})
-    bundle = data.build(data_cfg, OmegaConf.merge(OmegaConf.structured(AugmentConfig), {"crop_padding": 4,
-                                                                                        "flip": True}), device)
-    pipeline = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), transforms.Normalize(bundle.spec.mean, bundle.spec.std)])
-    baseline = torch.utils.data.DataLoader(torchvision_cifar(True, pipeline, data_root()), batch_size=512,
-                                           shuffle=True, num_workers=args.workers, drop_last=True,
-                                           persistent_workers=args.workers > 0)
+    data_cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        {
+            "name": "cifar10",
+            "root": data_root(),
+            "download": False,
+            "batch_size": 512,
+            "val_split": "test",
+            "loader": "device",
+        },
+    )
+    bundle = data.build(
+        data_cfg, OmegaConf.merge(OmegaConf.structured(AugmentConfig), {"crop_padding": 4, "flip": True}), device
+    )
+    pipeline = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(bundle.spec.mean, bundle.spec.std),
+        ]
+    )
+    baseline = torch.utils.data.DataLoader(
+        torchvision_cifar(True, pipeline, data_root()),
+        batch_size=512,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
     ours = timed(forever(bundle.train), 3, args.batches, device)
     theirs = timed(forever(baseline), 3, args.batches, torch.device("cpu"))
-    print(f"  loader: cnnlab {ours:,.0f} img/s vs torchvision DataLoader({args.workers} workers) {theirs:,.0f} img/s "
-          f"-> {ours / theirs:.1f}x", flush=True)
-    return {"row": "CIFAR-10 train pipeline: crop 32 pad 4 + flip + normalise, batch 512, shuffled",
-            "cnnlab": f"device loader ({device})", "baseline": f"torchvision CIFAR10 (PIL) + transforms + "
-            f"DataLoader({args.workers} workers)", "cnnlab_images_per_s": round(ours),
-            "baseline_images_per_s": round(theirs), "speedup": round(ours / theirs, 2)}
+    print(
+        f"  loader: cnnlab {ours:,.0f} img/s vs torchvision DataLoader({args.workers} workers) {theirs:,.0f} img/s "
+        f"-> {ours / theirs:.1f}x",
+        flush=True,
+    )
+    return {
+        "row": "CIFAR-10 train pipeline: crop 32 pad 4 + flip + normalise, batch 512, shuffled",
+        "cnnlab": f"device loader ({device})",
+        "baseline": f"torchvision CIFAR10 (PIL) + transforms + DataLoader({args.workers} workers)",
+        "cnnlab_images_per_s": round(ours),
+        "baseline_images_per_s": round(theirs),
+        "speedup": round(ours / theirs, 2),
+    }
 
 
 def policy_rows(device: torch.device, args) -> list[dict]:
@@ -255,11 +313,20 @@ def policy_rows(device: torch.device, args) -> list[dict]:
         start = time.perf_counter()
         torch.stack([reference(image) for image in x.cpu()])
         theirs = len(x) / (time.perf_counter() - start)
-        print(f"  {name}: batched {ours:,.0f} img/s vs per-image v2 {theirs:,.0f} img/s -> {ours / theirs:.1f}x",
-              flush=True)
-        rows.append({"row": f"{name} on a CIFAR-10 batch of 512", "cnnlab": f"BatchedPolicy ({device})",
-                     "baseline": "torchvision v2 policy per image (cpu)", "cnnlab_images_per_s": round(ours),
-                     "baseline_images_per_s": round(theirs), "speedup": round(ours / theirs, 2)})
+        print(
+            f"  {name}: batched {ours:,.0f} img/s vs per-image v2 {theirs:,.0f} img/s -> {ours / theirs:.1f}x",
+            flush=True,
+        )
+        rows.append(
+            {
+                "row": f"{name} on a CIFAR-10 batch of 512",
+                "cnnlab": f"BatchedPolicy ({device})",
+                "baseline": "torchvision v2 policy per image (cpu)",
+                "cnnlab_images_per_s": round(ours),
+                "baseline_images_per_s": round(theirs),
+                "speedup": round(ours / theirs, 2),
+            }
+        )
     return rows
 
 
@@ -286,10 +353,10 @@ def textbook_mnist(max_seconds: float, target: float = 99.0) -> list[dict]:
         with gzip.open(archive) as src, open(raw / archive.stem, "wb") as dst:
             shutil.copyfileobj(src, dst)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    train = torch.utils.data.DataLoader(datasets.MNIST(cache, train=True, transform=tf), batch_size=256, shuffle=True,
-                                        num_workers=2)
-    test = torch.utils.data.DataLoader(datasets.MNIST(cache, train=False, transform=tf), batch_size=1000,
-                                       num_workers=2)
+    train = torch.utils.data.DataLoader(
+        datasets.MNIST(cache, train=True, transform=tf), batch_size=256, shuffle=True, num_workers=2
+    )
+    test = torch.utils.data.DataLoader(datasets.MNIST(cache, train=False, transform=tf), batch_size=1000, num_workers=2)
     model = LeNet5(10, 1, 28)
     return _textbook_fit(model, torch.optim.Adam(model.parameters(), lr=1e-3), train, test, target, max_seconds)
 
@@ -302,13 +369,19 @@ def textbook_cifar(max_seconds: float, target: float = 80.0) -> list[dict]:
     from cnnlab.models.small_cnns import SimpleCNN
 
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), transforms.Normalize(mean, std)])
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
     test_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-    train = torch.utils.data.DataLoader(torchvision_cifar(True, train_tf, data_root()), batch_size=128, shuffle=True,
-                                        num_workers=2)
-    test = torch.utils.data.DataLoader(torchvision_cifar(False, test_tf, data_root()), batch_size=1000,
-                                       num_workers=2)
+    train = torch.utils.data.DataLoader(
+        torchvision_cifar(True, train_tf, data_root()), batch_size=128, shuffle=True, num_workers=2
+    )
+    test = torch.utils.data.DataLoader(torchvision_cifar(False, test_tf, data_root()), batch_size=1000, num_workers=2)
     model = SimpleCNN(num_classes=10, in_channels=3)
     return _textbook_fit(model, torch.optim.Adam(model.parameters(), lr=1e-3), train, test, target, max_seconds)
 
@@ -328,8 +401,9 @@ def _textbook_fit(model, optimizer, train, test, target: float, max_seconds: flo
             for x, y in test:
                 correct += (model(x).argmax(1) == y).sum().item()
                 total += len(y)
-        history.append({"epoch": len(history) + 1, "test_acc": 100.0 * correct / total,
-                        "seconds": time.perf_counter() - START})
+        history.append(
+            {"epoch": len(history) + 1, "test_acc": 100.0 * correct / total, "seconds": time.perf_counter() - START}
+        )
         print(json.dumps(history[-1]), flush=True)
         if history[-1]["test_acc"] >= target or history[-1]["seconds"] >= max_seconds:
             return history
@@ -343,17 +417,33 @@ def run_textbook(which: str, target: float, max_seconds: float) -> dict:
         raise SystemExit(f"textbook {which} failed:\n{done.stderr[-3000:]}")
     history = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     hit = next((h for h in history if h["test_acc"] >= target), None)
-    return {"reached": hit is not None, "seconds": (hit or history[-1])["seconds"], "epochs": len(history),
-            "best_test_acc": max(h["test_acc"] for h in history), "history": history}
+    return {
+        "reached": hit is not None,
+        "seconds": (hit or history[-1])["seconds"],
+        "epochs": len(history),
+        "best_test_acc": max(h["test_acc"] for h in history),
+        "history": history,
+    }
 
 
 def run_recipe(experiment: str) -> dict:
     """`cnnlab train experiment=X`, timed from process start to exit (its fixed epochs, the test evaluation)."""
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cnnlab", "train", f"experiment={experiment}", "trainer.progress=none",
-                        f"hydra.run.dir={run_dir}"], check=True, capture_output=True,
-                       env={**os.environ, "CNNLAB_DATA_ROOT": data_root()})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cnnlab",
+                "train",
+                f"experiment={experiment}",
+                "trainer.progress=none",
+                f"hydra.run.dir={run_dir}",
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "CNNLAB_DATA_ROOT": data_root()},
+        )
         seconds = time.perf_counter() - start
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     return {"seconds": seconds, "test_acc": metrics["test_acc"], "epochs": metrics["epochs"]}
@@ -367,15 +457,21 @@ def section_time_to_accuracy(args) -> dict:
         base = run_textbook(which, target, args.tta_max_seconds)
         reached = f"{base['seconds']:.0f} s" if base["reached"] else f"not reached in {base['seconds']:.0f} s"
         print(f"  textbook {which} to {target}%: {reached}", flush=True)
-        rows.append({"row": f"{which} to {target}% test", "cnnlab": f"experiment={experiment}", "cnnlab_run": ours,
-                     "cnnlab_reached": ours["test_acc"] >= target, "textbook": base,
-                     "speedup": round(base["seconds"] / ours["seconds"], 2) if base["reached"] else None})
+        rows.append(
+            {
+                "row": f"{which} to {target}% test",
+                "cnnlab": f"experiment={experiment}",
+                "cnnlab_run": ours,
+                "cnnlab_reached": ours["test_acc"] >= target,
+                "textbook": base,
+                "speedup": round(base["seconds"] / ours["seconds"], 2) if base["reached"] else None,
+            }
+        )
     return {"rows": rows}
 
 
 # --------------------------------------------------------------------------------------------------- gpu
-def resnet18_images_per_s(device: torch.device, channels_last: bool, bf16: bool, compiled: bool,
-                          steps: int) -> float:
+def resnet18_images_per_s(device: torch.device, channels_last: bool, bf16: bool, compiled: bool, steps: int) -> float:
     from cnnlab.models.resnet import resnet18
 
     torch.manual_seed(0)
@@ -415,25 +511,45 @@ def section_gpu(args) -> dict:
         for bf16 in (False, True):
             for compiled in (False, True):
                 rate = resnet18_images_per_s(device, channels_last, bf16, compiled, args.gpu_steps)
-                print(f"  resnet18 channels_last={channels_last} bf16={bf16} compile={compiled}: {rate:,.0f} img/s",
-                      flush=True)
-                rows.append({"row": "ResNet-18 CIFAR training step, batch 512", "channels_last": channels_last,
-                             "bf16": bf16, "compile": compiled, "images_per_s": round(rate)})
+                print(
+                    f"  resnet18 channels_last={channels_last} bf16={bf16} compile={compiled}: {rate:,.0f} img/s",
+                    flush=True,
+                )
+                rows.append(
+                    {
+                        "row": "ResNet-18 CIFAR training step, batch 512",
+                        "channels_last": channels_last,
+                        "bf16": bf16,
+                        "compile": compiled,
+                        "images_per_s": round(rate),
+                    }
+                )
     return {"rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------- reports
-SECTIONS = {"overhead": section_overhead, "data": section_data, "time_to_accuracy": section_time_to_accuracy,
-            "gpu": section_gpu}
+SECTIONS = {
+    "overhead": section_overhead,
+    "data": section_data,
+    "time_to_accuracy": section_time_to_accuracy,
+    "gpu": section_gpu,
+}
 
 
 def markdown(name: str, result: dict) -> str:
     m = result["machine_before"]
-    lines = [f"# bench: {name}", "", f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}"
-             + (f", {m['gpu']}" if "gpu" in m else "") + f"; load average {m['load_average']} before, "
-             f"{result['machine_after']['load_average']} after" + (" (loaded: other work was running)"
-                                                                     if m["loaded"] else "") + "; "
-             + f"{result['seconds']:.0f} s; command `{result['command']}`", ""]
+    lines = [
+        f"# bench: {name}",
+        "",
+        f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}"
+        + (f", {m['gpu']}" if "gpu" in m else "")
+        + f"; load average {m['load_average']} before, "
+        f"{result['machine_after']['load_average']} after"
+        + (" (loaded: other work was running)" if m["loaded"] else "")
+        + "; "
+        + f"{result['seconds']:.0f} s; command `{result['command']}`",
+        "",
+    ]
     if result.get("skipped"):
         return "\n".join(lines + [f"skipped: {result['skipped']}", ""])
     for row in result["rows"]:
@@ -465,14 +581,23 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sections or list(SECTIONS):
         print(f"[{name}]", flush=True)
-        before, start = machine(torch.device("cuda") if name == "gpu" and torch.cuda.is_available() else None), \
-            time.perf_counter()
+        before, start = (
+            machine(torch.device("cuda") if name == "gpu" and torch.cuda.is_available() else None),
+            time.perf_counter(),
+        )
         if before["loaded"]:
-            print(f"  note: load average {before['load_average']} on {before['cores']} cores: the machine is busy, "
-                  "timings are pessimistic", flush=True)
+            print(
+                f"  note: load average {before['load_average']} on {before['cores']} cores: the machine is busy, "
+                "timings are pessimistic",
+                flush=True,
+            )
         result = SECTIONS[name](args)
-        result.update(machine_before=before, machine_after=machine(), seconds=time.perf_counter() - start,
-                      command=" ".join(["python", "scripts/bench.py", *sys.argv[1:]]))
+        result.update(
+            machine_before=before,
+            machine_after=machine(),
+            seconds=time.perf_counter() - start,
+            command=" ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
+        )
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
         (args.out / f"{name}.md").write_text(markdown(name, result))
         print(f"  -> {args.out / name}.json, .md", flush=True)

@@ -52,8 +52,17 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         run_dir = out.parent / f"{args.experiment}-seed{seed}"
-        command = [sys.executable, "-m", "cnnlab", "train", f"experiment={args.experiment}", f"seed={seed}",
-                   "trainer.progress=plain", f"hydra.run.dir={run_dir}", *args.overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "cnnlab",
+            "train",
+            f"experiment={args.experiment}",
+            f"seed={seed}",
+            "trainer.progress=plain",
+            f"hydra.run.dir={run_dir}",
+            *args.overrides,
+        ]
         load_before = os.getloadavg()
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
@@ -63,24 +72,41 @@ def main() -> None:
             sys.exit(f"seed {seed} failed:\n{result.stderr[-3000:]}")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         metrics.pop("history", None)
-        runs.append({"seed": seed, "wall_seconds": wall, "load_average_before": [round(v, 2) for v in load_before],
-                     "load_average_after": [round(v, 2) for v in load_after], **metrics})
-        print(f"seed {seed}: test {metrics['test_acc']:.2f}%  best val {metrics['best_val_acc']:.2f}%  "
-              f"wall {wall:.1f}s", flush=True)
+        runs.append(
+            {
+                "seed": seed,
+                "wall_seconds": wall,
+                "load_average_before": [round(v, 2) for v in load_before],
+                "load_average_after": [round(v, 2) for v in load_after],
+                **metrics,
+            }
+        )
+        print(
+            f"seed {seed}: test {metrics['test_acc']:.2f}%  best val {metrics['best_val_acc']:.2f}%  wall {wall:.1f}s",
+            flush=True,
+        )
     tests = [r["test_acc"] for r in runs]
     walls = [r["wall_seconds"] for r in runs]
     summary = {
-        "experiment": args.experiment, "overrides": args.overrides, "machine": machine(),
-        "test_acc_mean": statistics.mean(tests), "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
-        "wall_seconds_mean": statistics.mean(walls), "wall_seconds_max": max(walls),
-        "loaded": any(max(r["load_average_before"][0], r["load_average_after"][0]) > 0.5 * (os.cpu_count() or 1)
-                      for r in runs), "runs": runs,
+        "experiment": args.experiment,
+        "overrides": args.overrides,
+        "machine": machine(),
+        "test_acc_mean": statistics.mean(tests),
+        "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+        "wall_seconds_mean": statistics.mean(walls),
+        "wall_seconds_max": max(walls),
+        "loaded": any(
+            max(r["load_average_before"][0], r["load_average_after"][0]) > 0.5 * (os.cpu_count() or 1) for r in runs
+        ),
+        "runs": runs,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
-    print(f"| {args.experiment} | {summary['test_acc_mean']:.2f} ± {summary['test_acc_std']:.2f}% "
-          f"({len(runs)} seeds) | {summary['wall_seconds_mean']:.0f} s (max {summary['wall_seconds_max']:.0f} s) "
-          f"| {summary['machine']} |")
+    print(
+        f"| {args.experiment} | {summary['test_acc_mean']:.2f} ± {summary['test_acc_std']:.2f}% "
+        f"({len(runs)} seeds) | {summary['wall_seconds_mean']:.0f} s (max {summary['wall_seconds_max']:.0f} s) "
+        f"| {summary['machine']} |"
+    )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,19 @@ def both_paths(images: torch.Tensor, fill=(0, 0, 0), mixer=None, batch=256, work
     labels = torch.arange(len(images)) % 10
     size = images.shape[-1]
     device = DeviceLoader(images, labels, batch, *RAW, train=True, augment=BatchAugment(aug, fill), mixer=mixer, seed=1)
-    worker = WorkerLoader(images, labels, batch, *RAW, CPU, train=True, mixer=mixer, seed=1, num_workers=workers,
-                          augment=image_transform(aug, size, fill, from_files=False),
-                          eval_transform=image_transform(None, size, fill, from_files=False))
+    worker = WorkerLoader(
+        images,
+        labels,
+        batch,
+        *RAW,
+        CPU,
+        train=True,
+        mixer=mixer,
+        seed=1,
+        num_workers=workers,
+        augment=image_transform(aug, size, fill, from_files=False),
+        eval_transform=image_transform(None, size, fill, from_files=False),
+    )
     return [list(loader) for loader in (device, worker)]
 
 
@@ -164,9 +174,18 @@ def test_epochs_are_seeded_and_workers_do_not_matter():
     labels = torch.arange(96) % 10
 
     def worker_loader(workers):
-        return WorkerLoader(images, labels, 32, *RAW, CPU, train=True, seed=3, num_workers=workers,
-                            augment=image_transform(aug, 12, (0, 0, 0), from_files=False),
-                            eval_transform=image_transform(None, 12, (0, 0, 0), from_files=False))
+        return WorkerLoader(
+            images,
+            labels,
+            32,
+            *RAW,
+            CPU,
+            train=True,
+            seed=3,
+            num_workers=workers,
+            augment=image_transform(aug, 12, (0, 0, 0), from_files=False),
+            eval_transform=image_transform(None, 12, (0, 0, 0), from_files=False),
+        )
 
     inline, pooled = worker_loader(0), worker_loader(2)
     for epoch in (0, 1):
@@ -186,9 +205,10 @@ def test_epochs_are_seeded_and_workers_do_not_matter():
 
 @pytest.mark.parametrize("loader", ["device", "dataloader"])
 def test_evaluation_never_augments(loader):
-    data_cfg = OmegaConf.merge(OmegaConf.structured(DataConfig),
-                               {"name": "synthetic", "num_samples": 64, "batch_size": 16, "loader": loader,
-                                "num_workers": 0})
+    data_cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        {"name": "synthetic", "num_samples": 64, "batch_size": 16, "loader": loader, "num_workers": 0},
+    )
     bundle = data.build(data_cfg, augment(crop_padding=4, flip=True, cutout=4, mixup_alpha=0.2), CPU)
     arrays = data.load_arrays(data_cfg)
     x, y = next(iter(bundle.test))
@@ -209,10 +229,12 @@ def test_presets_compose_as_a_list():
     a = cfg.augment
     assert (a.crop_padding, a.flip, a.cutout, a.mixup_alpha, a.cutmix_alpha) == (4, True, 16, 0.2, 1.0)
     validate_train(cfg)
-    for key, value, message in (("policy", "autoaug", "augment.policy must be one of"),
-                                ("crop_scale", [0.5, 0.1], "augment.crop_scale must be"),
-                                ("mix_prob", 1.5, "augment.mix_prob must be"),
-                                ("hue", 0.6, "augment.hue must be")):
+    for key, value, message in (
+        ("policy", "autoaug", "augment.policy must be one of"),
+        ("crop_scale", [0.5, 0.1], "augment.crop_scale must be"),
+        ("mix_prob", 1.5, "augment.mix_prob must be"),
+        ("hue", 0.6, "augment.hue must be"),
+    ):
         bad = cfg.copy()
         bad.augment[key] = value
         with pytest.raises(CnnlabError, match=message):
@@ -230,17 +252,33 @@ def test_every_policy_op_computes_what_torchvision_computes():
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (24, 3, 18, 22), dtype=torch.uint8, generator=gen)
     x[0] = 9  # a flat image (autocontrast/equalize edge case)
-    ranges = {"ShearX": (-0.99, 0.99), "ShearY": (-0.99, 0.99), "TranslateX": (-12, 12), "TranslateY": (-12, 12),
-              "Rotate": (-135, 135), "Brightness": (-0.99, 0.99), "Color": (-0.99, 0.99), "Contrast": (-0.99, 0.99),
-              "Sharpness": (-0.99, 0.99), "Posterize": (2, 8), "Solarize": (0, 1)}
+    ranges = {
+        "ShearX": (-0.99, 0.99),
+        "ShearY": (-0.99, 0.99),
+        "TranslateX": (-12, 12),
+        "TranslateY": (-12, 12),
+        "Rotate": (-135, 135),
+        "Brightness": (-0.99, 0.99),
+        "Color": (-0.99, 0.99),
+        "Contrast": (-0.99, 0.99),
+        "Sharpness": (-0.99, 0.99),
+        "Posterize": (2, 8),
+        "Solarize": (0, 1),
+    }
     for name, op in OPS.items():
         low, high = ranges.get(name, (0, 0))
         m = torch.rand(len(x), generator=gen, dtype=torch.float64) * (high - low) + low
         if name == "Posterize":
             m = m.round()
-        want = torch.stack([reference._apply_image_or_video_transform(image, name, float(v), interpolation=
-                                                                      v2.InterpolationMode.NEAREST, fill=reference._fill)
-                            for image, v in zip(x, m)])
+        nearest = v2.InterpolationMode.NEAREST
+        want = torch.stack(
+            [
+                reference._apply_image_or_video_transform(
+                    image, name, float(v), interpolation=nearest, fill=reference._fill
+                )
+                for image, v in zip(x, m)
+            ]
+        )
         got = op(x, m)
         assert got.dtype == torch.uint8 and torch.equal(got, want), name
 
@@ -250,15 +288,22 @@ def policy_stats(out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     changed = (out != images).flatten(1)
     diff = (out.float() - images.float()).abs().flatten(1).mean(1)
     f = out.float().flatten(1)
-    return torch.stack([(~changed.any(1)).float(), diff, f.mean(1), f.std(1), (out == 0).all(1).flatten(1).float()
-                        .mean(1)], 1)
+    return torch.stack(
+        [(~changed.any(1)).float(), diff, f.mean(1), f.std(1), (out == 0).all(1).flatten(1).float().mean(1)], 1
+    )
 
 
-@pytest.mark.parametrize("kw", [{"policy": "randaugment"}, {"policy": "randaugment", "randaugment_n": 1,
-                                                            "randaugment_m": 20},
-                                {"policy": "trivialaugment"}, {"policy": "autoaugment"},
-                                {"policy": "autoaugment", "autoaugment_policy": "cifar10"},
-                                {"policy": "autoaugment", "autoaugment_policy": "svhn"}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"policy": "randaugment"},
+        {"policy": "randaugment", "randaugment_n": 1, "randaugment_m": 20},
+        {"policy": "trivialaugment"},
+        {"policy": "autoaugment"},
+        {"policy": "autoaugment", "autoaugment_policy": "cifar10"},
+        {"policy": "autoaugment", "autoaugment_policy": "svhn"},
+    ],
+)
 def test_batched_policies_match_the_per_image_distributions(kw):
     gen = torch.Generator().manual_seed(0)
     base = torch.randint(40, 216, (1, 3, 16, 16), dtype=torch.uint8, generator=gen)

@@ -24,8 +24,21 @@ from cnnlab.engine.data_init import DataDependentInit
 from cnnlab.engine.trainer import Trainer, planned_steps
 
 REPO = Path(__file__).resolve().parent.parent
-SYNCING = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "nonzero", "argwhere",
-           "unique", "unique_consecutive", "masked_select", "cpu"}
+SYNCING = {
+    "item",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "tolist",
+    "numpy",
+    "nonzero",
+    "argwhere",
+    "unique",
+    "unique_consecutive",
+    "masked_select",
+    "cpu",
+}
 
 
 class SyncCounter(TorchFunctionMode):
@@ -74,12 +87,26 @@ class Watched:
 def config(*overrides: str):
     register()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose("train", overrides=[
-            "model=speedrun", "model.widths=[8,16,16]", "data=synthetic", "data.num_samples=320",
-            "data.batch_size=32", "augment=[basic,colorjitter,randaugment,erasing,cutout,mixup,cutmix]",
-            "optimizer=sgd", "trainer.epochs=2", "trainer.device=cpu", "trainer.progress=plain",
-            "trainer.label_smoothing=0.1", "trainer.grad_clip=5.0",
-            "trainer.accumulate=2", "trainer.image_grid=0", *overrides])
+        return compose(
+            "train",
+            overrides=[
+                "model=speedrun",
+                "model.widths=[8,16,16]",
+                "data=synthetic",
+                "data.num_samples=320",
+                "data.batch_size=32",
+                "augment=[basic,colorjitter,randaugment,erasing,cutout,mixup,cutmix]",
+                "optimizer=sgd",
+                "trainer.epochs=2",
+                "trainer.device=cpu",
+                "trainer.progress=plain",
+                "trainer.label_smoothing=0.1",
+                "trainer.grad_clip=5.0",
+                "trainer.accumulate=2",
+                "trainer.image_grid=0",
+                *overrides,
+            ],
+        )
 
 
 def train(cfg, run_dir: Path, counter: SyncCounter) -> dict:
@@ -106,8 +133,11 @@ def test_no_host_sync_inside_an_epoch(tmp_path, monkeypatch, precision):
     assert stem.abs().sum() > 0  # the whitening stem was fitted (before training, by the callback)
 
 
-@pytest.mark.xfail(strict=True, reason="torch's AveragedModel.update_parameters reads n_averaged on the host "
-                   "(bool(self.n_averaged == 0)) at every step: trainer.ema_decay syncs until the EMA update is ours")
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch's AveragedModel.update_parameters reads n_averaged on the host "
+    "(bool(self.n_averaged == 0)) at every step: trainer.ema_decay syncs until the EMA update is ours",
+)
 def test_no_host_sync_with_ema(tmp_path, monkeypatch):
     monkeypatch.setattr(progress, "_now", lambda: 0.0)
     counter = SyncCounter()

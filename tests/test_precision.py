@@ -22,10 +22,23 @@ CPU = torch.device("cpu")
 def config(*overrides: str):
     register()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose("train", overrides=[
-            "model=lenet5", "data=synthetic", "data.num_samples=512",
-            "data.batch_size=64", "optimizer=adam", "optimizer.lr=0.003", "scheduler=none", "trainer.epochs=3",
-            "trainer.device=cpu", "trainer.progress=none", "trainer.image_grid=0", *overrides])
+        return compose(
+            "train",
+            overrides=[
+                "model=lenet5",
+                "data=synthetic",
+                "data.num_samples=512",
+                "data.batch_size=64",
+                "optimizer=adam",
+                "optimizer.lr=0.003",
+                "scheduler=none",
+                "trainer.epochs=3",
+                "trainer.device=cpu",
+                "trainer.progress=none",
+                "trainer.image_grid=0",
+                *overrides,
+            ],
+        )
 
 
 def falls(metrics: dict) -> None:
@@ -44,8 +57,14 @@ def test_bf16_autocast_runs_on_cpu():
     assert out.dtype == torch.bfloat16  # the autocast really is on
 
 
-@pytest.mark.parametrize("overrides", [["trainer.precision=bf16"], ["trainer.channels_last=true"],
-                                       ["trainer.precision=bf16", "trainer.channels_last=true"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.precision=bf16"],
+        ["trainer.channels_last=true"],
+        ["trainer.precision=bf16", "trainer.channels_last=true"],
+    ],
+)
 def test_gpu_paths_train_on_cpu(tmp_path, overrides):
     falls(run(config(*overrides), run_dir=tmp_path / "run"))
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)

@@ -144,11 +144,20 @@ def test_a_real_run_talks_inside_its_epochs(tmp_path, monkeypatch, capsys):
     ticks = iter(range(0, 10**9, 40))
     monkeypatch.setattr(progress, "_now", lambda: float(next(ticks)))  # 40 s between clock reads
     register()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "configs"),
-                               version_base=None):
-        cfg = compose("train", overrides=["data=synthetic", "data.num_samples=640", "data.batch_size=32",
-                                          "trainer.epochs=2", "trainer.progress=plain", "trainer.log_every=1000",
-                                          "trainer.image_grid=0", "trainer.device=cpu"])
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "configs"), version_base=None):
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=synthetic",
+                "data.num_samples=640",
+                "data.batch_size=32",
+                "trainer.epochs=2",
+                "trainer.progress=plain",
+                "trainer.log_every=1000",
+                "trainer.image_grid=0",
+                "trainer.device=cpu",
+            ],
+        )
     run(cfg, run_dir=tmp_path / "run")
     out = capsys.readouterr().out
     inside = [line for line in out.splitlines() if line.startswith("epoch 1/2 batch")]
@@ -157,8 +166,16 @@ def test_a_real_run_talks_inside_its_epochs(tmp_path, monkeypatch, capsys):
 
 
 def test_train_log_is_plain_text(run_cli, tmp_path):
-    result = run_cli("train", "data=synthetic", "data.num_samples=128", "data.val_split=test", "trainer.epochs=1",
-                     "trainer.image_grid=0", "trainer.progress=plain", "hydra.run.dir=run")
+    result = run_cli(
+        "train",
+        "data=synthetic",
+        "data.num_samples=128",
+        "data.val_split=test",
+        "trainer.epochs=1",
+        "trainer.image_grid=0",
+        "trainer.progress=plain",
+        "hydra.run.dir=run",
+    )
     assert result.returncode == 0, result.stderr
     assert "data.val_split=test: the best checkpoint is selected on the test split" in result.stdout
     log = (tmp_path / "run" / "train.log").read_text()

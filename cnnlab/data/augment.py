@@ -31,8 +31,12 @@ Batched = Callable[[torch.Tensor, torch.Generator, np.random.Generator], torch.T
 
 def _pair(cfg: DictConfig, key: str, high: float | None = None) -> None:
     value = list(cfg.augment[key])
-    if len(value) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value) \
-            or not 0 < value[0] <= value[1] or (high is not None and value[1] > high):
+    if (
+        len(value) != 2
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+        or not 0 < value[0] <= value[1]
+        or (high is not None and value[1] > high)
+    ):
         limit = f" <= {high}" if high is not None else ""
         raise CnnlabError(f"augment.{key} must be [low, high] with 0 < low <= high{limit}, got {value}")
 
@@ -154,8 +158,11 @@ class Erasing(Op):
         return lambda x, g, rng: T.random_erasing(x, aug.erasing, aug.erasing_scale, aug.erasing_ratio, fill, g)
 
     def per_image(self, aug, size, fill):
-        return [v2.RandomErasing(aug.erasing, scale=tuple(aug.erasing_scale), ratio=tuple(aug.erasing_ratio),
-                                 value=list(fill))]
+        return [
+            v2.RandomErasing(
+                aug.erasing, scale=tuple(aug.erasing_scale), ratio=tuple(aug.erasing_ratio), value=list(fill)
+            )
+        ]
 
 
 class Cutout(Op):

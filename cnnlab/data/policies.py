@@ -10,7 +10,6 @@ compares them op by op and policy by policy). Geometric ops fill with 0, as the 
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -138,9 +137,20 @@ def invert(x, m):
 
 
 OPS = {
-    "ShearX": shear_x, "ShearY": shear_y, "TranslateX": translate_x, "TranslateY": translate_y, "Rotate": rotate,
-    "Brightness": brightness, "Color": color, "Contrast": contrast, "Sharpness": sharpness, "Posterize": posterize,
-    "Solarize": solarize, "AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert,
+    "ShearX": shear_x,
+    "ShearY": shear_y,
+    "TranslateX": translate_x,
+    "TranslateY": translate_y,
+    "Rotate": rotate,
+    "Brightness": brightness,
+    "Color": color,
+    "Contrast": contrast,
+    "Sharpness": sharpness,
+    "Posterize": posterize,
+    "Solarize": solarize,
+    "AutoContrast": autocontrast,
+    "Equalize": equalize,
+    "Invert": invert,
 }
 
 

@@ -67,24 +67,38 @@ class ProgressDisplay:
     """Progress of a fit. The trainer calls start_epoch(epoch, num_batches) (epoch from 1), due() after every
     step, update(batch, loss, acc, images_per_sec) when due() said yes, and end_epoch(epoch, line, short)."""
 
-    def __init__(self, mode: str, epochs: int, console: Console, *, device: str | torch.device | None = None,
-                 refresh: float | None = None, log_refresh: float = PLAIN_REFRESH):
+    def __init__(
+        self,
+        mode: str,
+        epochs: int,
+        console: Console,
+        *,
+        device: str | torch.device | None = None,
+        refresh: float | None = None,
+        log_refresh: float = PLAIN_REFRESH,
+    ):
         if mode == "auto":
             mode = "rich" if console.is_terminal else "plain"
         self.mode, self.epochs, self.console = mode, epochs, console
         self.refresh = refresh if refresh is not None else (RICH_REFRESH if mode == "rich" else PLAIN_REFRESH)
         self.log_refresh = log_refresh
         # Where the run trains, for the long-epoch hint; without it, "cpu" when no accelerator is present.
-        self.device_type = torch.device(device).type if device is not None else (
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device_type = (
+            torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self.epoch, self.num_batches = 0, 0
         self._epoch_start = self._next = self._next_line = self._next_log = 0.0
         self._warned = False
         self._progress = None
         if mode == "rich":
             self._progress = Progress(
-                TextColumn("{task.description:>5}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"), console=console, transient=False,
+                TextColumn("{task.description:>5}"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
             )
             self._progress.start()
             self._epoch_task = self._progress.add_task("epoch", total=epochs, info="")

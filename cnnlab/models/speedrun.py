@@ -71,8 +71,14 @@ class ConvGroup(nn.Module):
 
 
 class SpeedrunNet(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (64, 256, 256),
-                 scale: float = 1 / 9, tta_flip: bool = True):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        scale: float = 1 / 9,
+        tta_flip: bool = True,
+    ):
         super().__init__()
         self.whiten = WhiteningStem(in_channels)
         self.stem_act = nn.GELU()
