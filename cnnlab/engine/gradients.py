@@ -4,7 +4,8 @@
 A stage is one of the model's stages as cnnlab.optim.stage_modules sees them (input to output, the head last).
 The norm of a stage is the L2 norm of all its parameters' gradients after a backward pass. Norms are summed
 on the device in `after_backward` (queued work, no host sync) and their mean over the interval is read once in
-`on_log`, every trainer.log_every optimizer steps, as `weights/grad_norm/<stage>` at the optimizer step.
+`on_log`, every trainer.log_every optimizer steps and at the end of each epoch, as `weights/grad_norm/<stage>` at
+the optimizer step.
 Under fp16 autocast the gradients carry the GradScaler's scale; the mean is divided by the scale read at `on_log`.
 """
 
@@ -63,6 +64,7 @@ class GradientFlow(Callback):
         self.count += 1
 
     def on_log(self, trainer, model) -> None:
+        """Every log_every steps, and at the end of each epoch: short runs get their points too."""
         if not self.log_norms or self.count == 0:
             return
         scaler = trainer.state.scaler
@@ -75,6 +77,7 @@ class GradientFlow(Callback):
                 trainer.tb.writer.add_scalar(f"weights/grad_norm/{name}", value, trainer.state.progress.step)
 
     def on_epoch_end(self, trainer, model, data, row: dict) -> None:
+        self.on_log(trainer, model)  # the steps since the last log interval (the epoch end syncs anyway)
         if not self.histogram_every or row["epoch"] % self.histogram_every or trainer.tb is None:
             return
         for name, params in self.stages:
