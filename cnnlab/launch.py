@@ -65,7 +65,10 @@ def release() -> None:
         return
     ex = sys.exc_info()[1]
     status = 0 if ex is None else ex.code if isinstance(ex, SystemExit) and isinstance(ex.code, int) else 1
-    distributed.broadcast_object(("done", status))
+    try:
+        distributed.broadcast_object(("done", status))
+    except RuntimeError:  # a rank already left (its own error line is printed; torchrun reports the rest)
+        return
     distributed.shutdown()
 
 
@@ -76,7 +79,10 @@ def follow(task) -> int:
     from hydra.core.hydra_config import HydraConfig
 
     while True:
-        message = distributed.broadcast_object(None)
+        try:
+            message = distributed.broadcast_object(None)
+        except RuntimeError:  # rank 0 left without a word: it failed, and printed why
+            return 1
         if message[0] == "done":
             distributed.shutdown()
             return message[1]

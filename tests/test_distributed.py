@@ -268,7 +268,7 @@ def test_sync_bn_on_cpu_is_one_clear_line(tmp_path):
     result = torchrun("train", *RUN, "trainer.epochs=1", "trainer.sync_bn=true", cwd=tmp_path)
     assert result.returncode != 0
     assert "error: trainer.sync_bn=true needs CUDA" in result.stderr
-    assert "Traceback" not in result.stderr.split("torch.distributed.elastic")[0]
+    assert str(REPO / "cnnlab") not in result.stderr  # no rank shows a traceback (torchrun reports its own failure)
 
 
 # ---------------------------------------------------------------------------------------- SLURM sweeps
