@@ -294,8 +294,23 @@ def _check_scheduler_keys(sched_cfg: DictConfig) -> None:
             raise _unknown(f"scheduler.{key}", known, f"scheduler {name!r} does not read it")
 
 
+def _resolve_all(cfg: DictConfig) -> None:
+    """Resolve every interpolation once, up front: an unset `${oc.env:X}` or a dangling `${a.b}` is the
+    user's config, so one line naming the key, not a traceback wherever the value is first read."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as ex:
+        detail = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        detail = detail.removeprefix("KeyError raised while resolving interpolation: ").strip('"')
+        raise CnnlabError(f"cannot resolve {ex.full_key}: {detail}") from None
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Range checks for `cnnlab train`; raises CnnlabError naming the key."""
+    _resolve_all(cfg)
     check_keys(cfg, TrainSchema)
     _check_optimizer_keys(cfg.optimizer)
     _check_scheduler_keys(cfg.scheduler)
@@ -389,6 +404,7 @@ def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:
 
 
 def validate_eval(cfg: DictConfig) -> None:
+    _resolve_all(cfg)
     check_keys(cfg, EvalSchema)
     _choice(cfg, "split", ("test", "val", "train"))
     _number(cfg, "batch_size", low=1, integer=True)

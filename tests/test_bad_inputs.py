@@ -122,6 +122,8 @@ CONFIG_CASES = [
     (["data.subset=0"], "data.subset must be >= 1"),
     (["data.download=maybe"], "maybe"),
     (["data.root="], "data.root is empty"),
+    (["data.root=${oc.env:CNNLAB_TEST_UNSET_VARIABLE}"], "cannot resolve data.root: Environment variable"),
+    (["optimizer.lr=${nowhere.key}"], "cannot resolve optimizer.lr: Interpolation key 'nowhere.key' not found"),
     (["data.download_url=https://example.com/x.zip"], "data.download_url is read by data=imagefolder only"),
     (["finetune.lr_decay=0"], "finetune.lr_decay must be"),
     (["augment.mix_prob=2"], "augment.mix_prob"),
