@@ -56,6 +56,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train in this process; returns the metrics dict (also written to <run_dir>/metrics.json).
 
     `run_dir` defaults to outputs/<date>/<time>, as on the command line."""
+    from hydra.core.hydra_config import HydraConfig
+
     from cnnlab.commands import train as train_command
 
     run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
@@ -67,7 +69,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
         if choices:
             OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), hydra_dir / "hydra.yaml")
-    return train_command.run(cfg, run_dir=run_dir)
+    # A Hydra job config left over from an earlier in-process run (or the caller's own @hydra.main app) is not
+    # this run's: hide it, so that the overrides and choices come from the files above.
+    hydra = HydraConfig.instance()
+    outer, hydra.cfg = hydra.cfg, None
+    try:
+        return train_command.run(cfg, run_dir=run_dir)
+    finally:
+        hydra.cfg = outer
 
 
 def load(checkpoint: str | Path, device: str = "cpu"):
