@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -318,3 +320,46 @@ def test_submitit_job_with_two_tasks_trains_one_ddp_model(tmp_path):
     metrics = read_json(job / "metrics.json")
     assert metrics["world_size"] == 2 and metrics["steps"] == 16
     assert (job / "train.log").read_text().count("epoch 1/1") == 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tmp_path):
+    """A real kill: SIGTERM to torchrun reaches both ranks; they agree on one step, rank 0 saves last.pt and
+    prints the torchrun resume command; resuming with 2 ranks finishes the run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = [*RUN, "data.batch_size=16", "trainer.epochs=100"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "cnnlab",
+            "train",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not any("epoch 1/" in p.read_text() for p in tmp_path.glob("outputs/*/*/train.log")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert "terminated (SIGTERM)" in stderr and "torchrun --nproc_per_node=2 -m cnnlab train" in stderr
+    run_dir = only_run_dir(tmp_path)
+    stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not stopped["fit"]["finished"]
+    epochs = stopped["fit"]["epoch"] + 2
+    args[-1] = f"trainer.epochs={epochs}"
+    again = torchrun("train", *args, f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["fit"]["finished"] and resumed["step"] == epochs * 16
