@@ -203,15 +203,20 @@ def sharded(loader) -> bool:
     return False
 
 
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, device: torch.device, *, changing_trainables: bool = False) -> torch.nn.Module:
     """The model to step with: DistributedDataParallel over `model`, which stays the module that is saved
-    (no "module." prefix: a checkpoint from N ranks loads in 1) and evaluated. One rank: `model` itself."""
+    (no "module." prefix: a checkpoint from N ranks loads in 1) and evaluated. One rank: `model` itself.
+
+    `changing_trainables`: parameters are frozen or unfrozen during the run (fine-tuning). DDP then looks for
+    parameters without gradients every step (find_unused_parameters): every parameter stays in its reducer,
+    so one unfrozen later is still averaged across ranks (without it DDP fails, or skips that parameter).
+    """
     if world_size() == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=changing_trainables)
 
 
 def convert_sync_bn(model: torch.nn.Module) -> torch.nn.Module:

@@ -391,7 +391,8 @@ class Trainer:
         if resume is not None:
             self._restore(*resume)
         p = self.state.progress
-        ddp_model = distributed.wrap(model, self.device)  # several ranks: DistributedDataParallel; `model` is saved
+        # several ranks: DistributedDataParallel (`model` is what is saved); fine-tuning freezes and unfreezes
+        ddp_model = distributed.wrap(model, self.device, changing_trainables=self.finetune is not None)
         step_model = torch.compile(ddp_model) if self.cfg.compile else ddp_model
         eval_model = ema.module if ema is not None else step_model if ddp_model is model else model
         train_loader, val_loader = data.train, data.val
