@@ -145,6 +145,22 @@ def _ranks(rank: int, world: int, port: int, out) -> None:
     params = list(bn_model.parameters())
     converted = distributed.convert_sync_bn(bn_model)
     result["sync_bn"] = (type(converted[1]).__name__, all(p is q for p, q in zip(params, converted.parameters())))
+    # fine-tuning under DDP: a stage frozen at first and unfrozen later is still averaged across ranks
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ddp = distributed.wrap(net, CPU, changing_trainables=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(rank)  # different data on each rank
+    for frozen in (True, False):
+        net[0].requires_grad_(not frozen)
+        for _ in range(2):
+            ddp(torch.randn(8, 4, generator=g)).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    weights = torch.cat([q.detach().flatten() for q in net.parameters()])
+    gathered = [torch.zeros_like(weights) for _ in range(world)]
+    torch.distributed.all_gather(gathered, weights)
+    result["finetune_in_sync"] = all(torch.equal(gathered[0], w) for w in gathered)
     distributed.barrier()
     distributed.shutdown()
     out.put((rank, result))
@@ -170,6 +186,7 @@ def test_gloo_helpers_votes_and_sharded_evaluation_on_two_processes():
         assert summed["top1"] == whole["top1"] and abs(summed["loss"] - whole["loss"]) < 1e-6
         assert torch.equal(summed["confusion"], whole["confusion"])
         assert r["sync_bn"] == ("SyncBatchNorm", True)
+        assert r["finetune_in_sync"]
 
 
 # ---------------------------------------------------------------------------------------- torchrun runs
