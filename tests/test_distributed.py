@@ -380,3 +380,13 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tm
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["fit"]["finished"] and resumed["step"] == epochs * 16
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_runs_each_job_on_both_ranks(tmp_path):
+    """torchrun ... -m: rank 0's Hydra runs the jobs one after another and the other rank follows each."""
+    result = torchrun("train", "-m", "seed=0,1", *RUN[:-1], "trainer.epochs=1", "data.batch_size=32", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]/metrics.json"))
+    assert len(jobs) == 2 and all(read_json(j)["world_size"] == 2 for j in jobs)
+    assert len(list((tmp_path / "outputs" / "multirun").glob("*/*"))) == 1  # one sweep dir
