@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 from cnnlab import data as data_lib
 from cnnlab import models, optim
-from cnnlab.cli import config_dir
+from cnnlab.cli import config_dir, main
 from cnnlab.config import register
 from cnnlab.engine.gradients import GradientFlow, stage_names
 from cnnlab.engine.trainer import Trainer, planned_steps
@@ -107,10 +107,18 @@ def test_sweep_dashboard_names_runs_by_varied_keys_with_typed_hparams_and_metric
     assert groups[:2] == ["train", "val"]  # Time Series opens the first two groups
 
 
-def test_single_run_failure_is_still_one_line_and_exit_2(tmp_path):
-    result = cli("train", "optimizer.lr=-1", *TINY, "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: optimizer.lr must be > 0, got -1"
+def _main_fails(args: list[str], tmp_path, monkeypatch, capsys) -> str:
+    """cnnlab ARGS in-process (the same entry point as the command): exit code 2 and its stderr."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_single_run_failure_is_still_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    err = _main_fails(["train", "optimizer.lr=-1", *TINY, "hydra.run.dir=run"], tmp_path, monkeypatch, capsys)
+    assert err.strip() == "error: optimizer.lr must be > 0, got -1"
     assert not (tmp_path / "run" / "failed.json").exists()
 
 
@@ -264,6 +272,6 @@ def test_histograms_every_n_epochs(tmp_path):
     assert not [t for t in events.Tags()["scalars"] if t.startswith("weights/grad_norm")]
 
 
-def test_log_histograms_must_be_a_positive_integer(tmp_path):
-    result = cli("train", "trainer.log_histograms=0", *TINY, "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip() == "error: trainer.log_histograms must be >= 1, got 0"
+def test_log_histograms_must_be_a_positive_integer(tmp_path, monkeypatch, capsys):
+    err = _main_fails(["train", "trainer.log_histograms=0", *TINY, "hydra.run.dir=run"], tmp_path, monkeypatch, capsys)
+    assert err.strip() == "error: trainer.log_histograms must be >= 1, got 0"
