@@ -116,7 +116,7 @@ def _unknown_model_key(ex: BaseException, command: str, overrides: list[str]) ->
 
 def _task(module_name: str):
     def task(cfg) -> None:
-        from omegaconf.errors import MissingMandatoryValue
+        from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
         from cnnlab import launch
         from cnnlab.engine.trainer import Interrupted
@@ -136,6 +136,8 @@ def _task(module_name: str):
             sys.exit(128 + ex.signum)
         except CnnlabError as ex:
             _fail_job(str(ex), cfg)
+        except InterpolationResolutionError as ex:  # e.g. an unset ${oc.env:VAR} in the user's config
+            _fail_job(f"cannot resolve {ex.full_key}: {str(ex).strip().splitlines()[0]}", cfg)
         except MissingMandatoryValue as ex:  # a `???` value the user did not give
             _fail_job(f"{ex.full_key} is required: add {ex.full_key}=...", cfg)
 

@@ -67,7 +67,10 @@ def test_bad_train_input_is_one_line_exit_2(run_cli, args, message):
 def test_unknown_command(run_cli):
     result = run_cli("trian")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: unknown command 'trian'; choose from: train, eval, summary"
+    from cnnlab.cli import COMMANDS
+
+    assert result.stderr.strip() == f"error: unknown command 'trian'; choose from: {', '.join(COMMANDS)}"
+    assert {"train", "eval", "summary", "compare", "predict", "features", "export", "preview"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from cnnlab.config import TrainerConfig
 from cnnlab.data import DataBundle, DataSpec
 from cnnlab.engine import checkpoint, rundir
 from cnnlab.engine.trainer import Trainer
@@ -159,6 +160,18 @@ def test_a_nan_loss_stops_with_one_line_and_saves_nothing_non_finite(tmp_path):
         assert all(torch.isfinite(t).all() for t in _weights(path).values() if t.is_floating_point())
 
 
+def test_resuming_from_a_last_pt_without_best_pt_makes_it_the_best(tmp_path):
+    first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=a", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "last.pt").write_bytes((tmp_path / "a/checkpoints/last.pt").read_bytes())
+    again = cli(*ARGS, "trainer.epochs=1", f"trainer.resume={tmp_path / 'alone/last.pt'}", "hydra.run.dir=b",
+                cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "no best.pt beside" in again.stdout
+    assert read_json(tmp_path / "b/metrics.json")["test_acc"] == read_json(tmp_path / "a/metrics.json")["test_acc"]
+
+
 def test_resuming_with_a_changed_learning_rate_is_refused_before_anything_is_copied(tmp_path):
     first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=a", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -212,8 +225,11 @@ def test_a_stored_config_is_plain_data(tmp_path, monkeypatch):
 
 
 class _Batches:
+    """The loader protocol the Trainer uses: len, iteration, set_epoch, batch_size."""
+
     def __init__(self, batches):
         self.batches = batches
+        self.batch_size = len(batches[0][1])
 
     def __len__(self):
         return len(self.batches)
@@ -234,12 +250,9 @@ def test_skip_batch_drops_non_finite_batches_without_stopping(tmp_path):
     train = _Batches([(poisoned, y[:16]), (x[16:32], y[16:32]), (x[32:48], y[32:48]), (x[48:], y[48:])])
     val = _Batches([(x, y)])
     data = DataBundle(train, val, val, DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,)))
-    cfg = OmegaConf.create({"precision": "fp32", "channels_last": False, "compile": False, "cudnn_benchmark": False,
-                            "deterministic": False, "epochs": 5, "accumulate": 1, "label_smoothing": 0.0,
-                            "log_every": 2, "max_steps": None, "time_limit": None, "grad_clip": None,
-                            "ema_decay": None, "monitor": "val_acc", "early_stopping_patience": None,
-                            "limit_train_batches": None, "limit_val_batches": None, "overfit_batches": None,
-                            "profile": False, "progress": "none", "nan_policy": "skip_batch"})
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {
+        "precision": "fp32", "device": "cpu", "epochs": 5, "log_every": 2, "progress": "none",
+        "nan_policy": "skip_batch"})
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     from cnnlab.optim import Schedule

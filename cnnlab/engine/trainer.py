@@ -220,8 +220,16 @@ class Trainer:
         if theirs.is_file():
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(theirs, mine)
-        else:
-            self.state.progress.best_metric, self.state.progress.best_epoch = None, 0
+            return
+        p = self.state.progress
+        p.best_metric, p.best_epoch = None, 0
+        if p.history:  # no best.pt to bring: the resumed weights are the best known until a better epoch
+            last = p.history[-1]
+            p.best_epoch = last["epoch"]
+            p.best_metric = last["val_acc"] if self.cfg.monitor == "val_acc" else -last["val_loss"]
+            self._say(f"[yellow]no best.pt beside {resumed_from}: the resumed weights (epoch {p.best_epoch}) are "
+                      f"best.pt until an epoch validates better[/yellow]")
+            self._save("best.pt")
 
     def _say(self, message: str) -> None:
         if self.is_main:
