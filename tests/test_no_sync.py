@@ -132,11 +132,6 @@ def test_no_host_sync_inside_an_epoch(tmp_path, monkeypatch, precision):
     assert stem.abs().sum() > 0  # the whitening stem was fitted (before training, by the callback)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch's AveragedModel.update_parameters reads n_averaged on the host "
-    "(bool(self.n_averaged == 0)) at every step: trainer.ema_decay syncs until the EMA update is ours",
-)
 def test_no_host_sync_with_ema(tmp_path, monkeypatch):
     monkeypatch.setattr(progress, "_now", lambda: 0.0)
     counter = SyncCounter()
@@ -144,11 +139,6 @@ def test_no_host_sync_with_ema(tmp_path, monkeypatch):
     assert counter.calls == [], counter.calls
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the trainer reads its sums when p.step % log_every == 0 after every batch, so with accumulate > 1 it "
-    "also reads them on the batches before the first optimizer step (p.step == 0) and repeats at each multiple",
-)
 def test_no_host_sync_with_accumulation(tmp_path, monkeypatch):
     monkeypatch.setattr(progress, "_now", lambda: 0.0)
     counter = SyncCounter()

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnnlab.engine import checkpoint, distributed
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
 from cnnlab.engine.callbacks import Callbacks
+from cnnlab.engine.ema import EMA
 from cnnlab.engine.device import autocast_for, resolve_precision, set_deterministic
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
@@ -91,7 +91,7 @@ class Progress:
 class TrainState:
     """Everything a checkpoint holds: weights, optimizer, schedule, scaler, EMA, progress and RNG."""
 
-    def __init__(self, model: nn.Module, optimizer, scheduler, scaler=None, ema: AveragedModel | None = None,
+    def __init__(self, model: nn.Module, optimizer, scheduler, scaler=None, ema: EMA | None = None,
                  config: dict | None = None):
         self.model, self.optimizer, self.scheduler, self.scaler, self.ema = model, optimizer, scheduler, scaler, ema
         self.config = config or {}
@@ -285,7 +285,8 @@ class Trainer:
             if skip_bad:
                 _drop_gradients_unless(model, finite)
             self.callbacks.after_backward(self, model)
-            if (i + 1) % accumulate == 0 or i + 1 == num_batches:
+            stepped = (i + 1) % accumulate == 0 or i + 1 == num_batches
+            if stepped:
                 self._optimizer_step(model)
                 state.scheduler.step()
                 p.step += 1
@@ -302,10 +303,11 @@ class Trainer:
                                  finite.double() * len(y)])
             first_bad = torch.where((first_bad < 0) & ~finite, p.step, first_bad)
             seen += len(y)
-            if display.due() or p.step % cfg.log_every == 0:  # the only host syncs in an epoch
+            due = display.due()
+            if due or (stepped and p.step % cfg.log_every == 0):  # the only host syncs in an epoch
                 loss_sum, correct, bad, counted = sums.tolist()
                 self._check_finite(bad, first_bad)
-                if display.due():
+                if due:
                     display.update(i + 1, loss_sum / max(counted, 1), 100.0 * correct / seen,
                                    seen / (time.perf_counter() - start))
             if stopped:
@@ -392,7 +394,7 @@ class Trainer:
         model.to(self.device, memory_format=self.memory_format)
         ema = None
         if self.cfg.ema_decay:
-            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True)
+            ema = EMA(model, self.cfg.ema_decay)
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.state = TrainState(model, optimizer, scheduler, scaler, ema, self.config)
         self.spec, self.data = data.spec, data
