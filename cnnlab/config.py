@@ -16,6 +16,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from cnnlab.checks import choice, number
 from cnnlab.errors import CnnlabError
 
 
@@ -191,36 +192,6 @@ def register() -> None:
     cs.store(name="preview_schema", node=PreviewSchema)
 
 
-def _number(cfg: DictConfig, key: str, *, low: float, low_open: bool = False, high: float | None = None,
-            integer: bool = False) -> None:
-    """Check cfg.<key> is a number in range; `key` is a dotted path for the message."""
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(cfg, key)
-    if value is None:
-        return
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        raise CnnlabError(f"{key} must be {kind}, got {value!r}")
-    if not math.isfinite(value):
-        raise CnnlabError(f"{key} must be a finite number, got {value!r}")
-    too_low = value <= low if low_open else value < low
-    if too_low or (high is not None and value > high):
-        bound = f"> {low}" if low_open else f">= {low}"
-        if high is not None:
-            bound += f" and <= {high}"
-        raise CnnlabError(f"{key} must be {bound}, got {value!r}")
-
-
-def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(cfg, key)
-    if value not in choices:
-        raise CnnlabError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
 def _unknown(key: str, known: list[str], where: str) -> CnnlabError:
     """One line naming the key and the nearest valid one (or, with none near, the valid ones)."""
     import difflib
@@ -314,52 +285,52 @@ def validate_train(cfg: DictConfig) -> None:
     check_keys(cfg, TrainSchema)
     _check_optimizer_keys(cfg.optimizer)
     _check_scheduler_keys(cfg.scheduler)
-    _number(cfg, "seed", low=0, integer=True)
-    _number(cfg, "trainer.epochs", low=1, integer=True)
-    _number(cfg, "trainer.log_every", low=1, integer=True)
-    _number(cfg, "trainer.log_histograms", low=1, integer=True)
-    _number(cfg, "trainer.label_smoothing", low=0, high=0.99)
-    _number(cfg, "trainer.image_grid", low=0, integer=True)
-    _number(cfg, "trainer.image_every", low=0, integer=True)
-    _choice(cfg, "trainer.precision", ("auto", "fp32", "bf16", "fp16"))
-    _choice(cfg, "trainer.progress", ("auto", "rich", "plain", "none"))
-    _choice(cfg, "trainer.monitor", ("val_acc", "val_loss"))
-    _choice(cfg, "trainer.nan_policy", ("stop", "skip_batch"))
-    _number(cfg, "trainer.grad_clip", low=0, low_open=True)
-    _number(cfg, "trainer.accumulate", low=1, integer=True)
-    _number(cfg, "trainer.ema_decay", low=0, low_open=True, high=0.999999)
-    _number(cfg, "trainer.early_stopping_patience", low=1, integer=True)
-    _number(cfg, "trainer.max_steps", low=1, integer=True)
-    _number(cfg, "trainer.time_limit", low=0, low_open=True)
+    number(cfg, "seed", low=0, integer=True)
+    number(cfg, "trainer.epochs", low=1, integer=True)
+    number(cfg, "trainer.log_every", low=1, integer=True)
+    number(cfg, "trainer.log_histograms", low=1, integer=True)
+    number(cfg, "trainer.label_smoothing", low=0, high=0.99)
+    number(cfg, "trainer.image_grid", low=0, integer=True)
+    number(cfg, "trainer.image_every", low=0, integer=True)
+    choice(cfg, "trainer.precision", ("auto", "fp32", "bf16", "fp16"))
+    choice(cfg, "trainer.progress", ("auto", "rich", "plain", "none"))
+    choice(cfg, "trainer.monitor", ("val_acc", "val_loss"))
+    choice(cfg, "trainer.nan_policy", ("stop", "skip_batch"))
+    number(cfg, "trainer.grad_clip", low=0, low_open=True)
+    number(cfg, "trainer.accumulate", low=1, integer=True)
+    number(cfg, "trainer.ema_decay", low=0, low_open=True, high=0.999999)
+    number(cfg, "trainer.early_stopping_patience", low=1, integer=True)
+    number(cfg, "trainer.max_steps", low=1, integer=True)
+    number(cfg, "trainer.time_limit", low=0, low_open=True)
     for key in ("limit_train_batches", "limit_val_batches", "overfit_batches"):
-        _number(cfg, f"trainer.{key}", low=1, integer=True)
-    _choice(cfg, "finetune.name", ("none", "linear_probe", "full", "discriminative", "gradual", "feature_extract"))
-    _number(cfg, "finetune.lr_decay", low=0, low_open=True, high=1)
-    _number(cfg, "finetune.unfreeze_every", low=1, integer=True)
+        number(cfg, f"trainer.{key}", low=1, integer=True)
+    choice(cfg, "finetune.name", ("none", "linear_probe", "full", "discriminative", "gradual", "feature_extract"))
+    number(cfg, "finetune.lr_decay", low=0, low_open=True, high=1)
+    number(cfg, "finetune.unfreeze_every", low=1, integer=True)
     for key in ("head_lr_mult", "backbone_lr_mult", "layer_decay"):
-        _number(cfg, f"optimizer.{key}", low=0, low_open=True)
-    _number(cfg, "data.batch_size", low=1, integer=True)
-    _number(cfg, "data.eval_batch_size", low=1, integer=True)
-    _number(cfg, "data.num_workers", low=0, integer=True)
-    _number(cfg, "data.image_size", low=1, integer=True)
-    _number(cfg, "data.subset", low=1, integer=True)
-    _number(cfg, "data.num_samples", low=1, integer=True)
-    _number(cfg, "data.channels", low=1, integer=True)  # null, not 0, means "the dataset's own"
-    _number(cfg, "data.num_classes", low=1, integer=True)
+        number(cfg, f"optimizer.{key}", low=0, low_open=True)
+    number(cfg, "data.batch_size", low=1, integer=True)
+    number(cfg, "data.eval_batch_size", low=1, integer=True)
+    number(cfg, "data.num_workers", low=0, integer=True)
+    number(cfg, "data.image_size", low=1, integer=True)
+    number(cfg, "data.subset", low=1, integer=True)
+    number(cfg, "data.num_samples", low=1, integer=True)
+    number(cfg, "data.channels", low=1, integer=True)  # null, not 0, means "the dataset's own"
+    number(cfg, "data.num_classes", low=1, integer=True)
     if not str(cfg.data.root).strip():
         raise CnnlabError("data.root is empty: give a folder (an empty path would silently mean the current one)")
     if cfg.data.get("download_url") and cfg.data.name != "imagefolder":
         raise CnnlabError(f"data.download_url is read by data=imagefolder only; data={cfg.data.name} downloads "
                           "from its official URL (data.download=true)")
-    _choice(cfg, "data.loader", ("auto", "device", "dataloader"))
+    choice(cfg, "data.loader", ("auto", "device", "dataloader"))
     split = cfg.data.val_split
     if split != "test":
-        _number(cfg, "data.val_split", low=0, low_open=True, high=0.9)
-    _number(cfg, "data.val_fraction", low=0, low_open=True, high=0.9)
+        number(cfg, "data.val_split", low=0, low_open=True, high=0.9)
+    number(cfg, "data.val_fraction", low=0, low_open=True, high=0.9)
     _augment_ranges(cfg)
-    _number(cfg, "optimizer.lr", low=0, low_open=True)
-    _number(cfg, "optimizer.weight_decay", low=0)
-    _number(cfg, "optimizer.momentum", low=0, high=1)
+    number(cfg, "optimizer.lr", low=0, low_open=True)
+    number(cfg, "optimizer.weight_decay", low=0)
+    number(cfg, "optimizer.momentum", low=0, high=1)
     _optimizer_and_schedule_ranges(cfg)
 
 
@@ -374,25 +345,25 @@ def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:
     mid-build, or train on with a nan lr)."""
     from omegaconf import OmegaConf
 
-    _number(cfg, "optimizer.eps", low=0, low_open=True)
-    _number(cfg, "optimizer.alpha", low=0)
+    number(cfg, "optimizer.eps", low=0, low_open=True)
+    number(cfg, "optimizer.alpha", low=0)
     betas = OmegaConf.select(cfg, "optimizer.betas")
     if betas is not None:
         values = list(betas) if OmegaConf.is_list(betas) else [betas]
         if len(values) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
                                        and math.isfinite(b) and 0 <= b < 1 for b in values):
             raise CnnlabError(f"optimizer.betas must be [beta1, beta2] with 0 <= beta < 1, got {values}")
-    _number(cfg, "scheduler.warmup_epochs", low=0)
-    _number(cfg, "scheduler.gamma", low=0, low_open=True)
-    _number(cfg, "scheduler.min_lr_ratio", low=0, high=1)
-    _number(cfg, "scheduler.pct_start", low=0, low_open=True, high=1)
-    _number(cfg, "scheduler.div_factor", low=0, low_open=True)
-    _number(cfg, "scheduler.final_div_factor", low=0, low_open=True)
-    _number(cfg, "scheduler.factor", low=0, low_open=True, high=0.999999)
-    _number(cfg, "scheduler.patience", low=0, integer=True)
-    _number(cfg, "scheduler.min_lr", low=0)
+    number(cfg, "scheduler.warmup_epochs", low=0)
+    number(cfg, "scheduler.gamma", low=0, low_open=True)
+    number(cfg, "scheduler.min_lr_ratio", low=0, high=1)
+    number(cfg, "scheduler.pct_start", low=0, low_open=True, high=1)
+    number(cfg, "scheduler.div_factor", low=0, low_open=True)
+    number(cfg, "scheduler.final_div_factor", low=0, low_open=True)
+    number(cfg, "scheduler.factor", low=0, low_open=True, high=0.999999)
+    number(cfg, "scheduler.patience", low=0, integer=True)
+    number(cfg, "scheduler.min_lr", low=0)
     if OmegaConf.select(cfg, "scheduler.anneal_strategy") is not None:
-        _choice(cfg, "scheduler.anneal_strategy", ("cos", "linear"))
+        choice(cfg, "scheduler.anneal_strategy", ("cos", "linear"))
     for key in ("scheduler.cycle_momentum", "optimizer.nesterov", "optimizer.amsgrad", "optimizer.decay_norm_bias"):
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
@@ -406,8 +377,8 @@ def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:
 def validate_eval(cfg: DictConfig) -> None:
     _resolve_all(cfg)
     check_keys(cfg, EvalSchema)
-    _choice(cfg, "split", ("test", "val", "train"))
-    _number(cfg, "batch_size", low=1, integer=True)
-    _choice(cfg, "tta", ("none", "flip"))
-    _number(cfg, "grid", low=0, integer=True)
-    _number(cfg, "pairs", low=0, integer=True)
+    choice(cfg, "split", ("test", "val", "train"))
+    number(cfg, "batch_size", low=1, integer=True)
+    choice(cfg, "tta", ("none", "flip"))
+    number(cfg, "grid", low=0, integer=True)
+    number(cfg, "pairs", low=0, integer=True)

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, open_dict
 
 from cnnlab import data as data_lib
 from cnnlab.commands.trained import Trained, find_files, load_image, load_trained, normalise
-from cnnlab.config import ExportSchema, _choice, _number, check_keys
+from cnnlab.checks import choice, number
+from cnnlab.config import ExportSchema, check_keys
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
 
@@ -88,10 +89,10 @@ def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 def run(cfg: DictConfig) -> dict:
     check_keys(cfg, ExportSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    _choice(cfg, "format", tuple(SUFFIX))
-    _number(cfg, "tolerance", low=0)
-    _number(cfg, "batch_size", low=1, integer=True)
-    _number(cfg, "opset", low=7, integer=True)
+    choice(cfg, "format", tuple(SUFFIX))
+    number(cfg, "tolerance", low=0)
+    number(cfg, "batch_size", low=1, integer=True)
+    number(cfg, "opset", low=7, integer=True)
     trained = load_trained(cfg.checkpoint, torch.device("cpu"))  # export on the CPU, in fp32
     out = Path(cfg.output).expanduser() if cfg.output else trained.path.with_name(
         trained.path.name.removesuffix(".pt") + SUFFIX[cfg.format])

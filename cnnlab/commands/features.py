@@ -21,7 +21,8 @@ from cnnlab.analysis.figures import save, to_tensor
 from cnnlab.analysis.gradcam import grad_cam, overlay_figure
 from cnnlab.analysis.grid import class_name
 from cnnlab.commands.trained import load_image, load_trained, normalise
-from cnnlab.config import FeaturesSchema, _number, check_keys
+from cnnlab.checks import number
+from cnnlab.config import FeaturesSchema, check_keys
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.engine.tensorboard import TensorBoard
@@ -50,7 +51,7 @@ def _file_name(index: int, layer: str) -> str:
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, FeaturesSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    _number(cfg, "max_maps", low=1, integer=True)
+    number(cfg, "max_maps", low=1, integer=True)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)
     model, spec = trained.model, trained.spec

@@ -17,7 +17,8 @@ from rich.text import Text
 
 from cnnlab.analysis.grid import class_name
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
-from cnnlab.config import PredictSchema, _number, check_keys
+from cnnlab.checks import number
+from cnnlab.config import PredictSchema, check_keys
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
@@ -53,8 +54,8 @@ def predict_files(trained, files: list[Path], topk: int, batch_size: int, device
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, PredictSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    _number(cfg, "topk", low=1, integer=True)
-    _number(cfg, "batch_size", low=1, integer=True)
+    number(cfg, "topk", low=1, integer=True)
+    number(cfg, "batch_size", low=1, integer=True)
     files = find_files(cfg.inputs)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)

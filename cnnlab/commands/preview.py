@@ -13,7 +13,8 @@ from rich.markup import escape
 from cnnlab import data as data_lib
 from cnnlab.analysis.figures import save
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions
-from cnnlab.config import AugmentConfig, PreviewSchema, _augment_ranges, _number, check_keys
+from cnnlab.checks import number
+from cnnlab.config import AugmentConfig, PreviewSchema, _augment_ranges, check_keys
 from cnnlab.engine.progress import make_console, say
 
 
@@ -40,8 +41,8 @@ def describe(augment: DictConfig) -> str:
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, PreviewSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    _number(cfg, "count", low=1, integer=True)
-    _number(cfg, "columns", low=1, integer=True)
+    number(cfg, "count", low=1, integer=True)
+    number(cfg, "columns", low=1, integer=True)
     _augment_ranges(cfg)
     data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=cfg.seed)
     x, y = augmented_batch(data.train, cfg.count)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from cnnlab import models
 from cnnlab.analysis.summary import summarize
-from cnnlab.config import _choice, _number
+from cnnlab.checks import choice, number
 from cnnlab.data import DataSpec
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
@@ -26,7 +26,7 @@ def spec_of(data_cfg: DictConfig) -> DataSpec:
         if value is None:
             raise CnnlabError(f"data.{key} is not known without loading data={data_cfg.get('name')}: "
                               f"add data.{key}=...")
-        _number(data_cfg, key, low=1, integer=True)
+        number(data_cfg, key, low=1, integer=True)
         facts[key] = value
     return DataSpec(**facts)
 
@@ -43,7 +43,7 @@ def _shape(shape: list[int]) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    _choice(cfg, "format", ("table", "json"))
+    choice(cfg, "format", ("table", "json"))
     spec = spec_of(cfg.data)
     model = models.build(cfg.model, spec)
     result = summarize(model, (spec.channels, spec.image_size, spec.image_size))

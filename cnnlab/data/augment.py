@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torchvision.transforms import v2
 
-from cnnlab.config import _choice, _number
+from cnnlab.checks import choice, number
 from cnnlab.data import transforms as T
 from cnnlab.data.policies import BatchedPolicy, reference_policy
 from cnnlab.errors import CnnlabError
@@ -78,7 +78,7 @@ class PaddedCrop(Op):
     """Random crop with zero padding; on the device it also does the flip (one gather for both)."""
 
     def check(self, cfg):
-        _number(cfg, "augment.crop_padding", low=0, integer=True)
+        number(cfg, "augment.crop_padding", low=0, integer=True)
 
     def active(self, aug):
         return bool(aug.crop_padding)
@@ -105,8 +105,8 @@ class Flip(Op):
 
 class ColorJitter(Op):
     def check(self, cfg):
-        _number(cfg, "augment.color_jitter", low=0, high=1)
-        _number(cfg, "augment.hue", low=0, high=0.5)
+        number(cfg, "augment.color_jitter", low=0, high=1)
+        number(cfg, "augment.hue", low=0, high=0.5)
 
     def active(self, aug):
         return bool(aug.color_jitter or aug.hue)
@@ -126,10 +126,10 @@ class Policy(Op):
 
     def check(self, cfg):
         if cfg.augment.policy is not None:
-            _choice(cfg, "augment.policy", self.NAMES)
-        _choice(cfg, "augment.autoaugment_policy", ("imagenet", "cifar10", "svhn"))
-        _number(cfg, "augment.randaugment_n", low=0, integer=True)
-        _number(cfg, "augment.randaugment_m", low=0, high=30, integer=True)
+            choice(cfg, "augment.policy", self.NAMES)
+        choice(cfg, "augment.autoaugment_policy", ("imagenet", "cifar10", "svhn"))
+        number(cfg, "augment.randaugment_n", low=0, integer=True)
+        number(cfg, "augment.randaugment_m", low=0, high=30, integer=True)
 
     def active(self, aug):
         return bool(aug.policy)
@@ -147,7 +147,7 @@ class Policy(Op):
 
 class Erasing(Op):
     def check(self, cfg):
-        _number(cfg, "augment.erasing", low=0, high=1)
+        number(cfg, "augment.erasing", low=0, high=1)
         _pair(cfg, "erasing_scale", 1.0)
         _pair(cfg, "erasing_ratio")
 
@@ -167,7 +167,7 @@ class Erasing(Op):
 
 class Cutout(Op):
     def check(self, cfg):
-        _number(cfg, "augment.cutout", low=0, integer=True)
+        number(cfg, "augment.cutout", low=0, integer=True)
 
     def active(self, aug):
         return bool(aug.cutout)
@@ -197,9 +197,9 @@ def check(cfg: DictConfig) -> None:
     for op in STEPS:
         op.check(cfg)
     for key in ("mixup_alpha", "cutmix_alpha"):
-        _number(cfg, f"augment.{key}", low=0)
+        number(cfg, f"augment.{key}", low=0)
     for key in ("mix_prob", "mix_switch_prob"):
-        _number(cfg, f"augment.{key}", low=0, high=1)
+        number(cfg, f"augment.{key}", low=0, high=1)
 
 
 def is_active(aug: DictConfig) -> bool:
