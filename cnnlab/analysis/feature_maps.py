@@ -58,19 +58,24 @@ def _square(n: int, max_columns: int = 16) -> tuple[int, int]:
     return math.ceil(n / columns), columns
 
 
+def _tiles(fig, shown: int, rows: int, columns: int):
+    """The first `shown` axes of a rows x columns grid, ticks off; the rest of the grid hidden."""
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[shown:]:
+        ax.set_axis_off()
+    return axes[:shown]
+
+
 def feature_map_figure(fmap: torch.Tensor, title: str, max_maps: int = 64):
     """One image's (C, H, W) feature maps, a tile per channel, each scaled to its own range (viridis)."""
     shown = min(max_maps, fmap.shape[0])
     rows, columns = _square(shown)
     tile = max(0.75, min(1.6, 10 / columns))
     fig = new_figure(max(6.0, columns * tile), rows * (tile + 0.18) + 0.75)
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= shown:
-            ax.set_axis_off()
-            continue
+    for i, ax in enumerate(_tiles(fig, shown, rows, columns)):
         ax.imshow(fmap[i].numpy(), cmap="viridis", interpolation="nearest")
         ax.set_title(f"ch {i}", fontsize=7, pad=2)
     c, h, w = fmap.shape
@@ -87,14 +92,8 @@ def filter_figure(weight: torch.Tensor, title: str, max_filters: int = 64):
     rows, columns = _square(shown)
     tile = max(0.6, min(1.2, 9 / columns))
     fig = new_figure(max(5.6, columns * tile), rows * (tile + 0.16) + 0.8)
-    axes = fig.subplots(rows, columns, squeeze=False)
     rgb = weight.shape[1] == 3
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= shown:
-            ax.set_axis_off()
-            continue
+    for i, ax in enumerate(_tiles(fig, shown, rows, columns)):
         w = weight[i]
         if rgb:
             w = (w - w.min()) / (w.max() - w.min()).clamp_min(1e-12)
