@@ -155,6 +155,8 @@ def _plain(value):
     """A config value as a plain, typed Python value (containers as compact text)."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+        return "[" + ",".join(str(v) for v in value) + "]"  # as typed on the command line: [basic,cutout]
     if isinstance(value, (list, dict, tuple)):
         return json.dumps(value, separators=(",", ":"))
     return value
