@@ -10,8 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.errors import CnnlabError
 
 
-def number(cfg: DictConfig, key: str, *, low: float, low_open: bool = False, high: float | None = None,
-           integer: bool = False) -> None:
+def number(
+    cfg: DictConfig, key: str, *, low: float, low_open: bool = False, high: float | None = None, integer: bool = False
+) -> None:
     """Check cfg.<key> is a number in range; `key` is a dotted path for the message."""
     value = OmegaConf.select(cfg, key)
     if value is None:

@@ -181,8 +181,9 @@ def register() -> None:
     """Put the schemas into Hydra's ConfigStore and the `${cnnlab.run_id:}` resolver into OmegaConf."""
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("cnnlab.run_id", lambda: RUN_ID, replace=True,
-                                    use_cache=True)  # cached: launchers' jobs in other processes reuse it
+    OmegaConf.register_new_resolver(
+        "cnnlab.run_id", lambda: RUN_ID, replace=True, use_cache=True
+    )  # cached: launchers' jobs in other processes reuse it
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)
@@ -198,8 +199,11 @@ def _unknown(key: str, known: list[str], where: str) -> CnnlabError:
 
     known = [k for k in known if k not in _HYDRA_KEYS]
     guess = difflib.get_close_matches(key.rpartition(".")[2], known, n=1, cutoff=0.6)
-    hint = f"did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{guess[0]}?" if guess else \
-        f"the keys there: {', '.join(sorted(known))}"
+    hint = (
+        f"did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{guess[0]}?"
+        if guess
+        else f"the keys there: {', '.join(sorted(known))}"
+    )
     return CnnlabError(f"unknown key {key} ({where}; {hint})")
 
 
@@ -320,8 +324,10 @@ def validate_train(cfg: DictConfig) -> None:
     if not str(cfg.data.root).strip():
         raise CnnlabError("data.root is empty: give a folder (an empty path would silently mean the current one)")
     if cfg.data.get("download_url") and cfg.data.name != "imagefolder":
-        raise CnnlabError(f"data.download_url is read by data=imagefolder only; data={cfg.data.name} downloads "
-                          "from its official URL (data.download=true)")
+        raise CnnlabError(
+            f"data.download_url is read by data=imagefolder only; data={cfg.data.name} downloads "
+            "from its official URL (data.download=true)"
+        )
     choice(cfg, "data.loader", ("auto", "device", "dataloader"))
     split = cfg.data.val_split
     if split != "test":
@@ -350,8 +356,9 @@ def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:
     betas = OmegaConf.select(cfg, "optimizer.betas")
     if betas is not None:
         values = list(betas) if OmegaConf.is_list(betas) else [betas]
-        if len(values) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
-                                       and math.isfinite(b) and 0 <= b < 1 for b in values):
+        if len(values) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 <= b < 1 for b in values
+        ):
             raise CnnlabError(f"optimizer.betas must be [beta1, beta2] with 0 <= beta < 1, got {values}")
     number(cfg, "scheduler.warmup_epochs", low=0)
     number(cfg, "scheduler.gamma", low=0, low_open=True)
@@ -369,8 +376,10 @@ def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, bool):
             raise CnnlabError(f"{key} must be true or false, got {value!r}")
     milestones = OmegaConf.select(cfg, "scheduler.milestones")
-    if milestones is not None and (not OmegaConf.is_list(milestones) or not all(
-            isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones)):
+    if milestones is not None and (
+        not OmegaConf.is_list(milestones)
+        or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones)
+    ):
         raise CnnlabError(f"scheduler.milestones must be a list of epochs (integers >= 0), got {milestones}")
 
 

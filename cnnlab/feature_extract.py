@@ -60,8 +60,10 @@ def classifier_of(model: nn.Module) -> nn.Linear:
     """The model's last registered nn.Linear: the classifier of every cnnlab and torchvision model."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise CnnlabError(f"finetune=feature_extract needs a model that ends in an nn.Linear classifier; "
-                          f"{type(model).__name__} has none (use finetune=linear_probe)")
+        raise CnnlabError(
+            f"finetune=feature_extract needs a model that ends in an nn.Linear classifier; "
+            f"{type(model).__name__} has none (use finetune=linear_probe)"
+        )
     return linears[-1]
 
 
@@ -77,11 +79,15 @@ def extract(model: nn.Module, head: nn.Linear, loader) -> tuple[torch.Tensor, to
             feature = captured[-1]
             captured.clear()
             if feature.dim() != 2:
-                raise CnnlabError(f"finetune=feature_extract: the classifier of {type(model).__name__} gets "
-                                  f"{feature.dim()}-d inputs, not one vector per image (use finetune=linear_probe)")
+                raise CnnlabError(
+                    f"finetune=feature_extract: the classifier of {type(model).__name__} gets "
+                    f"{feature.dim()}-d inputs, not one vector per image (use finetune=linear_probe)"
+                )
             if i == 0 and not torch.allclose(head(feature), out.float(), rtol=1e-3, atol=1e-4):
-                raise CnnlabError(f"finetune=feature_extract: {type(model).__name__} changes the output of its last "
-                                  f"nn.Linear, so that layer alone is not its head (use finetune=linear_probe)")
+                raise CnnlabError(
+                    f"finetune=feature_extract: {type(model).__name__} changes the output of its last "
+                    f"nn.Linear, so that layer alone is not its head (use finetune=linear_probe)"
+                )
             features.append(feature)
             labels.append(y)
     finally:
@@ -110,13 +116,19 @@ def prepare(model: nn.Module, data: DataBundle, device: torch.device, seed: int)
     if not data.val_is_test:  # else val is the test loader itself
         splits["val"] = data.val
     cached = {name: extract(model, head, loader) for name, loader in splits.items()}
-    loaders = {name: FeatureLoader(*cached[name], batch_size if name == "train" else loader.batch_size,
-                                   train=name == "train", seed=seed) for name, loader in splits.items()}
+    loaders = {
+        name: FeatureLoader(
+            *cached[name], batch_size if name == "train" else loader.batch_size, train=name == "train", seed=seed
+        )
+        for name, loader in splits.items()
+    }
     loaders.setdefault("val", loaders["test"])
     n, dim = cached["train"][0].shape[:2]
     total = sum(f.numel() * f.element_size() for f, _ in cached.values())
-    line = (f"finetune=feature_extract: {n:,} x {dim} training features (and val/test) cached on {device} "
-            f"({total / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s; only {type(model).__name__}'s "
-            f"classifier trains")
+    line = (
+        f"finetune=feature_extract: {n:,} x {dim} training features (and val/test) cached on {device} "
+        f"({total / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s; only {type(model).__name__}'s "
+        f"classifier trains"
+    )
     bundle = DataBundle(loaders["train"], loaders["val"], loaders["test"], data.spec, data.val_is_test)
     return CachedFeatureModel(model, head), bundle, line

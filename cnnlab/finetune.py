@@ -67,8 +67,11 @@ def prepare(cfg: DictConfig, model: nn.Module, data, device, console=None):
     name = cfg.finetune.name
     console = console if console is not None else make_console()
     if name in FROZEN_BACKBONE and not pretrained(cfg.model) and distributed.is_main():
-        say(console, f"[yellow]finetune={name} freezes a randomly initialised backbone: the model has no pretrained "
-                     f"weights (model=torchvision model.weights=DEFAULT or model.weights_path=FILE)[/yellow]")
+        say(
+            console,
+            f"[yellow]finetune={name} freezes a randomly initialised backbone: the model has no pretrained "
+            f"weights (model=torchvision model.weights=DEFAULT or model.weights_path=FILE)[/yellow]",
+        )
     if name != "feature_extract":
         return model, data
     from cnnlab.feature_extract import prepare as cache_features

@@ -51,8 +51,16 @@ def model_stages(model: nn.Module) -> list[list[nn.Parameter]]:
     return [loose, *stages] if loose else stages
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, *, decay_norm_bias: bool = True,
-                 head_lr_mult: float = 1.0, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    *,
+    decay_norm_bias: bool = True,
+    head_lr_mult: float = 1.0,
+    backbone_lr_mult: float = 1.0,
+    layer_decay: float = 1.0,
+) -> list[dict]:
     """Parameter groups with their own lr and weight decay; each carries a `name` for logs and tests.
 
     The head (last stage) gets lr x head_lr_mult; stage i of S otherwise gets
@@ -128,6 +136,7 @@ def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, total_steps: in
         return step // max(1, steps_per_epoch)
 
     if name in ("none", "plateau"):
+
         def base(step):
             return 1.0
     elif name == "cosine":
@@ -190,8 +199,11 @@ class Schedule:
             self.plateau.step(metric)
 
     def state_dict(self) -> dict:
-        return {"per_step": self.per_step.state_dict(), "steps": self.steps,
-                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+        return {
+            "per_step": self.per_step.state_dict(),
+            "steps": self.steps,
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.per_step.load_state_dict(state["per_step"])
@@ -200,8 +212,9 @@ class Schedule:
             self.plateau.load_state_dict(state["plateau"])
 
 
-def build_scheduler(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    total_steps: int) -> Schedule:
+def build_scheduler(
+    sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int
+) -> Schedule:
     warm = sched_cfg.get("warmup_epochs", 0)
     if isinstance(warm, bool) or not isinstance(warm, (int, float)) or warm < 0:
         raise CnnlabError(f"scheduler.warmup_epochs must be a number >= 0, got {warm!r}")
@@ -211,17 +224,25 @@ def build_scheduler(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, ste
         if warm or sched_cfg.get("warmup_steps"):
             raise CnnlabError("scheduler=onecycle has its own warm-up (scheduler.pct_start); set warmup_epochs=0")
         one = lr_sched.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(2, total_steps),
-            pct_start=sched_cfg.get("pct_start", 0.3), div_factor=sched_cfg.get("div_factor", 25.0),
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=max(2, total_steps),
+            pct_start=sched_cfg.get("pct_start", 0.3),
+            div_factor=sched_cfg.get("div_factor", 25.0),
             final_div_factor=sched_cfg.get("final_div_factor", 1e4),
             anneal_strategy=sched_cfg.get("anneal_strategy", "cos"),
-            cycle_momentum=sched_cfg.get("cycle_momentum", True) and _has_momentum(optimizer))
+            cycle_momentum=sched_cfg.get("cycle_momentum", True) and _has_momentum(optimizer),
+        )
         return Schedule(one)
     lam = lr_sched.LambdaLR(optimizer, schedule_factor(sched_cfg, steps_per_epoch, total_steps))
     if name == "plateau":
-        plateau = lr_sched.ReduceLROnPlateau(optimizer, mode="max", factor=sched_cfg.get("factor", 0.1),
-                                             patience=sched_cfg.get("patience", 5),
-                                             min_lr=sched_cfg.get("min_lr", 0.0))
+        plateau = lr_sched.ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=sched_cfg.get("factor", 0.1),
+            patience=sched_cfg.get("patience", 5),
+            min_lr=sched_cfg.get("min_lr", 0.0),
+        )
         return Schedule(lam, plateau, _warmup_steps(sched_cfg, steps_per_epoch))
     return Schedule(lam)
 

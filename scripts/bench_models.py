@@ -74,8 +74,13 @@ def bench(name: str, device: torch.device, batch: int, size: int, steps: int, wa
         step()
     sync(device)
     seconds = time.perf_counter() - start
-    return {"model": name, "params": count_params(model), "images_per_s": round(batch * steps / seconds, 1),
-            "ms_per_step": round(1000 * seconds / steps, 2), "peak_memory_bytes": peak_memory(device)}
+    return {
+        "model": name,
+        "params": count_params(model),
+        "images_per_s": round(batch * steps / seconds, 1),
+        "ms_per_step": round(1000 * seconds / steps, 2),
+        "peak_memory_bytes": peak_memory(device),
+    }
 
 
 def markdown(rows: list[dict], device: str) -> str:
@@ -117,10 +122,19 @@ def main(argv: list[str] | None = None) -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    env = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-           else platform.processor() or platform.machine(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "batch_size": args.batch_size, "image_size": args.image_size,
-           "steps": args.steps, "warmup": args.warmup, "amp": args.amp}
+    env = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "amp": args.amp,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"environment": env, "results": rows}, indent=2))

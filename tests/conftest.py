@@ -15,12 +15,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m cnnlab ARGS` in `cwd` (the same interpreter and source tree as the tests)."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "HYDRA_FULL_ERROR": "", "COLUMNS": "200"}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "HYDRA_FULL_ERROR": "",
+        "COLUMNS": "200",
+    }
     full_env.pop("HYDRA_FULL_ERROR")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "cnnlab", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_json(path: Path) -> dict:

@@ -52,8 +52,11 @@ def test_precision_recall_f1_by_hand():
 def test_most_confused_pairs_in_order():
     cm = torch.tensor([[5, 3, 0], [1, 6, 0], [4, 0, 2]])
     pairs = most_confused(cm, CLASSES, k=10)
-    assert [(p["true"], p["pred"], p["count"]) for p in pairs] == [("bird", "cat", 4), ("cat", "dog", 3),
-                                                                    ("dog", "cat", 1)]
+    assert [(p["true"], p["pred"], p["count"]) for p in pairs] == [
+        ("bird", "cat", 4),
+        ("cat", "dog", 3),
+        ("dog", "cat", 1),
+    ]
     assert pairs[0]["share"] == pytest.approx(100 * 4 / 6)
     assert most_confused(cm, CLASSES, k=1) == pairs[:1]
     assert most_confused(torch.eye(3, dtype=torch.long), CLASSES) == []
@@ -104,8 +107,9 @@ def test_grad_cam_of_a_linear_model_is_the_image():
 
 
 def test_feature_capture_and_first_conv():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+    )
     layers = {"0": model[0], "2": model[2], "4": model[4]}
     outputs, logits = capture(model, torch.randn(1, 3, 8, 8), layers)
     assert outputs["0"].shape == (1, 4, 8, 8) and outputs["2"].shape == (1, 4, 4, 4) and outputs["4"].shape == (1, 2)

@@ -28,8 +28,9 @@ def images(run_dir) -> dict:
 
 
 def test_grids_every_n_epochs_and_the_best_confusion_matrix(tmp_path):
-    run_dir = train_in_process(tmp_path, "trainer.epochs=3", "trainer.image_every=2", "trainer.image_grid=16",
-                               "augment=basic")
+    run_dir = train_in_process(
+        tmp_path, "trainer.epochs=3", "trainer.image_every=2", "trainer.image_grid=16", "augment=basic"
+    )
     logged = images(run_dir)
     best = read_json(run_dir / "metrics.json")["best_epoch"]
     assert [step for step, _, _ in logged["train/augmented_batch"]] == [1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO, read_json
 
 
@@ -33,30 +32,39 @@ def test_cfg_job_prints_composed_config(run_cli):
     assert "name: digits" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["model=vgg999"], "unknown model 'vgg999'; choose from:"),
-    (["data=imagenet22k"], "unknown data 'imagenet22k'"),
-    (["optimizer.lrr=0.1"], "lrr"),
-    (["trainer.epochs=abc"], "abc"),
-    (["optimizer.lr=-1"], "optimizer.lr must be > 0"),
-    (["trainer.epochs=0"], "trainer.epochs must be >= 1"),
-    (["data.batch_size=0"], "data.batch_size must be >= 1"),
-    (["data.val_split=1.5"], "data.val_split"),
-    (["trainer.device=cuda:3"], "trainer.device"),
-    (["trainer.precision=fp8"], "trainer.precision must be one of"),
-    (["trainer.resume=/nonexistent/last.pt"], "/nonexistent/last.pt does not exist"),
-    (["data=mnist", "data.root=/nonexistent/root", "data.download=false"], "MNIST not found under /nonexistent/root"),
-    (["trainer.accumulate=0"], "trainer.accumulate must be >= 1"),
-    (["trainer.ema_decay=1.5"], "trainer.ema_decay must be"),
-    (["finetune=bogus"], "unknown finetune 'bogus'"),
-    (["debug=fastest"], "unknown debug 'fastest'"),
-    (["scheduler=onecycle", "scheduler.warmup_epochs=1"], "own warm-up"),
-    (["scheduler.name=cyclic"], "scheduler.name 'cyclic' is unknown"),
-    (["augment.mix_prob=2"], "augment.mix_prob must be"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=vgg999"], "unknown model 'vgg999'; choose from:"),
+        (["data=imagenet22k"], "unknown data 'imagenet22k'"),
+        (["optimizer.lrr=0.1"], "lrr"),
+        (["trainer.epochs=abc"], "abc"),
+        (["optimizer.lr=-1"], "optimizer.lr must be > 0"),
+        (["trainer.epochs=0"], "trainer.epochs must be >= 1"),
+        (["data.batch_size=0"], "data.batch_size must be >= 1"),
+        (["data.val_split=1.5"], "data.val_split"),
+        (["trainer.device=cuda:3"], "trainer.device"),
+        (["trainer.precision=fp8"], "trainer.precision must be one of"),
+        (["trainer.resume=/nonexistent/last.pt"], "/nonexistent/last.pt does not exist"),
+        (
+            ["data=mnist", "data.root=/nonexistent/root", "data.download=false"],
+            "MNIST not found under /nonexistent/root",
+        ),
+        (["trainer.accumulate=0"], "trainer.accumulate must be >= 1"),
+        (["trainer.ema_decay=1.5"], "trainer.ema_decay must be"),
+        (["finetune=bogus"], "unknown finetune 'bogus'"),
+        (["debug=fastest"], "unknown debug 'fastest'"),
+        (["scheduler=onecycle", "scheduler.warmup_epochs=1"], "own warm-up"),
+        (["scheduler.name=cyclic"], "scheduler.name 'cyclic' is unknown"),
+        (["augment.mix_prob=2"], "augment.mix_prob must be"),
+    ],
+)
 def test_bad_train_input_is_one_line_exit_2(run_cli, args, message):
-    result = run_cli("train", "trainer.epochs=1", *args) if "trainer.epochs" not in " ".join(args) else run_cli(
-        "train", *args)
+    result = (
+        run_cli("train", "trainer.epochs=1", *args)
+        if "trainer.epochs" not in " ".join(args)
+        else run_cli("train", *args)
+    )
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -73,11 +81,14 @@ def test_unknown_command(run_cli):
     assert {"train", "eval", "summary", "compare", "predict", "features", "export", "preview"} <= set(COMMANDS)
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "checkpoint"),
-    (["checkpoint=/nonexistent.pt"], "checkpoint /nonexistent.pt does not exist"),
-    (["checkpoint=BAD", "split=dev"], "split must be one of test, val, train"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "checkpoint"),
+        (["checkpoint=/nonexistent.pt"], "checkpoint /nonexistent.pt does not exist"),
+        (["checkpoint=BAD", "split=dev"], "split must be one of test, val, train"),
+    ],
+)
 def test_bad_eval_input_is_one_line_exit_2(run_cli, tmp_path, args, message):
     args = [a.replace("BAD", str(tmp_path / "x.pt")) for a in args]
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
@@ -106,10 +117,19 @@ def test_user_config_dir_adds_a_model_of_their_own(run_cli, tmp_path):
         "        self.net = nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
         "                                 nn.Flatten(), nn.Linear(width, num_classes))\n"
         "    def forward(self, x):\n"
-        "        return self.net(x)\n")
+        "        return self.net(x)\n"
+    )
     (tmp_path / "mycfg" / "model").mkdir(parents=True)
     (tmp_path / "mycfg" / "model" / "tiny.yaml").write_text("# my tiny model\n_target_: my_models.Tiny\nwidth: 4\n")
-    result = run_cli("train", "--config-dir", "mycfg", "model=tiny", "trainer.epochs=1", "trainer.image_grid=0",
-                     "hydra.run.dir=run", env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    result = run_cli(
+        "train",
+        "--config-dir",
+        "mycfg",
+        "model=tiny",
+        "trainer.epochs=1",
+        "trainer.image_grid=0",
+        "hydra.run.dir=run",
+        env={"PYTHONPATH": f"{tmp_path}:{REPO}"},
+    )
     assert result.returncode == 0, result.stderr
     assert read_json(tmp_path / "run" / "metrics.json")["params"] == 4 * 1 * 9 + 4 + 4 * 10 + 10

@@ -55,10 +55,13 @@ def mat_v5(variables: dict, compress: bool = False, stored_as: np.dtype | None =
         array = np.asarray(array)
         mi, mx = MI[array.dtype]
         stored = array.astype(stored_as) if stored_as is not None else array
-        parts = (struct.pack("<II", 6, 8) + struct.pack("<II", mx, 0)
-                 + _element(5, struct.pack(f"<{array.ndim}i", *array.shape))
-                 + _element(1, name.encode())
-                 + _element(MI[stored.dtype][0], stored.tobytes(order="F")))
+        parts = (
+            struct.pack("<II", 6, 8)
+            + struct.pack("<II", mx, 0)
+            + _element(5, struct.pack(f"<{array.ndim}i", *array.shape))
+            + _element(1, name.encode())
+            + _element(MI[stored.dtype][0], stored.tobytes(order="F"))
+        )
         matrix = struct.pack("<II", 14, len(parts)) + parts
         out += struct.pack("<II", 15, len(z := zlib.compress(matrix))) + z if compress else matrix
     return out
@@ -97,16 +100,24 @@ def test_missing_offline_and_failed_download(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv_utils, "download_url", offline)
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
-    for name, expected in (("svhn", "svhn/train_32x32.mat"), ("stl10", "stl10_binary/train_X.bin"),
-                           ("flowers102", "flowers-102/setid.mat"), ("oxford_pets", "annotations/trainval.txt")):
+    for name, expected in (
+        ("svhn", "svhn/train_32x32.mat"),
+        ("stl10", "stl10_binary/train_X.bin"),
+        ("flowers102", "flowers-102/setid.mat"),
+        ("oxford_pets", "annotations/trainval.txt"),
+    ):
         with pytest.raises(CnnlabError, match=f"download failed .*network is unreachable.*{expected}"):
             data.load_arrays(cfg(name=name, root=str(tmp_path), download=True, image_size=32))
 
 
 def test_truncated_idx_is_an_error(tmp_path):
     raw = tmp_path / "KMNIST" / "raw"
-    for stem, shape in (("train-images-idx3-ubyte", (5, 28, 28)), ("train-labels-idx1-ubyte", (5,)),
-                        ("t10k-images-idx3-ubyte", (5, 28, 28)), ("t10k-labels-idx1-ubyte", (5,))):
+    for stem, shape in (
+        ("train-images-idx3-ubyte", (5, 28, 28)),
+        ("train-labels-idx1-ubyte", (5,)),
+        ("t10k-images-idx3-ubyte", (5, 28, 28)),
+        ("t10k-labels-idx1-ubyte", (5,)),
+    ):
         write_idx(raw / f"{stem}.gz", np.zeros(shape))
     whole = (raw / "train-images-idx3-ubyte.gz").read_bytes()
     (raw / "train-images-idx3-ubyte.gz").write_bytes(whole[: len(whole) // 2])
@@ -138,7 +149,8 @@ def test_svhn(tmp_path):
     for split in ("train", "test"):
         (tmp_path / "svhn").mkdir(exist_ok=True)
         (tmp_path / "svhn" / f"{split}_32x32.mat").write_bytes(
-            mat_v5({"X": as_matlab, "y": np.array([[10.0], [1.0], [2.0], [3.0], [9.0], [10.0]])}, compress=True))
+            mat_v5({"X": as_matlab, "y": np.array([[10.0], [1.0], [2.0], [3.0], [9.0], [10.0]])}, compress=True)
+        )
     arrays = data.load_arrays(cfg(name="svhn", root=str(tmp_path), download=False))
     assert torch.equal(arrays.train_x, torch.from_numpy(images))
     assert arrays.test_y.tolist() == [0, 1, 2, 3, 9, 0]
@@ -164,11 +176,20 @@ def test_flowers102(tmp_path):
     for i in range(1, 9):
         jpeg(folder / "jpg" / f"image_{i:05d}.jpg", (30 * i, 0, 0))
     (folder / "imagelabels.mat").write_bytes(mat_v5({"labels": np.array([[1, 2, 1, 2, 3, 3, 1, 2]], dtype=float)}))
-    (folder / "setid.mat").write_bytes(mat_v5({"trnid": np.array([[1, 2]], dtype=float),
-                                                "valid": np.array([[3, 4]], dtype=float),
-                                                "tstid": np.array([[5, 6, 7, 8]], dtype=float)}))
-    bundle = data.build(cfg(name="flowers102", root=str(tmp_path), download=False, image_size=16,
-                            val_split="test", batch_size=2), augment(), CPU)
+    (folder / "setid.mat").write_bytes(
+        mat_v5(
+            {
+                "trnid": np.array([[1, 2]], dtype=float),
+                "valid": np.array([[3, 4]], dtype=float),
+                "tstid": np.array([[5, 6, 7, 8]], dtype=float),
+            }
+        )
+    )
+    bundle = data.build(
+        cfg(name="flowers102", root=str(tmp_path), download=False, image_size=16, val_split="test", batch_size=2),
+        augment(),
+        CPU,
+    )
     assert len(bundle.spec.classes) == 102 and bundle.spec.image_size == 16
     assert bundle.train.labels.tolist() == [0, 1, 0, 1] and bundle.test.labels.tolist() == [2, 2, 0, 1]
     assert isinstance(bundle.train, DeviceLoader)  # small images: decoded once, kept on the device
@@ -198,8 +219,11 @@ def _folder(root: Path, classes=("cat", "dog"), n=4):
 def test_imagefolder_layouts_and_loader_choice(tmp_path):
     _folder(tmp_path / "split" / "train")
     _folder(tmp_path / "split" / "val", n=2)
-    bundle = data.build(cfg(name="imagefolder", root=str(tmp_path / "split"), image_size=96, val_split="test",
-                            batch_size=4), augment(resized_crop=True, flip=True), CPU)
+    bundle = data.build(
+        cfg(name="imagefolder", root=str(tmp_path / "split"), image_size=96, val_split="test", batch_size=4),
+        augment(resized_crop=True, flip=True),
+        CPU,
+    )
     assert isinstance(bundle.train, WorkerLoader)  # auto: large image files stay files
     assert bundle.spec.classes == ["cat", "dog"] and len(bundle.test.labels) == 4
     x, y = next(iter(bundle.train))
@@ -221,8 +245,12 @@ def test_corrupt_image_is_one_clear_line_from_a_worker(tmp_path):
     _folder(tmp_path / "d" / "train", n=2)
     _folder(tmp_path / "d" / "val", n=1)
     (tmp_path / "d" / "train" / "dog" / "1.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    bundle = data.build(cfg(name="imagefolder", root=str(tmp_path / "d"), image_size=96, val_split="test",
-                            batch_size=4, num_workers=1), augment(), CPU, stats=((0.5,) * 3, (0.25,) * 3))
+    bundle = data.build(
+        cfg(name="imagefolder", root=str(tmp_path / "d"), image_size=96, val_split="test", batch_size=4, num_workers=1),
+        augment(),
+        CPU,
+        stats=((0.5,) * 3, (0.25,) * 3),
+    )
     with pytest.raises(CnnlabError) as info:
         list(bundle.train)
     message = str(info.value)
@@ -230,8 +258,11 @@ def test_corrupt_image_is_one_clear_line_from_a_worker(tmp_path):
 
 
 def test_subset_and_loader_override(tmp_path):
-    bundle = data.build(cfg(name="synthetic", num_samples=200, subset=5, val_split=0.2, loader="dataloader",
-                            batch_size=4), augment(crop_padding=2, flip=True), CPU)
+    bundle = data.build(
+        cfg(name="synthetic", num_samples=200, subset=5, val_split=0.2, loader="dataloader", batch_size=4),
+        augment(crop_padding=2, flip=True),
+        CPU,
+    )
     assert isinstance(bundle.train, WorkerLoader) and len(bundle.train.labels) == 40
     assert torch.bincount(torch.cat([bundle.train.labels, bundle.val.labels])).tolist() == [5] * 10
 

@@ -69,11 +69,15 @@ def test_flip_tta_other_splits_and_checkpoints_get_their_own_reports(report, run
     ckpt = run_dir / "checkpoints" / "best.pt"
     flipped = evaluate.run(compose("eval", f"checkpoint={ckpt}", "tta=flip", "split=val"))
     assert flipped == read_json(run_dir / "eval" / "val-tta_flip" / "eval.json")
-    assert flipped["tta"] == "flip" and flipped["count"] == 144 and int(torch.tensor(
-        flipped["confusion_matrix"]).sum()) == 144
+    assert (
+        flipped["tta"] == "flip"
+        and flipped["count"] == 144
+        and int(torch.tensor(flipped["confusion_matrix"]).sum()) == 144
+    )
     assert read_json(report[1] / "eval.json")["tta"] == "none"  # the test report was not touched
-    last = evaluate.run(compose("eval", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
-                                f"output={tmp_path / 'r.json'}", "grid=4"))
+    last = evaluate.run(
+        compose("eval", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}", f"output={tmp_path / 'r.json'}", "grid=4")
+    )
     assert read_json(tmp_path / "r.json")["checkpoint"].endswith("last.pt") == last["checkpoint"].endswith("last.pt")
     assert (tmp_path / "confusion_matrix.png").is_file()  # the pictures go beside output=
     assert not (run_dir / "eval" / "test-last").exists()
@@ -91,13 +95,16 @@ def test_misclassified_are_the_most_confident_mistakes(run_dir):
 
 def test_bad_inputs(run_dir, tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"\x00" * 64)
-    for args, message in ((["checkpoint=" + str(tmp_path / "none.pt")], "does not exist"),
-                          (["checkpoint=" + str(tmp_path / "garbage.pt")], "is not a readable cnnlab checkpoint"),
-                          (["grid=-1"], "grid must be >= 0")):
+    for args, message in (
+        (["checkpoint=" + str(tmp_path / "none.pt")], "does not exist"),
+        (["checkpoint=" + str(tmp_path / "garbage.pt")], "is not a readable cnnlab checkpoint"),
+        (["grid=-1"], "grid must be >= 0"),
+    ):
         if not args[0].startswith("checkpoint"):
             args = [f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", *args]
         with pytest.raises(CnnlabError, match=message):
             evaluate.run(compose("eval", *args))
-    line = one_error_line(cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate",
-                              cwd=tmp_path, env=ONE_THREAD))
+    line = one_error_line(
+        cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate", cwd=tmp_path, env=ONE_THREAD)
+    )
     assert line == "error: tta must be one of none, flip; got 'rotate'"

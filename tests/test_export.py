@@ -22,8 +22,13 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     run_dir = train_in_process(tmp_path_factory.mktemp("export"))
     trained = load_trained(run_dir / "checkpoints" / "best.pt", torch.device("cpu"))
-    data = build(trained.config.data, None, torch.device("cpu"), seed=trained.config.seed,
-                 stats=(trained.spec.mean, trained.spec.std))
+    data = build(
+        trained.config.data,
+        None,
+        torch.device("cpu"),
+        seed=trained.config.seed,
+        stats=(trained.spec.mean, trained.spec.std),
+    )
     x, _ = next(iter(data.val))  # other real images than the test batch the parity check uses
     yield trained, x[:5]
     torch.set_num_threads(threads)
@@ -32,8 +37,14 @@ def trained(tmp_path_factory):
 def test_onnx_runs_in_onnxruntime_with_any_batch(trained, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model, x = trained
-    result = cli("export", f"checkpoint={model.path}", "format=onnx", f"output={tmp_path / 'm.onnx'}", cwd=tmp_path,
-                 env=ONE_THREAD)
+    result = cli(
+        "export",
+        f"checkpoint={model.path}",
+        "format=onnx",
+        f"output={tmp_path / 'm.onnx'}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]  # no temp file, nothing else
     out = " ".join(result.stdout.split())
@@ -72,8 +83,15 @@ def test_parity_on_image_files(trained, tmp_path):
 
     model, _ = trained
     Image.new("L", (20, 20), 128).save(tmp_path / "grey.png")
-    report = export.run(compose("export", f"checkpoint={model.path}", "format=torchscript",
-                                f"inputs={tmp_path / 'grey.png'}", f"output={tmp_path / 'm.pt'}"))
+    report = export.run(
+        compose(
+            "export",
+            f"checkpoint={model.path}",
+            "format=torchscript",
+            f"inputs={tmp_path / 'grey.png'}",
+            f"output={tmp_path / 'm.pt'}",
+        )
+    )
     assert report["images"] == 1 and report["max_abs_diff"] < 1e-5
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from conftest import cli, read_json
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -16,10 +17,17 @@ from cnnlab.errors import CnnlabError
 from cnnlab.feature_extract import CachedFeatureModel, FeatureLoader, classifier_of, prepare
 from cnnlab.models import build
 
-from conftest import cli, read_json
-
-TINY = ["data=synthetic", "data.image_size=32", "data.num_samples=80", "data.batch_size=16", "trainer.device=cpu",
-        "trainer.progress=plain", "optimizer=sgd", "optimizer.lr=0.01", "scheduler=none"]
+TINY = [
+    "data=synthetic",
+    "data.image_size=32",
+    "data.num_samples=80",
+    "data.batch_size=16",
+    "trainer.device=cpu",
+    "trainer.progress=plain",
+    "optimizer=sgd",
+    "optimizer.lr=0.01",
+    "scheduler=none",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,8 +52,12 @@ def bundle(n: int = 40, size: int = 16, batch: int = 8) -> DataBundle:
 
 def small_resnet() -> nn.Module:
     torch.manual_seed(0)
-    return build(OmegaConf.create({"_target_": "cnnlab.models.resnet.ResNet", "layers": [1, 1], "widths": [8, 16],
-                                   "stem_width": 8}), DataSpec(4, 3, 16))
+    return build(
+        OmegaConf.create(
+            {"_target_": "cnnlab.models.resnet.ResNet", "layers": [1, 1], "widths": [8, 16], "stem_width": 8}
+        ),
+        DataSpec(4, 3, 16),
+    )
 
 
 def test_features_are_the_classifier_inputs_and_the_backbone_runs_once():
@@ -134,9 +146,18 @@ def resnet18_file(tmp_path_factory):
 
 def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(resnet18_file, tmp_path):
     run = tmp_path / "fx"
-    result = cli("train", "model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_file}",
-                 "finetune=feature_extract", "trainer.epochs=30", f"hydra.run.dir={run}", *TINY, cwd=tmp_path,
-                 env={"OMP_NUM_THREADS": "1"})
+    result = cli(
+        "train",
+        "model=torchvision",
+        "model.name=resnet18",
+        f"model.weights_path={resnet18_file}",
+        "finetune=feature_extract",
+        "trainer.epochs=30",
+        f"hydra.run.dir={run}",
+        *TINY,
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "72 x 512 training features" in output and "randomly initialised" not in output
@@ -147,9 +168,15 @@ def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(
     assert set(best) == set(loaded)  # the whole torchvision ResNet-18 ...
     assert all(torch.equal(best[k], loaded[k]) for k in loaded if not k.startswith("fc."))  # ... its backbone as loaded
     assert best["fc.weight"].shape == (10, 512)
-    result = cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", f"output={tmp_path / 'eval.json'}",
-                 cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    result = cli(
+        "eval",
+        f"checkpoint={run / 'checkpoints' / 'best.pt'}",
+        f"output={tmp_path / 'eval.json'}",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = read_json(tmp_path / "eval.json")  # the full model on the test images
     assert report["top1"] == pytest.approx(metrics["test_acc"]) and report["loss"] == pytest.approx(
-        metrics["test_loss"], rel=1e-4)
+        metrics["test_loss"], rel=1e-4
+    )

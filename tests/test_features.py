@@ -1,11 +1,11 @@
-"""Training features end to end through the CLI: accumulation, clipping, EMA, stopping rules, time limit, debug presets."""
+"""Training features end to end through the CLI: accumulation, clipping, EMA, stopping rules, time limit,
+debug presets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-
 from conftest import cli, read_json
 
 QUIET = ["trainer.progress=plain", "trainer.image_grid=0"]
@@ -60,11 +60,20 @@ def test_ema_weights_are_validated_saved_and_evaluated(tmp_path):
 
 
 def test_early_stopping_and_max_steps(tmp_path):
-    stuck = train(tmp_path, "stuck", *SYNTH, "optimizer.lr=1e-12", "trainer.epochs=20",
-                  "trainer.early_stopping_patience=2")
+    stuck = train(
+        tmp_path, "stuck", *SYNTH, "optimizer.lr=1e-12", "trainer.epochs=20", "trainer.early_stopping_patience=2"
+    )
     metrics = read_json(stuck / "metrics.json")
     assert metrics["epochs"] == 3 and metrics["stop_reason"] == "early_stopping"
-    short = train(tmp_path, "short", *SYNTH, "data.batch_size=32", "trainer.epochs=20", "trainer.max_steps=12", "trainer.deterministic=true")
+    short = train(
+        tmp_path,
+        "short",
+        *SYNTH,
+        "data.batch_size=32",
+        "trainer.epochs=20",
+        "trainer.max_steps=12",
+        "trainer.deterministic=true",
+    )
     metrics = read_json(short / "metrics.json")
     assert metrics["steps"] == 12 and metrics["epochs"] == 2 and metrics["stop_reason"] == "max_steps"
 
@@ -85,8 +94,9 @@ def test_time_limit_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_
 def test_debug_presets(tmp_path):
     fast = read_json(train(tmp_path, "fast", "debug=fast", "data.batch_size=16") / "metrics.json")
     assert fast["epochs"] == 1 and fast["steps"] == 5
-    overfit = read_json(train(tmp_path, "overfit", "debug=overfit", "trainer.epochs=40", "optimizer.lr=3e-3")
-                        / "metrics.json")
+    overfit = read_json(
+        train(tmp_path, "overfit", "debug=overfit", "trainer.epochs=40", "optimizer.lr=3e-3") / "metrics.json"
+    )
     assert overfit["final_train_acc"] == 100.0 and overfit["best_val_acc"] == 100.0
     profiled = train(tmp_path, "profile", "debug=profile")
     assert list((profiled / "tb" / "profile").glob("*.pt.trace.json*"))

@@ -5,14 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from conftest import cli
 from omegaconf import OmegaConf
 
 from cnnlab import optim
 from cnnlab.finetune import Finetune, optimizer_config
-from conftest import cli
 
-TINY = ["data=synthetic", "data.image_size=32", "data.num_samples=40", "data.batch_size=16",
-        "trainer.progress=plain", "trainer.image_grid=0", "optimizer=sgd", "scheduler=none"]
+TINY = [
+    "data=synthetic",
+    "data.image_size=32",
+    "data.num_samples=40",
+    "data.batch_size=16",
+    "trainer.progress=plain",
+    "trainer.image_grid=0",
+    "optimizer=sgd",
+    "scheduler=none",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +56,27 @@ def test_gradual_unfreezes_one_stage_per_period_from_the_head():
 
 def test_discriminative_lrs_decay_towards_the_input():
     model = torchvision.models.resnet18(num_classes=10)
-    opt = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "layer_decay": 1.0,
-                            "head_lr_mult": 1.0})
+    opt = OmegaConf.create(
+        {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "layer_decay": 1.0, "head_lr_mult": 1.0}
+    )
     opt = optimizer_config(finetune_cfg("discriminative", lr_decay=0.5), opt)
     groups = optim.build_optimizer(opt, model).param_groups
-    assert [g["lr"] for g in groups] == pytest.approx([0.1 * 0.5 ** k for k in range(6, -1, -1)])
+    assert [g["lr"] for g in groups] == pytest.approx([0.1 * 0.5**k for k in range(6, -1, -1)])
 
 
 def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, tmp_path):
     run = tmp_path / "probe"
-    result = cli("train", "model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_file}",
-                 "finetune=linear_probe", "trainer.epochs=2", f"hydra.run.dir={run}", *TINY, cwd=tmp_path)
+    result = cli(
+        "train",
+        "model=torchvision",
+        "model.name=resnet18",
+        f"model.weights_path={resnet18_file}",
+        "finetune=linear_probe",
+        "trainer.epochs=2",
+        f"hydra.run.dir={run}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = torch.load(resnet18_file, weights_only=True)
     trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
@@ -69,28 +87,58 @@ def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, tmp_p
 
 
 def test_linear_probe_without_pretrained_weights_warns_once(tmp_path):
-    result = cli("train", "model=lenet5", "finetune=linear_probe", "trainer.epochs=1",
-                 f"hydra.run.dir={tmp_path / 'r'}", *TINY, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    result = cli(
+        "train",
+        "model=lenet5",
+        "finetune=linear_probe",
+        "trainer.epochs=1",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        *TINY,
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "randomly initialised" in line]
-    assert lines == ["finetune=linear_probe freezes a randomly initialised backbone: the model has no pretrained "
-                     "weights (model=torchvision model.weights=DEFAULT or model.weights_path=FILE)"]
+    assert lines == [
+        "finetune=linear_probe freezes a randomly initialised backbone: the model has no pretrained "
+        "weights (model=torchvision model.weights=DEFAULT or model.weights_path=FILE)"
+    ]
 
 
 def test_group_learning_rates_are_what_the_config_says(resnet18_file, tmp_path):
     run = tmp_path / "disc"
-    result = cli("train", "model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_file}",
-                 "finetune=discriminative", "finetune.lr_decay=0.5", "optimizer.lr=0.01", "optimizer.head_lr_mult=10",
-                 "trainer.epochs=1", f"hydra.run.dir={run}", *TINY, cwd=tmp_path)
+    result = cli(
+        "train",
+        "model=torchvision",
+        "model.name=resnet18",
+        f"model.weights_path={resnet18_file}",
+        "finetune=discriminative",
+        "finetune.lr_decay=0.5",
+        "optimizer.lr=0.01",
+        "optimizer.head_lr_mult=10",
+        "trainer.epochs=1",
+        f"hydra.run.dir={run}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     groups = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["name"] for g in groups] == [f"stage{i}" for i in range(6)] + ["head"]
-    assert [g["lr"] for g in groups] == pytest.approx([0.01 * 0.5 ** k for k in range(6, 0, -1)] + [0.1])
+    assert [g["lr"] for g in groups] == pytest.approx([0.01 * 0.5**k for k in range(6, 0, -1)] + [0.1])
 
 
 def test_missing_weights_file_is_one_clear_line(tmp_path):
-    result = cli("train", "model=torchvision", "model.name=resnet18", f"model.weights_path={tmp_path}/nope.pth",
-                 *TINY, cwd=tmp_path)
+    result = cli(
+        "train",
+        "model=torchvision",
+        "model.name=resnet18",
+        f"model.weights_path={tmp_path}/nope.pth",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: model.weights_path: {tmp_path}/nope.pth does not exist"] or \
-        "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines() == [f"error: model.weights_path: {tmp_path}/nope.pth does not exist"]
+        or "does not exist" in result.stderr
+        and "Traceback" not in result.stderr
+    )

@@ -32,15 +32,23 @@ def setup(tmp_path_factory):
 
 def test_every_stage_filters_and_gradcam(setup, tmp_path):
     ckpt, image = setup
-    result = cli("features", f"checkpoint={ckpt}", f"input={image}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-                 env=ONE_THREAD)
+    result = cli(
+        "features",
+        f"checkpoint={ckpt}",
+        f"input={image}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "run"
     report = json.loads((run / "features.json").read_text())
     # LeNet-5's stages: conv1 (6x28x28), conv2 (16x10x10), the classifier (10 logits: not a map)
-    assert [(r["layer"], r["shape"]) for r in report["layers"]] == [("features.0", [6, 28, 28]),
-                                                                    ("features.3", [16, 10, 10]),
-                                                                    ("classifier", [10])]
+    assert [(r["layer"], r["shape"]) for r in report["layers"]] == [
+        ("features.0", [6, 28, 28]),
+        ("features.3", [16, 10, 10]),
+        ("classifier", [10]),
+    ]
     assert sorted(p.name for p in (run / "feature_maps").iterdir()) == ["00_features.0.png", "01_features.3.png"]
     assert report["filters"]["layer"] == "features.0" and report["filters"]["shape"] == [6, 1, 5, 5]
     # Grad-CAM at the last spatial map: after conv2's activation and pooling, before the classifier flattens it
@@ -56,27 +64,35 @@ def test_every_stage_filters_and_gradcam(setup, tmp_path):
 
 def test_chosen_layers(setup, tmp_path):
     ckpt, image = setup
-    report = features.run(compose("features", f"checkpoint={ckpt}", f"input={image}", "layers=[features.1,features.2]",
-                                  "max_maps=4"), run_dir=tmp_path)
+    report = features.run(
+        compose("features", f"checkpoint={ckpt}", f"input={image}", "layers=[features.1,features.2]", "max_maps=4"),
+        run_dir=tmp_path,
+    )
     assert [(r["layer"], r["type"], r["shape"]) for r in report["layers"]] == [
-        ("features.1", "ReLU", [6, 28, 28]), ("features.2", "AvgPool2d", [6, 14, 14])]
+        ("features.1", "ReLU", [6, 28, 28]),
+        ("features.2", "AvgPool2d", [6, 14, 14]),
+    ]
     assert report["gradcam"]["layer"] == "features.2" and report["gradcam"]["map"] == [14, 14]
-    assert sorted(p.name for p in (tmp_path / "feature_maps").iterdir()) == ["00_features.1.png",
-                                                                             "01_features.2.png"]
+    assert sorted(p.name for p in (tmp_path / "feature_maps").iterdir()) == ["00_features.1.png", "01_features.2.png"]
 
 
 def test_bad_inputs(setup, tmp_path):
     ckpt, image = setup
-    with pytest.raises(CnnlabError, match=r"unknown layer 'features\.9' in LeNet5; its layers: features, "
-                                          r"features\.0, features\.1"):
-        features.run(compose("features", f"checkpoint={ckpt}", f"input={image}", "layers=[features.9]"),
-                     run_dir=tmp_path)
+    with pytest.raises(
+        CnnlabError,
+        match=r"unknown layer 'features\.9' in LeNet5; its layers: features, "
+        r"features\.0, features\.1",
+    ):
+        features.run(
+            compose("features", f"checkpoint={ckpt}", f"input={image}", "layers=[features.9]"), run_dir=tmp_path
+        )
     text = tmp_path / "notes.png"
     text.write_text("not really a png")
     with pytest.raises(CnnlabError, match="is not a readable image"):
         features.run(compose("features", f"checkpoint={ckpt}", f"input={text}"), run_dir=tmp_path)
     with pytest.raises(CnnlabError, match="does not exist"):
         features.run(compose("features", f"checkpoint={ckpt}", f"input={tmp_path / 'none.png'}"), run_dir=tmp_path)
-    line = one_error_line(cli("features", f"checkpoint={ckpt}", f"input={image}", "layers=[nope]", cwd=tmp_path,
-                              env=ONE_THREAD))
+    line = one_error_line(
+        cli("features", f"checkpoint={ckpt}", f"input={image}", "layers=[nope]", cwd=tmp_path, env=ONE_THREAD)
+    )
     assert "unknown layer 'nope'" in line

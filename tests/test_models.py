@@ -8,29 +8,48 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
 from omegaconf import OmegaConf
 from torch import nn
 
+from cnnlab.config import register
 from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
-from cnnlab.config import register
 from cnnlab.models import build, count_params, knob_names, load_yaml
 from cnnlab.models.layers import POOLS, make_pool
-
-from conftest import REPO
 
 CONFIGS = REPO / "configs" / "model"
 ZOO = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in ("torchvision", "speedrun"))
 # Every model runs at 28x28x1 and 32x32x3; at 224x224x3 all but the most expensive (about a minute in all on
 # one core), which share their 224 code paths (stems, 7x7 classifiers) with cheaper relatives run there.
-NOT_AT_224 = {"mnist_cnn", "mnist_cnn_padded", "vgg11", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-              "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "resnet101", "resnet152", "resnext29_8x64d",
-              "wide_resnet28_10", "wide_resnet50_2", "densenet169", "densenet201", "preact_resnet50",
-              "preact_resnet101", "mlp_head_cnn",
-              # He et al.'s CIFAR nets: resnet20 / plain20 cover their 224 path
-              *[f"{kind}{d}" for kind in ("resnet", "plain") for d in (32, 44, 56, 110, 1202)]}
+NOT_AT_224 = {
+    "mnist_cnn",
+    "mnist_cnn_padded",
+    "vgg11",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "resnet101",
+    "resnet152",
+    "resnext29_8x64d",
+    "wide_resnet28_10",
+    "wide_resnet50_2",
+    "densenet169",
+    "densenet201",
+    "preact_resnet50",
+    "preact_resnet101",
+    "mlp_head_cnn",
+    # He et al.'s CIFAR nets: resnet20 / plain20 cover their 224 path
+    *[f"{kind}{d}" for kind in ("resnet", "plain") for d in (32, 44, 56, 110, 1202)],
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,11 +76,20 @@ def torchvision_params(name: str, **kwargs) -> int:
         return count_params(getattr(torchvision.models, name)(**kwargs))
 
 
-TORCHVISION_TWINS = ["alexnet", *[f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")],
-                     *[f"resnet{d}" for d in (18, 34, 50, 101, 152)], "resnext50_32x4d", "wide_resnet50_2",
-                     "densenet121", "densenet169", "densenet201", "mobilenet_v2", "mobilenet_v3_small",
-                     "mobilenet_v3_large",
-                     *[f"efficientnet_b{i}" for i in range(8)]]
+TORCHVISION_TWINS = [
+    "alexnet",
+    *[f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")],
+    *[f"resnet{d}" for d in (18, 34, 50, 101, 152)],
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    *[f"efficientnet_b{i}" for i in range(8)],
+]
 
 
 @pytest.mark.parametrize("name", TORCHVISION_TWINS)
@@ -158,22 +186,32 @@ def test_resnet_knobs():
     assert sum(len(s) for s in deeper.layers) == 16
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"pool": "median"}, "model.pool"), ({"norm": "banana"}, "model.norm"), ({"act": "swish"}, "model.act"),
-    ({"width_mult": -1}, "model.width_mult"), ({"dropout": 1.5}, "model.dropout"), ({"hidden": 0}, "model.hidden"),
-    ({"pool": "mixed", "pool_lambda": 2}, "model.pool_lambda"), ({"pool": "lp", "pool_p": 0}, "model.pool_p"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"pool": "median"}, "model.pool"),
+        ({"norm": "banana"}, "model.norm"),
+        ({"act": "swish"}, "model.act"),
+        ({"width_mult": -1}, "model.width_mult"),
+        ({"dropout": 1.5}, "model.dropout"),
+        ({"hidden": 0}, "model.hidden"),
+        ({"pool": "mixed", "pool_lambda": 2}, "model.pool_lambda"),
+        ({"pool": "lp", "pool_p": 0}, "model.pool_p"),
+    ],
+)
 def test_bad_knobs_name_the_key(override, key):
     with pytest.raises(CnnlabError, match=key):
         make("vgg11", **override)
 
 
 def test_bad_resnet_and_efficientnet_knobs_name_the_key():
-    for name, override, key in [("resnet18", {"skip": "maybe"}, "model.skip"),
-                                ("resnet18", {"stem": "big"}, "model.stem"),
-                                ("resnet18", {"width_mult": 0}, "model.width_mult"),
-                                ("wide_resnet28_10", {"depth": 27}, "model.depth"),
-                                ("efficientnet_b0", {"variant": "b9"}, "model.variant")]:
+    for name, override, key in [
+        ("resnet18", {"skip": "maybe"}, "model.skip"),
+        ("resnet18", {"stem": "big"}, "model.stem"),
+        ("resnet18", {"width_mult": 0}, "model.width_mult"),
+        ("wide_resnet28_10", {"depth": 27}, "model.depth"),
+        ("efficientnet_b0", {"variant": "b9"}, "model.variant"),
+    ]:
         with pytest.raises(CnnlabError, match=key):
             make(name, **override)
 
@@ -294,19 +332,38 @@ def test_torchvision_weights_path(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------- through the CLI
-@pytest.mark.parametrize("args", [
-    ["model=resnet18", "model.width_mult=0.125"],
-    ["model=vgg11_bn", "model.width_mult=0.125", "model.hidden=32", "model.pool=stochastic"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["model=resnet18", "model.width_mult=0.125"],
+        ["model=vgg11_bn", "model.width_mult=0.125", "model.hidden=32", "model.pool=stochastic"],
+    ],
+)
 def test_train_cli_end_to_end(run_cli, args):
-    result = run_cli("train", *args, "data=synthetic", "data.image_size=32", "data.num_samples=64",
-                     "data.batch_size=32", "trainer.epochs=1", "trainer.device=cpu", "trainer.image_grid=0",
-                     env={"OMP_NUM_THREADS": "1"})
+    result = run_cli(
+        "train",
+        *args,
+        "data=synthetic",
+        "data.image_size=32",
+        "data.num_samples=64",
+        "data.batch_size=32",
+        "trainer.epochs=1",
+        "trainer.device=cpu",
+        "trainer.image_grid=0",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_train_cli_bad_knob_is_one_line(run_cli):
-    result = run_cli("train", "model=vgg11", "model.pool=median", "data=synthetic", "data.num_samples=16",
-                     "trainer.epochs=1", env={"OMP_NUM_THREADS": "1"})
+    result = run_cli(
+        "train",
+        "model=vgg11",
+        "model.pool=median",
+        "data=synthetic",
+        "data.num_samples=16",
+        "trainer.epochs=1",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 2
     assert "model.pool must be one of" in result.stderr and "Traceback" not in result.stderr

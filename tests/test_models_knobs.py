@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import get_method
+from test_models import CONFIGS, forward_backward, make
 from torch import nn
 
 from cnnlab.analysis.receptive_field import receptive_field
@@ -12,8 +13,6 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import count_params, knob_names, load_yaml
 from cnnlab.models.layers import BlurPool
 from cnnlab.models.resnet import PadShortcut
-
-from test_models import CONFIGS, forward_backward, make
 
 SMALL = ("lenet5", "mnist_cnn", "simple_cnn", "cifar_cnn")
 
@@ -135,8 +134,9 @@ def test_dilation_widens_the_receptive_field_and_shrinks_valid_maps():
     assert features_shape(same, 28) == (64, 14, 14)
 
 
-@pytest.mark.parametrize("act, kind", [("relu", nn.ReLU), ("silu", nn.SiLU), ("gelu", nn.GELU),
-                                       ("leaky_relu", nn.LeakyReLU)])
+@pytest.mark.parametrize(
+    "act, kind", [("relu", nn.ReLU), ("silu", nn.SiLU), ("gelu", nn.GELU), ("leaky_relu", nn.LeakyReLU)]
+)
 def test_activation(act, kind):
     for name in SMALL:
         model = make(name, 28, 1, act=act)
@@ -216,12 +216,33 @@ def test_alexnet_local_response_normalisation():
 
 
 # ------------------------------------------------------------------------------------------ bad values, unknown keys
-BAD_VALUES = [("width_mult", -1), ("norm", "banana"), ("pool", "nonsense"), ("dropout", 1.5), ("act", "swish"),
-              ("head", "gap2"), ("dilation", 0), ("pool_kernel", 1.5)]
+BAD_VALUES = [
+    ("width_mult", -1),
+    ("norm", "banana"),
+    ("pool", "nonsense"),
+    ("dropout", 1.5),
+    ("act", "swish"),
+    ("head", "gap2"),
+    ("dilation", 0),
+    ("pool_kernel", 1.5),
+]
 
 
-@pytest.mark.parametrize("name", ("lenet5", "mnist_cnn", "cifar_cnn", "resnet20", "resnet18", "vgg11",
-                                  "densenet121", "alexnet", "efficientnet_b0", "mobilenet_v2"))
+@pytest.mark.parametrize(
+    "name",
+    (
+        "lenet5",
+        "mnist_cnn",
+        "cifar_cnn",
+        "resnet20",
+        "resnet18",
+        "vgg11",
+        "densenet121",
+        "alexnet",
+        "efficientnet_b0",
+        "mobilenet_v2",
+    ),
+)
 def test_bad_knob_values_are_a_cnnlab_error_naming_the_key(name):
     accepted = set(knob_names(get_method(load_yaml(CONFIGS / f"{name}.yaml")._target_)))
     tried = 0
@@ -235,19 +256,36 @@ def test_bad_knob_values_are_a_cnnlab_error_naming_the_key(name):
     assert tried >= 2
 
 
-@pytest.mark.parametrize("name, key, value", [("lenet5", "padding", "full"), ("lenet5", "convs", [6, "X"]),
-                                              ("resnet20", "shortcut", "C"), ("resnet20", "downsample", "lp"),
-                                              ("resnet20", "depth", 21), ("alexnet", "lrn", "yes"),
-                                              ("lenet5", "dropout_first", "no"), ("lenet5", "pool_stride", 0)])
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("lenet5", "padding", "full"),
+        ("lenet5", "convs", [6, "X"]),
+        ("resnet20", "shortcut", "C"),
+        ("resnet20", "downsample", "lp"),
+        ("resnet20", "depth", 21),
+        ("alexnet", "lrn", "yes"),
+        ("lenet5", "dropout_first", "no"),
+        ("lenet5", "pool_stride", 0),
+    ],
+)
 def test_model_specific_bad_values(name, key, value):
     with pytest.raises(CnnlabError, match=f"model.{key}"):
         make(name, 32, 3, **{key: value})
 
 
-@pytest.mark.parametrize("name, key, value", [("densenet121", "growth_rate", 0), ("densenet121", "compression", 0),
-                                              ("vit_tiny", "heads", -3), ("resnet18", "layers", [2, "x"]),
-                                              ("resnet18", "widths", []), ("wide_resnet16_8", "widen", 0),
-                                              ("resnext50_32x4d", "groups", 0)])
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("densenet121", "growth_rate", 0),
+        ("densenet121", "compression", 0),
+        ("vit_tiny", "heads", -3),
+        ("resnet18", "layers", [2, "x"]),
+        ("resnet18", "widths", []),
+        ("wide_resnet16_8", "widen", 0),
+        ("resnext50_32x4d", "groups", 0),
+    ],
+)
 def test_family_knobs_are_checked_by_name(name, key, value):
     with pytest.raises(CnnlabError, match=rf"^model\.{key} must be"):
         make(name, 32, 3, **{key: value})
@@ -287,4 +325,5 @@ def test_cli_knob_override_without_plus_and_unknown_key_line(run_cli):
     assert result.stderr.strip().splitlines() == [
         "error: model.foo is not a knob of cifar_resnet; it accepts: depth, shortcut, bottleneck, groups, "
         "width_per_group, stem, norm, act, se, skip, preact, dropout, block_dropout, width_mult, depth_mult, pool, "
-        "downsample"]
+        "downsample"
+    ]

@@ -56,14 +56,24 @@ def test_head_backbone_multipliers_and_layer_decay():
     assert [g["lr"] for g in groups] == pytest.approx([0.025, 0.05, 0.1])
 
 
-@pytest.mark.parametrize("name, kw, check", [
-    ("none", {}, lambda lr: all(v == pytest.approx(0.1) for v in lr)),
-    ("step", {"step_size": 2, "gamma": 0.5}, lambda lr: lr[19] == pytest.approx(0.1) and lr[20] == pytest.approx(0.05)),
-    ("multistep", {"milestones": [1, 3], "gamma": 0.1},
-     lambda lr: lr[9] == pytest.approx(0.1) and lr[10] == pytest.approx(0.01) and lr[30] == pytest.approx(0.001)),
-    ("exponential", {"gamma": 0.9}, lambda lr: lr[25] == pytest.approx(0.1 * 0.81)),
-    ("cosine", {"min_lr_ratio": 0.0}, lambda lr: lr[0] == pytest.approx(0.1) and lr[-1] < 0.001),
-])
+@pytest.mark.parametrize(
+    "name, kw, check",
+    [
+        ("none", {}, lambda lr: all(v == pytest.approx(0.1) for v in lr)),
+        (
+            "step",
+            {"step_size": 2, "gamma": 0.5},
+            lambda lr: lr[19] == pytest.approx(0.1) and lr[20] == pytest.approx(0.05),
+        ),
+        (
+            "multistep",
+            {"milestones": [1, 3], "gamma": 0.1},
+            lambda lr: lr[9] == pytest.approx(0.1) and lr[10] == pytest.approx(0.01) and lr[30] == pytest.approx(0.001),
+        ),
+        ("exponential", {"gamma": 0.9}, lambda lr: lr[25] == pytest.approx(0.1 * 0.81)),
+        ("cosine", {"min_lr_ratio": 0.0}, lambda lr: lr[0] == pytest.approx(0.1) and lr[-1] < 0.001),
+    ],
+)
 def test_schedules_step_per_batch(name, kw, check):
     model = nn.Linear(2, 2)
     optimizer = optim.build_optimizer(opt_cfg(), model)
@@ -111,8 +121,11 @@ def test_unknown_schedule_is_a_clear_error():
 
 
 def test_any_torch_optimizer_through_target():
-    optimizer = optim.build_optimizer(OmegaConf.create({"_target_": "torch.optim.RMSprop", "lr": 0.01}), nn.Linear(2, 2))
+    optimizer = optim.build_optimizer(
+        OmegaConf.create({"_target_": "torch.optim.RMSprop", "lr": 0.01}), nn.Linear(2, 2)
+    )
     assert isinstance(optimizer, torch.optim.RMSprop)
     with pytest.raises(CnnlabError, match="cannot build optimizer"):
-        optim.build_optimizer(OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.01, "nonsense": 1}),
-                              nn.Linear(2, 2))
+        optim.build_optimizer(
+            OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.01, "nonsense": 1}), nn.Linear(2, 2)
+        )

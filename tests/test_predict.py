@@ -30,8 +30,13 @@ def run_dir(tmp_path_factory) -> Path:
 def test_images(run_dir, tmp_path_factory):
     """The first 6 test-split digits as PNG files (what the loaders see: 32x32 grey), plus two odd files."""
     trained = load_trained(run_dir / "checkpoints" / "best.pt", torch.device("cpu"))
-    data = build(trained.config.data, None, torch.device("cpu"), seed=trained.config.seed,
-                 stats=(trained.spec.mean, trained.spec.std))
+    data = build(
+        trained.config.data,
+        None,
+        torch.device("cpu"),
+        seed=trained.config.seed,
+        stats=(trained.spec.mean, trained.spec.std),
+    )
     x, y = next(iter(data.test))
     folder = tmp_path_factory.mktemp("images")
     raw = data.test.images[:6]  # the uint8 images the device loader normalises
@@ -47,8 +52,9 @@ def test_files_get_the_models_own_answers(test_images, tmp_path):
     with torch.no_grad():
         expected = trained.model(x).softmax(1)
     out = tmp_path / "p.json"
-    report = predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder}", "topk=3",
-                                 f"output={out}"))
+    report = predict.run(
+        compose("predict", f"checkpoint={trained.path}", f"inputs={folder}", "topk=3", f"output={out}")
+    )
     assert report == read_json(out)
     entries = {Path(e["file"]).name: e for e in report["predictions"]}
     assert len(report["predictions"]) == 8 and report["count"] == 7 and report["skipped"] == 1
@@ -75,8 +81,15 @@ def test_preprocessing_follows_the_data_spec(test_images):
 
 def test_cli_table_and_json(test_images, tmp_path):
     trained, folder, _, _ = test_images
-    result = cli("predict", f"checkpoint={trained.path}", f"inputs={folder}/digit_*.png", "topk=2",
-                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=ONE_THREAD)
+    result = cli(
+        "predict",
+        f"checkpoint={trained.path}",
+        f"inputs={folder}/digit_*.png",
+        "topk=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = read_json(tmp_path / "run" / "predictions.json")
     assert len(report["predictions"]) == 6 and all(len(e["topk"]) == 2 for e in report["predictions"])
@@ -86,15 +99,16 @@ def test_cli_table_and_json(test_images, tmp_path):
 def test_bad_inputs(test_images, tmp_path):
     trained, folder, _, _ = test_images
     with pytest.raises(CnnlabError, match="none of the 1 input file"):
-        predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder / 'notes.txt'}"),
-                    run_dir=tmp_path)
+        predict.run(
+            compose("predict", f"checkpoint={trained.path}", f"inputs={folder / 'notes.txt'}"), run_dir=tmp_path
+        )
     with pytest.raises(CnnlabError, match="does not exist"):
-        predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder / 'nope.png'}"),
-                    run_dir=tmp_path)
+        predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder / 'nope.png'}"), run_dir=tmp_path)
     with pytest.raises(CnnlabError, match="no files found"):
         predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder}/*.gif"), run_dir=tmp_path)
     with pytest.raises(CnnlabError, match="topk must be >= 1"):
         predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder}", "topk=0"), run_dir=tmp_path)
-    line = one_error_line(cli("predict", f"checkpoint={tmp_path / 'missing.pt'}", f"inputs={folder}",
-                              cwd=tmp_path, env=ONE_THREAD))
+    line = one_error_line(
+        cli("predict", f"checkpoint={tmp_path / 'missing.pt'}", f"inputs={folder}", cwd=tmp_path, env=ONE_THREAD)
+    )
     assert "does not exist" in line

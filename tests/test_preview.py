@@ -46,8 +46,15 @@ def test_more_images_than_one_batch_and_mixup_captions(tmp_path):
 
 def test_cli_writes_the_png(tmp_path):
     out = tmp_path / "aug.png"
-    result = cli("preview", "augment=[basic]", "count=8", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}",
-                 cwd=tmp_path, env=ONE_THREAD)
+    result = cli(
+        "preview",
+        "augment=[basic]",
+        "count=8",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:4] == b"\x89PNG" and "8 augmented digits images" in result.stdout
 

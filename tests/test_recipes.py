@@ -31,13 +31,22 @@ def test_recipe_composes_and_builds(name):
     spec = DataSpec(cfg.data.num_classes or 10, cfg.data.channels or 3, cfg.data.image_size or 32)
     model = models.build(cfg.model, spec)
     steps_per_epoch, total = planned_steps(cfg.trainer, 100)
-    optimizer, _ = optim.build(optimizer_config(cfg.finetune, cfg.optimizer), cfg.scheduler, model, steps_per_epoch,
-                               total)
+    optimizer, _ = optim.build(
+        optimizer_config(cfg.finetune, cfg.optimizer), cfg.scheduler, model, steps_per_epoch, total
+    )
     Finetune(cfg.finetune, model)
     assert total == 100 * cfg.trainer.epochs
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
 def test_the_recipes_the_readme_promises_exist():
-    assert {"mnist_lenet5", "fashion_mnist_cnn", "cifar10_simple_cnn", "cifar10_cpu", "cifar10_resnet18",
-            "cifar10_vgg16_bn", "cifar100_resnet18", "transfer_pets_resnet50"} <= set(RECIPES)
+    assert {
+        "mnist_lenet5",
+        "fashion_mnist_cnn",
+        "cifar10_simple_cnn",
+        "cifar10_cpu",
+        "cifar10_resnet18",
+        "cifar10_vgg16_bn",
+        "cifar100_resnet18",
+        "transfer_pets_resnet50",
+    } <= set(RECIPES)

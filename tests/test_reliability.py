@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, cli, read_json
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -20,7 +21,6 @@ from cnnlab.data import DataBundle, DataSpec
 from cnnlab.engine import checkpoint, rundir
 from cnnlab.engine.trainer import Trainer
 from cnnlab.errors import CnnlabError
-from conftest import REPO, cli, read_json
 
 # LeNet-5 on the embedded digits: about 11 steps an epoch, a fraction of a second each.
 ARGS = ["train", "model.act=tanh", "trainer.image_grid=0", "trainer.progress=plain"]
@@ -33,8 +33,14 @@ def _env(**extra) -> dict:
 
 
 def _start(tmp_path: Path, *args: str, **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cnnlab", *ARGS, *args], cwd=tmp_path, env=_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *ARGS, *args],
+        cwd=tmp_path,
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -119,7 +125,11 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
 def test_a_finished_run_is_never_trained_into_again_unless_asked(tmp_path):
     first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.suffix != ".log" and p.name != rundir.LOCK_NAME}
+    files = {
+        p: p.read_bytes()
+        for p in (tmp_path / "run").rglob("*")
+        if p.is_file() and p.suffix != ".log" and p.name != rundir.LOCK_NAME
+    }
     again = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "optimizer.lr=0.1", cwd=tmp_path)
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
@@ -143,8 +153,10 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir(tmp_path):
 
 
 def test_default_run_dirs_started_in_the_same_second_differ(tmp_path):
-    procs = [_start(tmp_path, "trainer.epochs=1", "data=synthetic", "data.num_samples=64", "data.image_size=28")
-             for _ in range(2)]
+    procs = [
+        _start(tmp_path, "trainer.epochs=1", "data=synthetic", "data.num_samples=64", "data.image_size=28")
+        for _ in range(2)
+    ]
     for proc in procs:
         proc.communicate(timeout=120)
         assert proc.returncode == 0
@@ -165,8 +177,9 @@ def test_resuming_from_a_last_pt_without_best_pt_makes_it_the_best(tmp_path):
     assert first.returncode == 0, first.stderr
     (tmp_path / "alone").mkdir()
     (tmp_path / "alone" / "last.pt").write_bytes((tmp_path / "a/checkpoints/last.pt").read_bytes())
-    again = cli(*ARGS, "trainer.epochs=1", f"trainer.resume={tmp_path / 'alone/last.pt'}", "hydra.run.dir=b",
-                cwd=tmp_path)
+    again = cli(
+        *ARGS, "trainer.epochs=1", f"trainer.resume={tmp_path / 'alone/last.pt'}", "hydra.run.dir=b", cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr
     assert "no best.pt beside" in again.stdout
     assert read_json(tmp_path / "b/metrics.json")["test_acc"] == read_json(tmp_path / "a/metrics.json")["test_acc"]
@@ -175,8 +188,14 @@ def test_resuming_from_a_last_pt_without_best_pt_makes_it_the_best(tmp_path):
 def test_resuming_with_a_changed_learning_rate_is_refused_before_anything_is_copied(tmp_path):
     first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=a", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    other = cli(*ARGS, "trainer.epochs=2", "optimizer.lr=0.5", f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}",
-                "hydra.run.dir=b", cwd=tmp_path)
+    other = cli(
+        *ARGS,
+        "trainer.epochs=2",
+        "optimizer.lr=0.5",
+        f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}",
+        "hydra.run.dir=b",
+        cwd=tmp_path,
+    )
     assert other.returncode == 2 and "optimizer.lr was 0.001, now 0.5" in other.stderr
     assert not (tmp_path / "b" / "checkpoints").exists()
 
@@ -208,11 +227,25 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_leaves_no_t
 
 def test_a_stored_config_is_plain_data(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_SECRET", "hunter2")
-    state = {"config": {"model": {"_target_": "cnnlab.models.lenet.LeNet5", "note": "${oc.env:CNNLAB_SECRET}"},
-                        "data": {"name": "imagefolder", "root": "${oc.env:CNNLAB_SECRET}", "download": True,
-                                 "download_url": "http://example.invalid/x.tgz"},
-                        "data_spec": {"num_classes": 2, "channels": 1, "image_size": 8, "classes": ["a", "b"],
-                                      "mean": [0.5], "std": [0.5]}}}
+    state = {
+        "config": {
+            "model": {"_target_": "cnnlab.models.lenet.LeNet5", "note": "${oc.env:CNNLAB_SECRET}"},
+            "data": {
+                "name": "imagefolder",
+                "root": "${oc.env:CNNLAB_SECRET}",
+                "download": True,
+                "download_url": "http://example.invalid/x.tgz",
+            },
+            "data_spec": {
+                "num_classes": 2,
+                "channels": 1,
+                "image_size": 8,
+                "classes": ["a", "b"],
+                "mean": [0.5],
+                "std": [0.5],
+            },
+        }
+    }
     cfg = checkpoint.run_config(state, "ckpt")
     assert cfg.model.note == "${oc.env:CNNLAB_SECRET}" and cfg.data.root == "${oc.env:CNNLAB_SECRET}"
     assert cfg.data.download is False and cfg.data.download_url is None
@@ -250,9 +283,17 @@ def test_skip_batch_drops_non_finite_batches_without_stopping(tmp_path):
     train = _Batches([(poisoned, y[:16]), (x[16:32], y[16:32]), (x[32:48], y[32:48]), (x[48:], y[48:])])
     val = _Batches([(x, y)])
     data = DataBundle(train, val, val, DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,)))
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {
-        "precision": "fp32", "device": "cpu", "epochs": 5, "log_every": 2, "progress": "none",
-        "nan_policy": "skip_batch"})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainerConfig),
+        {
+            "precision": "fp32",
+            "device": "cpu",
+            "epochs": 5,
+            "log_every": 2,
+            "progress": "none",
+            "nan_policy": "skip_batch",
+        },
+    )
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     from cnnlab.optim import Schedule
@@ -280,10 +321,26 @@ def _processes_with(marker: str) -> list[int]:
 
 def test_dataloader_workers_end_with_a_stopped_run(tmp_path):
     marker = f"hydra.run.dir={tmp_path}/workers_run"
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *ARGS, "trainer.epochs=50", "data=synthetic",
-                             "data.num_samples=4000", "data.image_size=28", "data.loader=dataloader",
-                             "data.num_workers=2", marker], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnlab",
+            *ARGS,
+            "trainer.epochs=50",
+            "data=synthetic",
+            "data.num_samples=4000",
+            "data.image_size=28",
+            "data.loader=dataloader",
+            "data.num_workers=2",
+            marker,
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(lambda: len(_processes_with(marker)) >= 3, proc)  # the run and its two workers
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

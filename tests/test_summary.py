@@ -35,8 +35,9 @@ def summary_of(name: str, image_size: int, channels: int = 3, num_classes: int =
     return summarize(model, (channels, image_size, image_size))
 
 
-@pytest.mark.parametrize("name, gmacs, params, rf", [("resnet18", 1.82, 11_689_512, 435),
-                                                     ("resnet50", 4.11, 25_557_032, 427)])
+@pytest.mark.parametrize(
+    "name, gmacs, params, rf", [("resnet18", 1.82, 11_689_512, 435), ("resnet50", 4.11, 25_557_032, 427)]
+)
 def test_resnet_macs_params_and_receptive_field_at_224(name, gmacs, params, rf):
     s = summary_of(name, 224)
     assert s["macs"] == pytest.approx(gmacs * 1e9, rel=0.02)
@@ -60,9 +61,19 @@ def test_lenet5_rows_by_hand():
     assert s["receptive_field"]["size"] == 16 and s["receptive_field"]["jump"] == 4
     # per layer: every feature map's field and jump; activations keep them; flattened vectors have none
     assert [(r["name"], r["rf"], r["jump"]) for r in s["layers"]] == [
-        ("features.0", 5, 1), ("features.1", 5, 1), ("features.2", 6, 2), ("features.3", 14, 2), ("features.4", 14, 2),
-        ("features.5", 16, 4), ("classifier.0", None, None), ("classifier.1", None, None), ("classifier.2", None, None),
-        ("classifier.3", None, None), ("classifier.4", None, None), ("classifier.5", None, None)]
+        ("features.0", 5, 1),
+        ("features.1", 5, 1),
+        ("features.2", 6, 2),
+        ("features.3", 14, 2),
+        ("features.4", 14, 2),
+        ("features.5", 16, 4),
+        ("classifier.0", None, None),
+        ("classifier.1", None, None),
+        ("classifier.2", None, None),
+        ("classifier.3", None, None),
+        ("classifier.4", None, None),
+        ("classifier.5", None, None),
+    ]
 
 
 def test_receptive_fields_of_classic_nets():
@@ -78,8 +89,7 @@ def test_two_3x3_convs_see_a_5x5_field():
     two = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.ReLU(), nn.Conv2d(1, 1, 3, padding=1))
     assert receptive_field(two, torch.rand(1, 1, 16, 16))["size"] == 5
     strided = nn.Sequential(nn.Conv2d(1, 1, 3, 2, 1), nn.Conv2d(1, 1, 3, padding=1))
-    assert receptive_field(strided, torch.rand(1, 1, 16, 16)) == {"size": 7, "jump": 2, "map": [8, 8],
-                                                                   "global": False}
+    assert receptive_field(strided, torch.rand(1, 1, 16, 16)) == {"size": 7, "jump": 2, "map": [8, 8], "global": False}
 
 
 @pytest.mark.parametrize("kind", POOLS)
@@ -107,16 +117,31 @@ def test_spec_from_data_config_without_loading():
 
 
 def test_cli_json(run_cli, tmp_path):
-    result = run_cli("summary", "model=resnet18", "data=synthetic", "data.image_size=224", "data.num_classes=1000",
-                     "format=json", env=ONE_THREAD)
+    result = run_cli(
+        "summary",
+        "model=resnet18",
+        "data=synthetic",
+        "data.image_size=224",
+        "data.num_classes=1000",
+        "format=json",
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     for key in ("params", "trainable_params", "macs", "activation_bytes", "receptive_field", "layers"):
         assert key in report
     assert report["params"] == 11_689_512
     assert report["macs"] == pytest.approx(1.82e9, rel=0.02)
-    assert report["layers"][0] == {"name": "stem.0.0", "type": "Conv2d", "shape": [64, 112, 112], "params": 9408,
-                                   "macs": 64 * 112 * 112 * 3 * 49, "bytes": 64 * 112 * 112 * 4, "rf": 7, "jump": 2}
+    assert report["layers"][0] == {
+        "name": "stem.0.0",
+        "type": "Conv2d",
+        "shape": [64, 112, 112],
+        "params": 9408,
+        "macs": 64 * 112 * 112 * 3 * 49,
+        "bytes": 64 * 112 * 112 * 4,
+        "rf": 7,
+        "jump": 2,
+    }
     assert list(tmp_path.iterdir()) == []  # a summary writes nothing
 
 
@@ -142,7 +167,9 @@ def test_sweep_writes_nothing_here(run_cli, tmp_path):
     result = run_cli("summary", "-m", "model=lenet5,mnist_cnn", "format=json", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [json.loads(line)["model"] for line in result.stdout.splitlines() if line.startswith("{")] == [
-        "LeNet5", "MnistCNN"]
+        "LeNet5",
+        "MnistCNN",
+    ]
     assert list(tmp_path.iterdir()) == []  # no multirun/ folder (Hydra's multirun.yaml goes to the temp dir)
 
 

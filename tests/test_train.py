@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, cli, read_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginEventAccumulator
-
-from conftest import REPO, cli, read_json
 
 FAST = ["trainer.image_grid=8"]
 
@@ -32,8 +31,18 @@ def test_default_run_reaches_95_percent(default_run):
     metrics = read_json(default_run / "metrics.json")
     assert metrics["best_val_acc"] >= 95.0
     assert metrics["test_acc"] >= 93.0
-    for key in ("best_val_acc", "best_epoch", "test_acc", "test_loss", "final_train_loss", "final_train_acc",
-                "epochs", "params", "seconds_per_epoch", "total_seconds"):
+    for key in (
+        "best_val_acc",
+        "best_epoch",
+        "test_acc",
+        "test_loss",
+        "final_train_loss",
+        "final_train_acc",
+        "epochs",
+        "params",
+        "seconds_per_epoch",
+        "total_seconds",
+    ):
         assert key in metrics, key
     assert metrics["params"] == 61_706  # LeNet-5 at 32x32
     assert metrics["epochs"] == 15 and 1 <= metrics["best_epoch"] <= 15
@@ -63,8 +72,15 @@ def test_tensorboard_has_scalars_hparams_and_image_grid(default_run):
     events = EventAccumulator(str(default_run / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "train/lr", "train/epoch_seconds",
-                "train/images_per_sec"):
+    for tag in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "train/lr",
+        "train/epoch_seconds",
+        "train/images_per_sec",
+    ):
         assert tag in tags["scalars"], tag
         assert len(events.Scalars(tag)) == 15
     assert "val/predictions" in tags["images"]
@@ -101,8 +117,16 @@ def test_val_split_test_says_so(tmp_path):
 
 def test_mnist_from_data_root(data_root, tmp_path):
     """A few hundred steps of LeNet-5 on the real MNIST files (211 steps of batch 256)."""
-    result = cli("train", "data=mnist", f"data.root={data_root}", "trainer.epochs=1", "optimizer.lr=3e-3",
-                 "hydra.run.dir=run", *FAST, cwd=tmp_path)
+    result = cli(
+        "train",
+        "data=mnist",
+        f"data.root={data_root}",
+        "trainer.epochs=1",
+        "optimizer.lr=3e-3",
+        "hydra.run.dir=run",
+        *FAST,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["steps"] == 54000 // 256
@@ -121,9 +145,13 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert straight.returncode == 0, straight.stderr
 
     env = {"PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *args, "hydra.run.dir=crashed"], cwd=tmp_path,
-                            env={**__import__("os").environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *args, "hydra.run.dir=crashed"],
+        cwd=tmp_path,
+        env={**__import__("os").environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = tmp_path / "crashed" / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -150,11 +178,14 @@ def test_resume_from_explicit_path_continues_epochs(tmp_path):
     assert first.returncode == 0, first.stderr
     ckpt = tmp_path / "a" / "checkpoints" / "last.pt"
     # Same run, asked for 2 epochs again: nothing left to train, only the final report.
-    again = cli("train", "trainer.epochs=2", f"trainer.resume={ckpt}", "hydra.run.dir=b", "trainer.image_grid=0",
-                cwd=tmp_path)
+    again = cli(
+        "train", "trainer.epochs=2", f"trainer.resume={ckpt}", "hydra.run.dir=b", "trainer.image_grid=0", cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stdout and "epoch 1/2" not in again.stdout
-    assert read_json(tmp_path / "b" / "metrics.json")["test_acc"] == read_json(tmp_path / "a" / "metrics.json")["test_acc"]
+    assert (
+        read_json(tmp_path / "b" / "metrics.json")["test_acc"] == read_json(tmp_path / "a" / "metrics.json")["test_acc"]
+    )
 
 
 def test_resume_with_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
@@ -162,27 +193,51 @@ def test_resume_with_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     assert first.returncode == 0, first.stderr
     ckpt = tmp_path / "a" / "checkpoints" / "last.pt"
     before = ckpt.read_bytes()
-    other = cli("train", "trainer.epochs=1", "data=synthetic", "data.channels=3", f"trainer.resume={ckpt}",
-                "hydra.run.dir=b", cwd=tmp_path)
+    other = cli(
+        "train",
+        "trainer.epochs=1",
+        "data=synthetic",
+        "data.channels=3",
+        f"trainer.resume={ckpt}",
+        "hydra.run.dir=b",
+        cwd=tmp_path,
+    )
     assert other.returncode == 2
     assert other.stderr.startswith("error: cannot resume from") and len(other.stderr.strip().splitlines()) == 1
     assert ckpt.read_bytes() == before
 
 
 def test_multirun_sweep_writes_one_run_per_job(tmp_path):
-    result = cli("train", "-m", "optimizer.lr=0.01,0.001", "trainer.epochs=1", "trainer.image_grid=0",
-                 "hydra.sweep.dir=sweep", cwd=tmp_path)
+    result = cli(
+        "train",
+        "-m",
+        "optimizer.lr=0.01,0.001",
+        "trainer.epochs=1",
+        "trainer.image_grid=0",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     assert [p.parent.name for p in runs] == ["0", "1"]
-    lrs = [torch.load(p.parent / "checkpoints" / "last.pt", weights_only=True)["config"]["optimizer"]["lr"]
-           for p in runs]
+    lrs = [
+        torch.load(p.parent / "checkpoints" / "last.pt", weights_only=True)["config"]["optimizer"]["lr"] for p in runs
+    ]
     assert lrs == [0.01, 0.001]
 
 
 def test_synthetic_data_trains(tmp_path):
-    result = cli("train", "data=synthetic", "data.num_samples=512", "data.image_size=28", "data.num_classes=4",
-                 "trainer.epochs=3", "hydra.run.dir=run", "trainer.image_grid=4", cwd=tmp_path)
+    result = cli(
+        "train",
+        "data=synthetic",
+        "data.num_samples=512",
+        "data.image_size=28",
+        "data.num_classes=4",
+        "trainer.epochs=3",
+        "hydra.run.dir=run",
+        "trainer.image_grid=4",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["best_val_acc"] > 50.0  # 4 classes: chance is 25%; the class templates are learnable

@@ -12,8 +12,15 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def train_tiny(where: Path, *overrides: str) -> Path:
     """`cnnlab train` on the defaults (LeNet-5 on the bundled digits at 32x32), 2 epochs: a few seconds."""
     run_dir = where / "run"
-    result = cli("train", "trainer.epochs=2", "trainer.progress=plain", f"hydra.run.dir={run_dir}", *overrides,
-                 cwd=where, env=ONE_THREAD)
+    result = cli(
+        "train",
+        "trainer.epochs=2",
+        "trainer.progress=plain",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+        cwd=where,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return run_dir
 

@@ -35,10 +35,17 @@ def class_scores(cm: torch.Tensor) -> dict:
     denom = precision + recall
     f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-12), torch.zeros_like(hits))
     present = (support > 0) | (predicted > 0)
-    macro = {name: float(v[present].mean()) if present.any() else 0.0
-             for name, v in (("precision", precision), ("recall", recall), ("f1", f1))}
-    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-            "support": [int(s) for s in support], "macro": macro}
+    macro = {
+        name: float(v[present].mean()) if present.any() else 0.0
+        for name, v in (("precision", precision), ("recall", recall), ("f1", f1))
+    }
+    return {
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": [int(s) for s in support],
+        "macro": macro,
+    }
 
 
 def most_confused(cm: torch.Tensor, classes: Sequence[str], k: int = 10) -> list[dict]:
@@ -53,8 +60,14 @@ def most_confused(cm: torch.Tensor, classes: Sequence[str], k: int = 10) -> list
         t, p = divmod(flat, cm.shape[1])
         if off[t, p] == 0:
             break
-        pairs.append({"true": class_name(classes, t), "pred": class_name(classes, p), "count": int(off[t, p]),
-                      "share": 100.0 * int(off[t, p]) / max(1, int(support[t]))})
+        pairs.append(
+            {
+                "true": class_name(classes, t),
+                "pred": class_name(classes, p),
+                "count": int(off[t, p]),
+                "share": 100.0 * int(off[t, p]) / max(1, int(support[t])),
+            }
+        )
     return pairs
 
 
@@ -71,15 +84,23 @@ def confusion_figure(cm: torch.Tensor, classes: Sequence[str], title: str = ""):
     axes = fig.subplots(1, 2)
     label_size = 9 if k <= 20 else max(4, 9 - k // 20)
     annotate = k <= 25
-    for ax, values, what, fmt, cmap in ((axes[0], cm.numpy(), "counts", "d", "Blues"),
-                                        (axes[1], share, "row-normalised (% of each true class)", ".0f", "Oranges")):
+    for ax, values, what, fmt, cmap in (
+        (axes[0], cm.numpy(), "counts", "d", "Blues"),
+        (axes[1], share, "row-normalised (% of each true class)", ".0f", "Oranges"),
+    ):
         vmax = 100 if values is share else max(1, int(values.max()))
         image = ax.imshow(values, cmap=cmap, vmin=0, vmax=vmax)
         ax.set_title(what, fontsize=11)
         ax.set_xlabel("predicted class", fontsize=10)
         ax.set_ylabel("true class", fontsize=10)
-        ax.set_xticks(range(k), names, rotation=45 if longest > 3 else 0, ha="right" if longest > 3 else "center",
-                      rotation_mode="anchor", fontsize=label_size)
+        ax.set_xticks(
+            range(k),
+            names,
+            rotation=45 if longest > 3 else 0,
+            ha="right" if longest > 3 else "center",
+            rotation_mode="anchor",
+            fontsize=label_size,
+        )
         ax.set_yticks(range(k), names, fontsize=label_size)
         fig.colorbar(image, ax=ax, shrink=0.8, label="images" if values is not share else "% of true class")
         if annotate:
@@ -87,8 +108,15 @@ def confusion_figure(cm: torch.Tensor, classes: Sequence[str], title: str = ""):
             for (t, p), v in np.ndenumerate(values):
                 if v > 0 or values is not share:
                     text = "<1" if values is share and 0 < v < 0.5 else format(v, fmt)
-                    ax.text(p, t, text, ha="center", va="center", fontsize=max(5, label_size - 1),
-                            color="white" if v > high else "black")
+                    ax.text(
+                        p,
+                        t,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=max(5, label_size - 1),
+                        color="white" if v > high else "black",
+                    )
     total, hits = int(cm.sum()), int(cm.diagonal().sum())
     heading = f"confusion matrix: {total:,} images, {100.0 * hits / max(1, total):.2f}% on the diagonal"
     fig.suptitle(f"{title}\n{heading}" if title else heading, fontsize=12)

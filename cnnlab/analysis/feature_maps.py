@@ -15,10 +15,12 @@ def capture(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module]) -> 
     """Run x through the model; returns ({name: that layer's output, detached on the CPU}, logits)."""
     outputs, handles = {}, []
     for name, module in layers.items():
+
         def hook(_module, _inputs, out, name=name):
             first = out[0] if isinstance(out, (tuple, list)) else out
             if isinstance(first, torch.Tensor):
                 outputs[name] = first.detach().float().cpu()
+
         handles.append(module.register_forward_hook(hook))
     try:
         logits = model(x)
@@ -35,10 +37,12 @@ def last_feature_map(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]
     found, handles = [], []
     for name, module in model.named_modules():
         if name and not list(module.children()):
+
             def hook(_module, _inputs, out, name=name, module=module):
                 first = out[0] if isinstance(out, (tuple, list)) else out
                 if isinstance(first, torch.Tensor) and first.dim() == 4 and first.shape[2] * first.shape[3] > 1:
                     found.append((name, module))
+
             handles.append(module.register_forward_hook(hook))
     try:
         model(x)
@@ -79,8 +83,9 @@ def feature_map_figure(fmap: torch.Tensor, title: str, max_maps: int = 64):
         ax.imshow(fmap[i].numpy(), cmap="viridis", interpolation="nearest")
         ax.set_title(f"ch {i}", fontsize=7, pad=2)
     c, h, w = fmap.shape
-    fig.suptitle(f"{title}\n{c} x {h} x {w}: {shown} of {c} channels, each scaled to its own range (yellow: high)",
-                 fontsize=10)
+    fig.suptitle(
+        f"{title}\n{c} x {h} x {w}: {shown} of {c} channels, each scaled to its own range (yellow: high)", fontsize=10
+    )
     return fig
 
 
@@ -104,7 +109,10 @@ def filter_figure(weight: torch.Tensor, title: str, max_filters: int = 64):
             ax.imshow(w.numpy(), cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
         ax.set_title(f"{i}", fontsize=7, pad=2)
     o, i_ch, kh, kw = weight.shape
-    how = "RGB, each filter stretched to [0, 1]" if rgb else (
-        "red: positive, blue: negative weights" + (f" (mean over {i_ch} input channels)" if i_ch > 1 else ""))
+    how = (
+        "RGB, each filter stretched to [0, 1]"
+        if rgb
+        else ("red: positive, blue: negative weights" + (f" (mean over {i_ch} input channels)" if i_ch > 1 else ""))
+    )
     fig.suptitle(f"{title}\n{o} filters of {i_ch} x {kh} x {kw}: {how}", fontsize=10)
     return fig

@@ -31,7 +31,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int | 
             if act is None or act.dim() != 4:
                 raise ValueError("grad_cam needs a layer whose output is an (N, C, H, W) feature map")
             target = int(logits[0].argmax()) if target is None else target
-            grad, = torch.autograd.grad(logits[0, target], act)
+            (grad,) = torch.autograd.grad(logits[0, target], act)
     finally:
         handle.remove()
         model.train(was_training)
@@ -39,8 +39,12 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int | 
     cam = F.relu((weights[:, None, None] * act[0].detach()).sum(0))
     cam = F.interpolate(cam[None, None], size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
     cam = cam / cam.max() if cam.max() > 0 else cam
-    return {"cam": cam.float().cpu(), "target": target, "probs": logits[0].detach().softmax(0).cpu(),
-            "map": list(act.shape[2:])}
+    return {
+        "cam": cam.float().cpu(),
+        "target": target,
+        "probs": logits[0].detach().softmax(0).cpu(),
+        "map": list(act.shape[2:]),
+    }
 
 
 def overlay_figure(image: torch.Tensor, cam: torch.Tensor, title: str):

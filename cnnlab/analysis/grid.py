@@ -27,7 +27,7 @@ def class_name(classes: Sequence[str], k: int) -> str:
 
 
 def caption(true: int, pred: int, classes: Sequence[str], prob: float | None = None) -> str:
-    """"true -> pred (p)" in full; a right prediction names its class once."""
+    """ "true -> pred (p)" in full; a right prediction names its class once."""
     text = class_name(classes, true) if true == pred else f"{class_name(classes, true)} -> {class_name(classes, pred)}"
     return text if prob is None else f"{text} ({prob:.2f})"
 
@@ -42,8 +42,9 @@ def label_captions(y: torch.Tensor, classes) -> list[str]:
         if len(k) < 2 or share[1] < 0.005:  # a mix too faint to print
             captions.append(class_name(classes, int(k[0])))
         else:
-            captions.append(f"{class_name(classes, int(k[0]))} {share[0]:.2f} + {class_name(classes, int(k[1]))} "
-                            f"{share[1]:.2f}")
+            captions.append(
+                f"{class_name(classes, int(k[0]))} {share[0]:.2f} + {class_name(classes, int(k[1]))} {share[1]:.2f}"
+            )
     return captions
 
 
@@ -56,8 +57,14 @@ def _wrap(text: str, width: int) -> str:
     return text
 
 
-def grid_figure(images: torch.Tensor, captions: Sequence[str], colours: Sequence[str] | None = None,
-                title: str = "", columns: int = 8, tile: float = 1.45):
+def grid_figure(
+    images: torch.Tensor,
+    captions: Sequence[str],
+    colours: Sequence[str] | None = None,
+    title: str = "",
+    columns: int = 8,
+    tile: float = 1.45,
+):
     """uint8 (N, C, H, W) images in a grid of about `tile`-inch cells, each with its caption below; a Figure.
 
     One mosaic drawn by one imshow (not an axis per image: 5-10x faster, which matters for a grid drawn
@@ -76,7 +83,7 @@ def grid_figure(images: torch.Tensor, captions: Sequence[str], colours: Sequence
         img = images[i].repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         img = img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]
         y, x = r * cell_h, c * cell_w + gap // 2
-        mosaic[y:y + th, x:x + tw] = img.permute(1, 2, 0).numpy()
+        mosaic[y : y + th, x : x + tw] = img.permute(1, 2, 0).numpy()
     head = 48 if title else 6  # pixels above the mosaic for the title
     fig = new_figure(mosaic.shape[1] / DPI, (mosaic.shape[0] + head) / DPI, layout=None)
     ax = fig.add_axes((0, 0, 1, mosaic.shape[0] / (mosaic.shape[0] + head)))
@@ -87,17 +94,40 @@ def grid_figure(images: torch.Tensor, captions: Sequence[str], colours: Sequence
         r, c = divmod(i, columns)
         x, y = c * cell_w + gap // 2, r * cell_h
         colour = colours[i] if colours is not None else NEUTRAL
-        ax.add_patch(Rectangle((x - 0.5, y - 0.5), tw, th, fill=False, edgecolor=colour if colours else "#cccccc",
-                               linewidth=2 if colour == WRONG else 1))
-        ax.text(x + tw / 2, y + th + 2, _wrap(captions[i], chars), ha="center", va="top", fontsize=8, color=colour,
-                linespacing=1.0)
+        ax.add_patch(
+            Rectangle(
+                (x - 0.5, y - 0.5),
+                tw,
+                th,
+                fill=False,
+                edgecolor=colour if colours else "#cccccc",
+                linewidth=2 if colour == WRONG else 1,
+            )
+        )
+        ax.text(
+            x + tw / 2,
+            y + th + 2,
+            _wrap(captions[i], chars),
+            ha="center",
+            va="top",
+            fontsize=8,
+            color=colour,
+            linespacing=1.0,
+        )
     if title:
         fig.text(0.5, 1 - 4 / (mosaic.shape[0] + head), title, ha="center", va="top", fontsize=10)
     return fig
 
 
-def prediction_figure(images: torch.Tensor, true: Sequence[int], pred: Sequence[int], classes: Sequence[str],
-                      probs: Sequence[float] | None = None, title: str = "", columns: int = 8):
+def prediction_figure(
+    images: torch.Tensor,
+    true: Sequence[int],
+    pred: Sequence[int],
+    classes: Sequence[str],
+    probs: Sequence[float] | None = None,
+    title: str = "",
+    columns: int = 8,
+):
     """Images captioned "true -> pred (p)" (green when right, red when wrong); returns a Figure."""
     captions = [caption(t, p, classes, None if probs is None else probs[i]) for i, (t, p) in enumerate(zip(true, pred))]
     colours = [RIGHT if t == p else WRONG for t, p in zip(true, pred)]
@@ -105,7 +135,14 @@ def prediction_figure(images: torch.Tensor, true: Sequence[int], pred: Sequence[
     return grid_figure(images, captions, colours, title, columns)
 
 
-def prediction_grid(images: torch.Tensor, true: Sequence[int], pred: Sequence[int], classes: Sequence[str],
-                    probs: Sequence[float] | None = None, title: str = "", columns: int = 8) -> torch.Tensor:
+def prediction_grid(
+    images: torch.Tensor,
+    true: Sequence[int],
+    pred: Sequence[int],
+    classes: Sequence[str],
+    probs: Sequence[float] | None = None,
+    title: str = "",
+    columns: int = 8,
+) -> torch.Tensor:
     """prediction_figure rendered as one uint8 (3, H, W) picture (for TensorBoard)."""
     return to_tensor(prediction_figure(images, true, pred, classes, probs, title, columns))

@@ -35,8 +35,9 @@ def _arg(args, kwargs, index: int, name: str, default):
 
 def _window(field: Field, kernel: int, stride: int, padding: int, dilation: int = 1) -> Field:
     k = dilation * (kernel - 1) + 1
-    return Field(field.size + (k - 1) * field.jump, field.jump * stride,
-                 field.start + ((k - 1) / 2 - padding) * field.jump)
+    return Field(
+        field.size + (k - 1) * field.jump, field.jump * stride, field.start + ((k - 1) / 2 - padding) * field.jump
+    )
 
 
 class ReceptiveFieldTracker(TorchFunctionMode):
@@ -73,8 +74,11 @@ class ReceptiveFieldTracker(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        src = self._source(args[:1], {k: v for k, v in kwargs.items() if k == "input"}) if func in _WINDOWED \
+        src = (
+            self._source(args[:1], {k: v for k, v in kwargs.items() if k == "input"})
+            if func in _WINDOWED
             else self._source(args, kwargs)
+        )
         if src is None:
             return out
         if func in (F.conv2d, torch.conv2d):
@@ -87,17 +91,24 @@ class ReceptiveFieldTracker(TorchFunctionMode):
             k = _first(_arg(args, kwargs, 1, "kernel_size", None))
             stride = _arg(args, kwargs, 2, "stride", None)
             dil = _first(_arg(args, kwargs, 4, "dilation", 1)) if func is not F.avg_pool2d else 1
-            self._tag(out, _window(src, k, _first(stride) if stride else k, _first(_arg(args, kwargs, 3, "padding", 0)),
-                                   dil))
+            self._tag(
+                out, _window(src, k, _first(stride) if stride else k, _first(_arg(args, kwargs, 3, "padding", 0)), dil)
+            )
         elif func is F.lp_pool2d:
             k = _first(_arg(args, kwargs, 2, "kernel_size", None))
             stride = _arg(args, kwargs, 3, "stride", None)
             self._tag(out, _window(src, k, _first(stride) if stride else k, 0))
         elif func is F.unfold:
-            self._tag(out, _window(src, _first(_arg(args, kwargs, 1, "kernel_size", None)),
-                                   _first(_arg(args, kwargs, 4, "stride", 1)),
-                                   _first(_arg(args, kwargs, 3, "padding", 0)),
-                                   _first(_arg(args, kwargs, 2, "dilation", 1))))
+            self._tag(
+                out,
+                _window(
+                    src,
+                    _first(_arg(args, kwargs, 1, "kernel_size", None)),
+                    _first(_arg(args, kwargs, 4, "stride", 1)),
+                    _first(_arg(args, kwargs, 3, "padding", 0)),
+                    _first(_arg(args, kwargs, 2, "dilation", 1)),
+                ),
+            )
         elif func is F.pad:
             pad = _arg(args, kwargs, 1, "pad", (0,))
             self._tag(out, Field(src.size, src.jump, src.start - pad[0] * src.jump))
@@ -115,9 +126,20 @@ class ReceptiveFieldTracker(TorchFunctionMode):
 
 
 # Ops whose field comes from their input only (not from their weights or other arguments).
-_WINDOWED = {F.conv2d, torch.conv2d, F.max_pool2d, F.max_pool2d_with_indices, F.avg_pool2d, torch.max_pool2d,
-             F.lp_pool2d, F.unfold, F.pad, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-             F.adaptive_max_pool2d_with_indices}
+_WINDOWED = {
+    F.conv2d,
+    torch.conv2d,
+    F.max_pool2d,
+    F.max_pool2d_with_indices,
+    F.avg_pool2d,
+    torch.max_pool2d,
+    F.lp_pool2d,
+    F.unfold,
+    F.pad,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool2d_with_indices,
+}
 
 
 def receptive_field(model: torch.nn.Module, x: torch.Tensor) -> dict:

@@ -59,6 +59,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
         def hook(module, inp):
             x = _first_tensor(inp)
             active.append((name, module, tuple(x.shape[1:]) if x is not None else None))
+
         return hook
 
     def post(name, leaf):
@@ -70,16 +71,36 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
             if x.dim() == 4 and min(x.shape[2:]) < 1 and not collapse:
                 collapse.update(layer=name, type=type(module).__name__, output=list(x.shape[1:]))
             if not leaf:  # a non-leaf with extra MACs (attention): a row for what its children do not count
-                layers.append({"name": name + " (matmuls)", "type": type(module).__name__, "shape": list(x.shape[1:]),
-                               "params": 0, "macs": _macs(module, inp, x), "bytes": 0, "rf": None, "jump": None})
+                layers.append(
+                    {
+                        "name": name + " (matmuls)",
+                        "type": type(module).__name__,
+                        "shape": list(x.shape[1:]),
+                        "params": 0,
+                        "macs": _macs(module, inp, x),
+                        "bytes": 0,
+                        "rf": None,
+                        "jump": None,
+                    }
+                )
                 return
             own = module.parameters(recurse=getattr(module, "atomic", False))
             params = 0 if module in seen else sum(p.numel() for p in own)  # a reused module counts once
             seen.add(module)
             field = tracker.fields.get(id(x)) if x.dim() == 4 else None  # a feature map's units: what they see
-            layers.append({"name": name, "type": type(module).__name__, "shape": list(x.shape[1:]), "params": params,
-                           "macs": _macs(module, inp, x), "bytes": x.numel() // x.shape[0] * x.element_size(),
-                           "rf": field.size if field else None, "jump": field.jump if field else None})
+            layers.append(
+                {
+                    "name": name,
+                    "type": type(module).__name__,
+                    "shape": list(x.shape[1:]),
+                    "params": params,
+                    "macs": _macs(module, inp, x),
+                    "bytes": x.numel() // x.shape[0] * x.element_size(),
+                    "rf": field.size if field else None,
+                    "jump": field.jump if field else None,
+                }
+            )
+
         return hook
 
     handles = []
@@ -97,19 +118,37 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
         if not active:
             raise
         name, module, shape = active[-1]
-        collapse = collapse or {"layer": name, "type": type(module).__name__, "input": list(shape or ()),
-                                "error": str(ex).strip().splitlines()[0]}
+        collapse = collapse or {
+            "layer": name,
+            "type": type(module).__name__,
+            "input": list(shape or ()),
+            "error": str(ex).strip().splitlines()[0],
+        }
     finally:
         for h in handles:
             h.remove()
     total = sum(p.numel() for p in model.parameters())
     listed = sum(row["params"] for row in layers)
     if total != listed:  # parameters used outside leaf layers (class tokens, position embeddings) or never called
-        layers.append({"name": "(layers not run)" if collapse else "(other parameters)", "type": "", "shape": [],
-                       "params": total - listed, "macs": 0, "bytes": 0, "rf": None, "jump": None})
+        layers.append(
+            {
+                "name": "(layers not run)" if collapse else "(other parameters)",
+                "type": "",
+                "shape": [],
+                "params": total - listed,
+                "macs": 0,
+                "bytes": 0,
+                "rf": None,
+                "jump": None,
+            }
+        )
     return {
-        "input": list(input_shape), "params": total,
+        "input": list(input_shape),
+        "params": total,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "macs": sum(row["macs"] for row in layers), "activation_bytes": sum(row["bytes"] for row in layers),
-        "receptive_field": None if collapse else report(tracker), "collapse": collapse or None, "layers": layers,
+        "macs": sum(row["macs"] for row in layers),
+        "activation_bytes": sum(row["bytes"] for row in layers),
+        "receptive_field": None if collapse else report(tracker),
+        "collapse": collapse or None,
+        "layers": layers,
     }

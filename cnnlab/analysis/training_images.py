@@ -28,15 +28,22 @@ class TrainingImages(Callback):
         self.batch_logged = True  # once per fit: one host copy of a few images
         spec, epoch = trainer.spec, trainer.state.progress.epoch + 1
         images = denormalise(x[: self.grid].detach(), spec.mean, spec.std)
-        fig = grid_figure(images, label_captions(y[: self.grid].detach().cpu(), spec.classes),
-                          title=f"first training batch of epoch {epoch}, as the model sees it (augmented)")
+        fig = grid_figure(
+            images,
+            label_captions(y[: self.grid].detach().cpu(), spec.classes),
+            title=f"first training batch of epoch {epoch}, as the model sees it (augmented)",
+        )
         trainer.tb.image("train/augmented_batch", to_tensor(fig), epoch)
 
     @torch.no_grad()
     def on_epoch_end(self, trainer, model, data, row: dict) -> None:
         epoch = row["epoch"]
-        if trainer.tb is None or not self.grid or not self.every or (
-                epoch % self.every and epoch != trainer.cfg.epochs):
+        if (
+            trainer.tb is None
+            or not self.grid
+            or not self.every
+            or (epoch % self.every and epoch != trainer.cfg.epochs)
+        ):
             return
         x, y = next(iter(data.val))
         x, y = x[: self.grid], y[: self.grid]
@@ -47,20 +54,25 @@ class TrainingImages(Callback):
         model.train(was_training)
         prob, pred = logits.float().softmax(1).max(1)
         spec = trainer.spec
-        picture = prediction_grid(denormalise(x, spec.mean, spec.std), y.tolist(), pred.tolist(), spec.classes,
-                                  prob.tolist(), title=f"validation predictions after epoch {epoch} "
-                                                       f"(val acc {row['val_acc']:.2f}%)")
+        picture = prediction_grid(
+            denormalise(x, spec.mean, spec.std),
+            y.tolist(),
+            pred.tolist(),
+            spec.classes,
+            prob.tolist(),
+            title=f"validation predictions after epoch {epoch} (val acc {row['val_acc']:.2f}%)",
+        )
         trainer.tb.image("val/predictions", picture, epoch)
 
     def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
         # Every rank evaluates (the sums may be reduced across ranks); rank 0 draws.
-        loader = LimitedBatches(data.val, trainer.cfg.limit_val_batches) if trainer.cfg.limit_val_batches \
-            else data.val
+        loader = LimitedBatches(data.val, trainer.cfg.limit_val_batches) if trainer.cfg.limit_val_batches else data.val
         result = evaluate(model, loader, trainer.spec.num_classes, trainer.autocast, trainer.memory_format)
         if trainer.tb is None:
             return
         best = metrics["best_epoch"]
-        fig = confusion_figure(result["confusion"], trainer.spec.classes,
-                               f"validation split, best epoch {best} (best.pt)")
+        fig = confusion_figure(
+            result["confusion"], trainer.spec.classes, f"validation split, best epoch {best} (best.pt)"
+        )
         save(fig, trainer.run_dir / "val_confusion_matrix.png")
         trainer.tb.image("val/confusion_matrix", to_tensor(fig), best)

@@ -69,8 +69,9 @@ def run(cfg: DictConfig) -> dict:
             run_cfg.data.eval_batch_size = cfg.batch_size
     data = data_lib.build(run_cfg.data, None, device, seed=run_cfg.seed, stats=(spec.mean, spec.std))  # no augment
     if data.spec.num_classes != spec.num_classes:
-        raise CnnlabError(f"{trained.path} was trained on {spec.num_classes} classes but its data now has "
-                          f"{data.spec.num_classes}")
+        raise CnnlabError(
+            f"{trained.path} was trained on {spec.num_classes} classes but its data now has {data.spec.num_classes}"
+        )
     out_dir = report_dir(cfg, trained)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,21 +81,35 @@ def run(cfg: DictConfig) -> dict:
     loader = data.train.evaluation_mode() if cfg.split == "train" else {"test": data.test, "val": data.val}[cfg.split]
     model = FlipAverage(trained.model) if cfg.tta == "flip" else trained.model
     mistakes = ConfidentMistakes(cfg.grid)
-    result = evaluate(model, loader, spec.num_classes, autocast_for(device, resolve_precision("auto", device)),
-                      on_batch=mistakes)
+    result = evaluate(
+        model, loader, spec.num_classes, autocast_for(device, resolve_precision("auto", device)), on_batch=mistakes
+    )
     cm, classes = result["confusion"], spec.classes
     scores = class_scores(cm)
     pairs = most_confused(cm, classes, cfg.pairs)
     title = f"{trained.name} · {trained.path.name} (epoch {trained.state.get('epoch')}) · {cfg.split} split" + (
-        " · flip TTA" if cfg.tta == "flip" else "")
+        " · flip TTA" if cfg.tta == "flip" else ""
+    )
     report = {
-        "checkpoint": str(trained.path.resolve()), "model": trained.name, "model_target": run_cfg.model._target_,
-        "params": trained.params, "split": cfg.split, "epoch": trained.state.get("epoch"), "tta": cfg.tta,
-        "loss": result["loss"], "top1": result["top1"], "top5": result["top5"], "count": result["count"],
+        "checkpoint": str(trained.path.resolve()),
+        "model": trained.name,
+        "model_target": run_cfg.model._target_,
+        "params": trained.params,
+        "split": cfg.split,
+        "epoch": trained.state.get("epoch"),
+        "tta": cfg.tta,
+        "loss": result["loss"],
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "count": result["count"],
         "macro": {k: 100 * v for k, v in scores["macro"].items()},
-        "per_class": {class_name(classes, i): {"images": scores["support"][i],
-                                               **{k: 100 * scores[k][i] for k in ("precision", "recall", "f1")}}
-                      for i in range(spec.num_classes)},
+        "per_class": {
+            class_name(classes, i): {
+                "images": scores["support"][i],
+                **{k: 100 * scores[k][i] for k in ("precision", "recall", "f1")},
+            }
+            for i in range(spec.num_classes)
+        },
         "most_confused": pairs,
         "confusion_matrix": cm.tolist(),
         "files": {},
@@ -103,8 +118,13 @@ def run(cfg: DictConfig) -> dict:
     if mistakes.x is not None:
         images = denormalise(mistakes.x, spec.mean, spec.std)
         pictures["misclassified"] = prediction_figure(
-            images, mistakes.y.tolist(), mistakes.pred.tolist(), classes, mistakes.prob.tolist(),
-            f"{title}: the {len(images)} most confident of {mistakes.wrong:,} mistakes")
+            images,
+            mistakes.y.tolist(),
+            mistakes.pred.tolist(),
+            classes,
+            mistakes.prob.tolist(),
+            f"{title}: the {len(images)} most confident of {mistakes.wrong:,} mistakes",
+        )
     shutil.rmtree(out_dir / "tb", ignore_errors=True)  # a previous eval's events: this report replaces them
     tb = TensorBoard(out_dir / "tb")
     for name, fig in pictures.items():
@@ -121,25 +141,38 @@ def run(cfg: DictConfig) -> dict:
 def _print(report: dict, title: str, out_dir: Path, out: Path) -> None:
     console = make_console()
     table = Table(title=f"{title}: {report['count']:,} images ({report['params']:,} parameters)")
-    for column, justify in (("class", "left"), ("images", "right"), ("precision", "right"), ("recall", "right"),
-                            ("F1", "right")):
+    for column, justify in (
+        ("class", "left"),
+        ("images", "right"),
+        ("precision", "right"),
+        ("recall", "right"),
+        ("F1", "right"),
+    ):
         table.add_column(column, justify=justify)
     for name, row in report["per_class"].items():
-        table.add_row(name, f"{row['images']:,}", f"{row['precision']:.2f}%", f"{row['recall']:.2f}%",
-                      f"{row['f1']:.2f}%")
+        table.add_row(
+            name, f"{row['images']:,}", f"{row['precision']:.2f}%", f"{row['recall']:.2f}%", f"{row['f1']:.2f}%"
+        )
     macro = report["macro"]
     table.add_section()
     table.add_row("macro average", "", f"{macro['precision']:.2f}%", f"{macro['recall']:.2f}%", f"{macro['f1']:.2f}%")
     console.print(table)
     if report["most_confused"]:
         pairs = Table(title="most confused (true -> predicted)")
-        for column, justify in (("true", "left"), ("predicted", "left"), ("images", "right"),
-                                ("% of true class", "right")):
+        for column, justify in (
+            ("true", "left"),
+            ("predicted", "left"),
+            ("images", "right"),
+            ("% of true class", "right"),
+        ):
             pairs.add_column(column, justify=justify)
         for p in report["most_confused"]:
             pairs.add_row(p["true"], p["pred"], f"{p['count']:,}", f"{p['share']:.1f}%")
         console.print(pairs)
     say(console, f"checkpoint {report['checkpoint']}")
-    say(console, f"loss {report['loss']:.4f}  top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
-                 f"macro F1 {macro['f1']:.2f}%")
+    say(
+        console,
+        f"loss {report['loss']:.4f}  top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
+        f"macro F1 {macro['f1']:.2f}%",
+    )
     say(console, f"report: {out}; pictures and TensorBoard events in {out_dir}")

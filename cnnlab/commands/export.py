@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from cnnlab import data as data_lib
-from cnnlab.commands.trained import Trained, find_files, load_image, load_trained, normalise
 from cnnlab.checks import choice, number
+from cnnlab.commands.trained import Trained, find_files, load_image, load_trained, normalise
 from cnnlab.config import ExportSchema, check_keys
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
@@ -47,11 +47,17 @@ def parity_batch(cfg: DictConfig, trained: Trained) -> torch.Tensor:
         if cfg.data_root:
             run_cfg.data.root = cfg.data_root
     try:
-        data = data_lib.build(run_cfg.data, run_cfg.augment, torch.device("cpu"), seed=run_cfg.seed,
-                              stats=(trained.spec.mean, trained.spec.std))
+        data = data_lib.build(
+            run_cfg.data,
+            run_cfg.augment,
+            torch.device("cpu"),
+            seed=run_cfg.seed,
+            stats=(trained.spec.mean, trained.spec.std),
+        )
     except CnnlabError as ex:
-        raise CnnlabError(f"{ex} (the parity check needs real images: give inputs=FILE|DIR|GLOB or "
-                          f"data_root=DIR)") from None
+        raise CnnlabError(
+            f"{ex} (the parity check needs real images: give inputs=FILE|DIR|GLOB or data_root=DIR)"
+        ) from None
     x, _ = next(iter(data.test))
     return x
 
@@ -61,9 +67,18 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     _need("onnx")
     batch = torch.export.Dim("batch", min=1)
     try:
-        torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
-                          external_data=False)  # one self-contained file (weights inside; fine below 2 GB)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+        )  # one self-contained file (weights inside; fine below 2 GB)
     except torch.onnx.OnnxExporterError as ex:  # an op the exporter cannot translate: say which, in one line
         first = str(ex).strip().splitlines()[0][:300]
         raise CnnlabError(f"torch.onnx cannot export {type(model).__name__}: {first}; try format=torchscript") from None
@@ -94,8 +109,11 @@ def run(cfg: DictConfig) -> dict:
     number(cfg, "batch_size", low=1, integer=True)
     number(cfg, "opset", low=7, integer=True)
     trained = load_trained(cfg.checkpoint, torch.device("cpu"))  # export on the CPU, in fp32
-    out = Path(cfg.output).expanduser() if cfg.output else trained.path.with_name(
-        trained.path.name.removesuffix(".pt") + SUFFIX[cfg.format])
+    out = (
+        Path(cfg.output).expanduser()
+        if cfg.output
+        else trained.path.with_name(trained.path.name.removesuffix(".pt") + SUFFIX[cfg.format])
+    )
     if out.resolve() == trained.path.resolve():
         raise CnnlabError(f"output={out} is the checkpoint itself: choose another file")
     x = parity_batch(cfg, trained)
@@ -114,8 +132,10 @@ def run(cfg: DictConfig) -> dict:
         diff = float((got.float() - expected).abs().max())
         agree = float((got.argmax(1) == expected.argmax(1)).float().mean()) * 100
         if diff > cfg.tolerance:
-            raise CnnlabError(f"{cfg.format} export differs from PyTorch by {diff:.3g} (max abs over {len(x)} "
-                              f"images' logits) > tolerance={cfg.tolerance:g}; nothing written")
+            raise CnnlabError(
+                f"{cfg.format} export differs from PyTorch by {diff:.3g} (max abs over {len(x)} "
+                f"images' logits) > tolerance={cfg.tolerance:g}; nothing written"
+            )
         os.replace(tmp, out)
     except OSError as ex:
         raise CnnlabError(f"cannot write {out}: {ex.strerror or ex}") from None
@@ -123,8 +143,14 @@ def run(cfg: DictConfig) -> dict:
         tmp.unlink(missing_ok=True)
     console = make_console()
     size = trained.spec.image_size
-    say(console, f"{trained.name} ({trained.path}) -> {out}: {cfg.format}, input images N x {trained.spec.channels} "
-                 f"x {size} x {size} (N dynamic), output logits N x {trained.spec.num_classes}")
-    say(console, f"parity on {len(x)} real images: max abs difference {diff:.3g} (tolerance {cfg.tolerance:g}), "
-                 f"top-1 agreement {agree:.1f}%")
+    say(
+        console,
+        f"{trained.name} ({trained.path}) -> {out}: {cfg.format}, input images N x {trained.spec.channels} "
+        f"x {size} x {size} (N dynamic), output logits N x {trained.spec.num_classes}",
+    )
+    say(
+        console,
+        f"parity on {len(x)} real images: max abs difference {diff:.3g} (tolerance {cfg.tolerance:g}), "
+        f"top-1 agreement {agree:.1f}%",
+    )
     return {"output": str(out), "format": cfg.format, "max_abs_diff": diff, "images": len(x), "agreement": agree}

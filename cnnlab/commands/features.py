@@ -20,8 +20,8 @@ from cnnlab.analysis.feature_maps import capture, feature_map_figure, filter_fig
 from cnnlab.analysis.figures import save, to_tensor
 from cnnlab.analysis.gradcam import grad_cam, overlay_figure
 from cnnlab.analysis.grid import class_name
-from cnnlab.commands.trained import load_image, load_trained, normalise
 from cnnlab.checks import number
+from cnnlab.commands.trained import load_image, load_trained, normalise
 from cnnlab.config import FeaturesSchema, check_keys
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
@@ -68,9 +68,15 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     tb = TensorBoard(run_dir / "tb")
-    report = {"checkpoint": str(trained.path.resolve()), "model": trained.name, "input": str(path),
-              "prediction": {"class": class_name(spec.classes, pred), "index": pred, "prob": float(probs[pred])},
-              "layers": [], "filters": None, "gradcam": None}
+    report = {
+        "checkpoint": str(trained.path.resolve()),
+        "model": trained.name,
+        "input": str(path),
+        "prediction": {"class": class_name(spec.classes, pred), "index": pred, "prob": float(probs[pred])},
+        "layers": [],
+        "filters": None,
+        "gradcam": None,
+    }
     heading = f"{trained.name}, {path.name} -> {pred_text}"
     for i, (name, module) in enumerate(layers.items()):
         out = outputs.get(name)
@@ -83,8 +89,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if (conv := first_conv(model)) is not None:
         name, module = conv
         fig = filter_figure(module.weight, f"{trained.name}: filters of the first convolution, {name}")
-        report["filters"] = {"layer": name, "shape": list(module.weight.shape), "file": str(save(fig, run_dir /
-                                                                                                "filters.png"))}
+        report["filters"] = {
+            "layer": name,
+            "shape": list(module.weight.shape),
+            "file": str(save(fig, run_dir / "filters.png")),
+        }
         tb.image("filters", to_tensor(fig), 0)
     # Grad-CAM at the deepest chosen layer with a map, by default at the network's last map (after its activation)
     maps = [(name, layers[name]) for name in layers if outputs.get(name) is not None and outputs[name].dim() == 4]
@@ -94,8 +103,12 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         cam = grad_cam(model, x, module, pred)
         h, w = cam["map"]
         fig = overlay_figure(image, cam["cam"], f"Grad-CAM for {pred_text} at {name} ({h}x{w} map) - {path.name}")
-        report["gradcam"] = {"layer": name, "class": class_name(spec.classes, pred), "map": cam["map"],
-                             "file": str(save(fig, run_dir / "gradcam.png"))}
+        report["gradcam"] = {
+            "layer": name,
+            "class": class_name(spec.classes, pred),
+            "map": cam["map"],
+            "file": str(save(fig, run_dir / "gradcam.png")),
+        }
         tb.image("gradcam", to_tensor(fig), 0)
     tb.close()
     (run_dir / "features.json").write_text(json.dumps(report, indent=2))

@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnlab.analysis.grid import class_name
-from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
 from cnnlab.checks import number
+from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
 from cnnlab.config import PredictSchema, check_keys
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
@@ -32,7 +32,7 @@ def predict_files(trained, files: list[Path], topk: int, batch_size: int, device
     k = min(topk, trained.spec.num_classes)
     for start in range(0, len(files), batch_size):
         images, readable = [], []
-        for path in files[start:start + batch_size]:
+        for path in files[start : start + batch_size]:
             try:
                 images.append(load_image(path, trained.spec))
                 readable.append(path)
@@ -45,8 +45,9 @@ def predict_files(trained, files: list[Path], topk: int, batch_size: int, device
         probs = trained.model(x).float().softmax(1)
         top = probs.topk(k, dim=1)
         for path, values, indices in zip(readable, top.values.tolist(), top.indices.tolist()):
-            ranked = [{"class": class_name(trained.spec.classes, i), "index": i, "prob": p}
-                      for p, i in zip(values, indices)]
+            ranked = [
+                {"class": class_name(trained.spec.classes, i), "index": i, "prob": p} for p, i in zip(values, indices)
+            ]
             entries[path] = {"file": str(path), **ranked[0], "topk": ranked}
     return [entries[path] for path in files]
 
@@ -60,17 +61,28 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)
     console = make_console()
-    entries = predict_files(trained, files, cfg.topk, cfg.batch_size, device,
-                            warn=lambda line: console.print(Text(line, style="yellow")))
+    entries = predict_files(
+        trained, files, cfg.topk, cfg.batch_size, device, warn=lambda line: console.print(Text(line, style="yellow"))
+    )
     done = [e for e in entries if "error" not in e]
     if not done:
-        raise CnnlabError(f"none of the {len(files)} input file(s) is an image this model can read "
-                          f"(first: {entries[0]['error']})")
-    out = Path(cfg.output).expanduser() if cfg.output else \
-        Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
-    report = {"checkpoint": str(trained.path.resolve()), "model": trained.name,
-              "input_size": [trained.spec.channels, trained.spec.image_size, trained.spec.image_size],
-              "topk": cfg.topk, "count": len(done), "skipped": len(entries) - len(done), "predictions": entries}
+        raise CnnlabError(
+            f"none of the {len(files)} input file(s) is an image this model can read (first: {entries[0]['error']})"
+        )
+    out = (
+        Path(cfg.output).expanduser()
+        if cfg.output
+        else Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
+    )
+    report = {
+        "checkpoint": str(trained.path.resolve()),
+        "model": trained.name,
+        "input_size": [trained.spec.channels, trained.spec.image_size, trained.spec.image_size],
+        "topk": cfg.topk,
+        "count": len(done),
+        "skipped": len(entries) - len(done),
+        "predictions": entries,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 
@@ -83,9 +95,16 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         if "error" in e:
             table.add_row(Text(e["file"]), Text("not an image", style="red"), "", "")
         else:
-            table.add_row(Text(e["file"]), Text(e["class"]), f"{e['prob']:.3f}",
-                          Text(", ".join(f"{r['class']} {r['prob']:.2f}" for r in e["topk"])))
+            table.add_row(
+                Text(e["file"]),
+                Text(e["class"]),
+                f"{e['prob']:.3f}",
+                Text(", ".join(f"{r['class']} {r['prob']:.2f}" for r in e["topk"])),
+            )
     console.print(table)
-    say(console, f"predictions for {len(done)} file(s) -> {out}" +
-        (f" ({report['skipped']} skipped: not images)" if report["skipped"] else ""))
+    say(
+        console,
+        f"predictions for {len(done)} file(s) -> {out}"
+        + (f" ({report['skipped']} skipped: not images)" if report["skipped"] else ""),
+    )
     return report

@@ -49,8 +49,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     images = denormalise(x, data.spec.mean, data.spec.std)
     title = f"{cfg.data.name} training images, augmented: {describe(cfg.augment)} (seed {cfg.seed}, epoch 1)"
     fig = grid_figure(images, label_captions(y, data.spec.classes), title=title, columns=cfg.columns)
-    out = Path(cfg.output).expanduser() if cfg.output else \
-        Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"
+    out = (
+        Path(cfg.output).expanduser()
+        if cfg.output
+        else Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"
+    )
     save(fig, out)
     say(make_console(), f"{len(images)} augmented {cfg.data.name} images -> {escape(str(out))}")
     return {"output": str(out), "count": len(images)}

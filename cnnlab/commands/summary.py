@@ -24,8 +24,9 @@ def spec_of(data_cfg: DictConfig) -> DataSpec:
     for key in ("channels", "image_size", "num_classes"):
         value = OmegaConf.select(data_cfg, key)
         if value is None:
-            raise CnnlabError(f"data.{key} is not known without loading data={data_cfg.get('name')}: "
-                              f"add data.{key}=...")
+            raise CnnlabError(
+                f"data.{key} is not known without loading data={data_cfg.get('name')}: add data.{key}=..."
+            )
         number(data_cfg, key, low=1, integer=True)
         facts[key] = value
     return DataSpec(**facts)
@@ -55,15 +56,25 @@ def run(cfg: DictConfig) -> dict:
 
     console = make_console()
     table = Table(title=f"{name}: one {_shape(result['input'])} image, {spec.num_classes} classes")
-    for column, justify in (("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right"),
-                            ("MACs", "right"), ("RF", "right"), ("jump", "right")):
+    for column, justify in (
+        ("layer", "left"),
+        ("type", "left"),
+        ("output", "right"),
+        ("params", "right"),
+        ("MACs", "right"),
+        ("RF", "right"),
+        ("jump", "right"),
+    ):
         table.add_column(column, justify=justify, overflow="fold")  # full layer names, wrapped when narrow
     for row in result["layers"]:
         rf, jump = (f"{row[k]:g}" if row.get(k) is not None else "" for k in ("rf", "jump"))
         table.add_row(row["name"], row["type"], _shape(row["shape"]), f"{row['params']:,}", _si(row["macs"]), rf, jump)
     console.print(table)
-    say(console, f"parameters {result['params']:,} (trainable {result['trainable_params']:,})  "
-                 f"MACs {_si(result['macs'])}  activations {result['activation_bytes'] / 2**20:.2f} MiB per image")
+    say(
+        console,
+        f"parameters {result['params']:,} (trainable {result['trainable_params']:,})  "
+        f"MACs {_si(result['macs'])}  activations {result['activation_bytes'] / 2**20:.2f} MiB per image",
+    )
     rf = result["receptive_field"]
     if rf:
         extent = "global (attention after the patch grid)" if rf["global"] else f"{rf['size']:g} px"
@@ -71,8 +82,13 @@ def run(cfg: DictConfig) -> dict:
     collapse = result["collapse"]
     if collapse:
         where = f"{collapse['layer']} ({collapse['type']})"
-        detail = f"input {_shape(collapse['input'])}: {collapse['error']}" if "error" in collapse else \
-            f"output {_shape(collapse['output'])}"
-        console.print(f"[yellow]warning: the spatial size collapses below 1 at {where}, {detail}; a "
-                      f"{spec.image_size}x{spec.image_size} input is too small for this model[/yellow]")
+        detail = (
+            f"input {_shape(collapse['input'])}: {collapse['error']}"
+            if "error" in collapse
+            else f"output {_shape(collapse['output'])}"
+        )
+        console.print(
+            f"[yellow]warning: the spatial size collapses below 1 at {where}, {detail}; a "
+            f"{spec.image_size}x{spec.image_size} input is too small for this model[/yellow]"
+        )
     return result

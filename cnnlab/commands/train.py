@@ -14,8 +14,6 @@ from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
-from cnnlab.finetune import Finetune, optimizer_config
-from cnnlab.finetune import prepare as finetune_prepare
 from cnnlab.engine import distributed, rundir
 from cnnlab.engine.data_init import DataDependentInit
 from cnnlab.engine.device import resolve_device
@@ -26,6 +24,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.experiments.cost import ModelCost
 from cnnlab.experiments.hparams import hparams_of
 from cnnlab.experiments.report import objective as best_monitored
+from cnnlab.finetune import Finetune, optimizer_config
+from cnnlab.finetune import prepare as finetune_prepare
 
 
 def callbacks_for(cfg: DictConfig) -> list:
@@ -130,10 +130,22 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     config["data_spec"] = data.spec.as_dict()
     ranks = f" x {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
     if distributed.is_main():
-        say(make_console(), f"cnnlab train: {cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name} "
+        say(
+            make_console(),
+            f"cnnlab train: {cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name} "
             f"({len(data.train.labels):,} train / {len(data.val.labels):,} val / {len(data.test.labels):,} test) "
-            f"on {device}{ranks}; run dir {run_dir}")
-    trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config=config, hparams=hparams_of(cfg, run_dir),
-                      finetune=finetune, callbacks=callbacks_for(cfg), resume_hint=resume_command(run_dir))
+            f"on {device}{ranks}; run dir {run_dir}",
+        )
+    trainer = Trainer(
+        cfg.trainer,
+        run_dir,
+        device,
+        seed=cfg.seed,
+        config=config,
+        hparams=hparams_of(cfg, run_dir),
+        finetune=finetune,
+        callbacks=callbacks_for(cfg),
+        resume_hint=resume_command(run_dir),
+    )
     resume = (claim.resume_from, claim.resume_state) if claim.resume_from is not None else None
     return trainer.fit(model, data, optimizer, scheduler, resume=resume)

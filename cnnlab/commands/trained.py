@@ -53,9 +53,12 @@ def _spec(config: DictConfig, path: Path) -> DataSpec:
     s = config.data_spec
     counts = [s[k] for k in ("num_classes", "channels", "image_size")]
     stats = [list(s.mean), list(s.std)]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in counts) \
-            or not all(len(v) == s.channels and all(isinstance(x, (int, float)) for x in v) for v in stats) \
-            or any(x <= 0 for x in stats[1]) or not all(isinstance(c, str) for c in s.classes):
+    if (
+        not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in counts)
+        or not all(len(v) == s.channels and all(isinstance(x, (int, float)) for x in v) for v in stats)
+        or any(x <= 0 for x in stats[1])
+        or not all(isinstance(c, str) for c in s.classes)
+    ):
         raise CnnlabError(f"{path} has a damaged data_spec (sizes, classes, mean or std of the wrong kind)")
     return DataSpec(s.num_classes, s.channels, s.image_size, list(s.classes), tuple(stats[0]), tuple(stats[1]))
 
@@ -69,8 +72,9 @@ def load_trained(path: str | Path, device: torch.device) -> Trained:
     try:
         model.load_state_dict(state.get("ema") or state["model"])  # EMA weights are the ones that were validated
     except RuntimeError as ex:
-        raise CnnlabError(f"{path}: weights do not fit the model in its config "
-                          f"({str(ex).strip().splitlines()[0]})") from None
+        raise CnnlabError(
+            f"{path}: weights do not fit the model in its config ({str(ex).strip().splitlines()[0]})"
+        ) from None
     return Trained(path, state, config, spec, model.to(device).eval())
 
 

@@ -139,8 +139,13 @@ def _fill_boxes(x, top, left, bh, bw, fill: torch.Tensor, apply: torch.Tensor) -
     """Set the box [top, top + bh) x [left, left + bw) of each image where `apply` to `fill` (per channel)."""
     rows = torch.arange(x.shape[2], device=x.device)[None, :, None]
     cols = torch.arange(x.shape[3], device=x.device)[None, None, :]
-    inside = ((rows >= top[:, None, None]) & (rows < (top + bh)[:, None, None])
-              & (cols >= left[:, None, None]) & (cols < (left + bw)[:, None, None]) & apply[:, None, None])
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + bh)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + bw)[:, None, None])
+        & apply[:, None, None]
+    )
     return torch.where(inside[:, None], fill.view(1, -1, 1, 1).to(x.dtype), x)
 
 
@@ -162,8 +167,15 @@ def cutout(x: torch.Tensor, size: int, fill: torch.Tensor, generator) -> torch.T
     cy = _randint_below(torch.full((b,), h, device=x.device), generator)
     cx = _randint_below(torch.full((b,), w, device=x.device), generator)
     top, left = cy - size // 2, cx - size // 2
-    return _fill_boxes(x, top, left, torch.full_like(top, size), torch.full_like(left, size), fill,
-                       torch.ones(b, dtype=torch.bool, device=x.device))
+    return _fill_boxes(
+        x,
+        top,
+        left,
+        torch.full_like(top, size),
+        torch.full_like(left, size),
+        fill,
+        torch.ones(b, dtype=torch.bool, device=x.device),
+    )
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -172,7 +184,9 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     chunks = [
         F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        .round_().clamp_(0, 255).to(torch.uint8)
+        .round_()
+        .clamp_(0, 255)
+        .to(torch.uint8)
         for chunk in images.split(4096)
     ]
     return torch.cat(chunks)

@@ -38,8 +38,9 @@ def save(path: Path, state: dict) -> None:
         os.replace(tmp, path)
     except OSError as ex:
         tmp.unlink(missing_ok=True)
-        raise CnnlabError(f"cannot write checkpoint {path}: {ex.strerror or ex}; "
-                          f"the previous {path.name} (if any) is intact") from None
+        raise CnnlabError(
+            f"cannot write checkpoint {path}: {ex.strerror or ex}; the previous {path.name} (if any) is intact"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -71,8 +72,9 @@ def load(path: str | Path) -> dict:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (format_version is {version!r}, not a version number)")
     if version > FORMAT_VERSION:
-        raise CnnlabError(f"{path} has checkpoint format {version}; this cnnlab reads up to "
-                          f"{FORMAT_VERSION}: upgrade cnnlab")
+        raise CnnlabError(
+            f"{path} has checkpoint format {version}; this cnnlab reads up to {FORMAT_VERSION}: upgrade cnnlab"
+        )
     for key in ("model", "ema"):
         if state.get(key) is not None and not _is_state_dict(state[key]):
             raise CnnlabError(f"{path} is damaged: its '{key}' entry is not a dict of tensors")
@@ -130,8 +132,11 @@ def run_config(state: dict, path: str | Path) -> DictConfig:
     """The run config stored in a checkpoint, as plain data: interpolations stay literal text, the model may
     only name cnnlab's own classes, and nothing is downloaded because of it."""
     config = state.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("data"), dict) \
-            or not isinstance(config.get("model"), dict):
+    if (
+        not isinstance(config, dict)
+        or not isinstance(config.get("data"), dict)
+        or not isinstance(config.get("model"), dict)
+    ):
         raise CnnlabError(f"{path} holds no run config: it was not written by `cnnlab train`")
     spec = config.get("data_spec")
     needed = ("num_classes", "channels", "image_size", "classes", "mean", "std")
@@ -139,8 +144,10 @@ def run_config(state: dict, path: str | Path) -> DictConfig:
         raise CnnlabError(f"{path} has no complete data_spec (image size, channels, classes, mean, std)")
     for where, target in _targets(config["model"]):
         if not isinstance(target, str) or not target.startswith(MODEL_PACKAGE):
-            raise CnnlabError(f"{path} names {where}._target_={target!r}, which is not one of cnnlab's models: "
-                              f"a checkpoint may not choose code to run")
+            raise CnnlabError(
+                f"{path} names {where}._target_={target!r}, which is not one of cnnlab's models: "
+                f"a checkpoint may not choose code to run"
+            )
     cfg = OmegaConf.create(_escape(config))
     with open_dict(cfg):
         cfg.data.download = False

@@ -12,8 +12,14 @@ from cnnlab.engine import distributed
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, num_classes: int, autocast=nullcontext,
-             memory_format=torch.contiguous_format, on_batch=None) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader,
+    num_classes: int,
+    autocast=nullcontext,
+    memory_format=torch.contiguous_format,
+    on_batch=None,
+) -> dict:
     """Run the model in eval mode over `loader`; returns loss, top1, top5 (percent), per-class accuracy and
     the confusion matrix ((true, predicted) counts, a CPU tensor). `on_batch(x, y, logits)`, if given, sees
     every batch (for reports that keep examples; it may sync, the training loop does not pass one)."""

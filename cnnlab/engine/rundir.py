@@ -50,8 +50,10 @@ def _lock(run_dir: Path) -> int:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         if ex.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise CnnlabError(f"another cnnlab process (pid {holder}) is writing to {run_dir}: "
-                              f"wait for it or choose another hydra.run.dir") from None
+            raise CnnlabError(
+                f"another cnnlab process (pid {holder}) is writing to {run_dir}: "
+                f"wait for it or choose another hydra.run.dir"
+            ) from None
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -76,8 +78,10 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
             if state is not None and not (isinstance(fit, dict) and fit.get("finished")):
                 return Claim(run_dir, last, state, fresh=False, _lock_fd=fd)
             if state is not None or finished_marker:
-                raise RunFinished(f"{run_dir} holds a finished run: nothing to resume (trainer.overwrite=true "
-                                  f"without trainer.resume starts it over)")
+                raise RunFinished(
+                    f"{run_dir} holds a finished run: nothing to resume (trainer.overwrite=true "
+                    f"without trainer.resume starts it over)"
+                )
             return Claim(run_dir, None, None, fresh=True, _lock_fd=fd)
         if resume:
             path = Path(resume).expanduser()
@@ -86,8 +90,9 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
         earlier = last.is_file() or (ckpt_dir / "best.pt").is_file() or finished_marker
         if earlier and not overwrite:
             what = "a finished run" if finished_marker else "an unfinished run (continue it with trainer.resume=auto)"
-            raise CnnlabError(f"{run_dir} already holds {what}; trainer.overwrite=true replaces it, "
-                              f"or choose another hydra.run.dir")
+            raise CnnlabError(
+                f"{run_dir} already holds {what}; trainer.overwrite=true replaces it, or choose another hydra.run.dir"
+            )
         if earlier:  # asked for: start over
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             shutil.rmtree(run_dir / "tb", ignore_errors=True)

@@ -22,7 +22,8 @@ class StopSignals:
     @property
     def name(self) -> str:
         return {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}.get(
-            self.received, signal.Signals(self.received).name if self.received else "")
+            self.received, signal.Signals(self.received).name if self.received else ""
+        )
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there

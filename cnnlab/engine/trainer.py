@@ -31,8 +31,8 @@ from torch import nn
 from cnnlab.engine import checkpoint, distributed
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
 from cnnlab.engine.callbacks import Callbacks
-from cnnlab.engine.ema import EMA
 from cnnlab.engine.device import autocast_for, resolve_precision, set_deterministic
+from cnnlab.engine.ema import EMA
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
 from cnnlab.engine.signals import StopSignals
@@ -91,8 +91,9 @@ class Progress:
 class TrainState:
     """Everything a checkpoint holds: weights, optimizer, schedule, scaler, EMA, progress and RNG."""
 
-    def __init__(self, model: nn.Module, optimizer, scheduler, scaler=None, ema: EMA | None = None,
-                 config: dict | None = None):
+    def __init__(
+        self, model: nn.Module, optimizer, scheduler, scaler=None, ema: EMA | None = None, config: dict | None = None
+    ):
         self.model, self.optimizer, self.scheduler, self.scaler, self.ema = model, optimizer, scheduler, scaler, ema
         self.config = config or {}
         self.progress = Progress()
@@ -136,8 +137,9 @@ class TrainState:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as ex:
             first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-            raise CnnlabError(f"cannot resume from {path}: it does not match this model/optimizer ({first[:200]})") \
-                from None
+            raise CnnlabError(
+                f"cannot resume from {path}: it does not match this model/optimizer ({first[:200]})"
+            ) from None
         checkpoint.set_rng_state(state["rng"])
         progress.finished, progress.stop_reason = False, ""
         self.progress = progress
@@ -145,13 +147,24 @@ class TrainState:
 
 # Settings that must not change between a checkpoint and the run resuming from it: the optimizer state,
 # the schedule and the best metric would silently mean something else.
-RESUME_FIXED = ("model._target_", "optimizer._target_", "optimizer.lr", "optimizer.weight_decay", "scheduler.name",
-                "trainer.monitor", "trainer.precision", "trainer.accumulate", "trainer.ema_decay", "data.name",
-                "data.batch_size")
+RESUME_FIXED = (
+    "model._target_",
+    "optimizer._target_",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "scheduler.name",
+    "trainer.monitor",
+    "trainer.precision",
+    "trainer.accumulate",
+    "trainer.ema_decay",
+    "data.name",
+    "data.batch_size",
+)
 
 
 def resume_conflicts(stored: dict, current: dict) -> list[str]:
     """The RESUME_FIXED keys whose values differ between a checkpoint's config and this run's."""
+
     def get(config, dotted):
         for part in dotted.split("."):
             if not isinstance(config, dict) or part not in config:
@@ -159,14 +172,27 @@ def resume_conflicts(stored: dict, current: dict) -> list[str]:
             config = config[part]
         return config
 
-    return [f"{key} was {get(stored, key)!r}, now {get(current, key)!r}" for key in RESUME_FIXED
-            if get(stored, key) is not None and get(stored, key) != get(current, key)]
+    return [
+        f"{key} was {get(stored, key)!r}, now {get(current, key)!r}"
+        for key in RESUME_FIXED
+        if get(stored, key) is not None and get(stored, key) != get(current, key)
+    ]
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, *, seed: int = 0,
-                 config: dict | None = None, hparams: dict | None = None, finetune=None, callbacks=(),
-                 resume_hint: str = ""):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        device: torch.device,
+        *,
+        seed: int = 0,
+        config: dict | None = None,
+        hparams: dict | None = None,
+        finetune=None,
+        callbacks=(),
+        resume_hint: str = "",
+    ):
         self.cfg, self.run_dir, self.device, self.seed = cfg, Path(run_dir), device, seed
         self.config = config or {}  # the resolved run config, stored in every checkpoint
         self.hparams = hparams or {}
@@ -192,17 +218,21 @@ class Trainer:
         """Write a checkpoint (rank 0); never one with non-finite weights."""
         if self.is_main:
             if not _finite(self.state.model):
-                raise CnnlabError(f"the weights are not finite in epoch {self.state.progress.epoch + 1} "
-                                  f"(step {self.state.progress.step}); {name} was not written, the previous one "
-                                  f"is intact. Lower optimizer.lr, set trainer.grad_clip, or use trainer.precision=fp32")
+                raise CnnlabError(
+                    f"the weights are not finite in epoch {self.state.progress.epoch + 1} "
+                    f"(step {self.state.progress.step}); {name} was not written, the previous one "
+                    f"is intact. Lower optimizer.lr, set trainer.grad_clip, or use trainer.precision=fp32"
+                )
             checkpoint.save(self.ckpt_dir / name, self.state.state_dict())
         distributed.barrier()
 
     def _restore(self, path: Path, state: dict) -> None:
         conflicts = resume_conflicts(state.get("config") or {}, self.config)
         if conflicts:
-            raise CnnlabError(f"cannot resume from {path}: {'; '.join(conflicts)}. Resume with the same settings, "
-                              f"or start a new run from its weights (model.weights_path / finetune)")
+            raise CnnlabError(
+                f"cannot resume from {path}: {'; '.join(conflicts)}. Resume with the same settings, "
+                f"or start a new run from its weights (model.weights_path / finetune)"
+            )
         self.state.load_state_dict(state, path)
         if distributed.rank():  # the checkpoint holds rank 0's RNG: the other ranks draw (dropout) from their own
             torch.manual_seed(self.seed + 1_000_003 * distributed.rank() + self.state.progress.step)
@@ -227,8 +257,10 @@ class Trainer:
             last = p.history[-1]
             p.best_epoch = last["epoch"]
             p.best_metric = last["val_acc"] if self.cfg.monitor == "val_acc" else -last["val_loss"]
-            self._say(f"[yellow]no best.pt beside {resumed_from}: the resumed weights (epoch {p.best_epoch}) are "
-                      f"best.pt until an epoch validates better[/yellow]")
+            self._say(
+                f"[yellow]no best.pt beside {resumed_from}: the resumed weights (epoch {p.best_epoch}) are "
+                f"best.pt until an epoch validates better[/yellow]"
+            )
             self._save("best.pt")
 
     def _say(self, message: str) -> None:
@@ -243,7 +275,7 @@ class Trainer:
         return self.cfg.time_limit is not None and time.monotonic() - self.started >= self.cfg.time_limit
 
     def _stop_reason(self) -> str:
-        """"interrupted", "time_limit" or "" after an optimizer step; with several ranks, their agreed outcome
+        """ "interrupted", "time_limit" or "" after an optimizer step; with several ranks, their agreed outcome
         (distributed.StopVote: every rank stops at the same step, one step after the first one saw a reason)."""
         signalled, late = bool(self.signals.received), self._out_of_time()
         if self.vote is not None:
@@ -263,8 +295,16 @@ class Trainer:
         partial = (p.partial or {}) if self.is_main else {}  # several ranks: whole-job sums, held by rank 0
         # Running sums on the device, read only when due: loss over finite batches, correct, non-finite batches,
         # images in finite batches.
-        sums = torch.tensor([partial.get("loss_sum", 0.0), partial.get("correct", 0), 0.0,
-                             partial.get("counted", partial.get("seen", 0))], device=self.device, dtype=torch.float64)
+        sums = torch.tensor(
+            [
+                partial.get("loss_sum", 0.0),
+                partial.get("correct", 0),
+                0.0,
+                partial.get("counted", partial.get("seen", 0)),
+            ],
+            device=self.device,
+            dtype=torch.float64,
+        )
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # step of the first non-finite loss
         seen = partial.get("seen", 0)
         start = time.perf_counter() - partial.get("seconds", 0.0)
@@ -298,9 +338,14 @@ class Trainer:
                     stopped = self._stop_reason()
             profiler.step()
             hard = y.argmax(1) if y.ndim == 2 else y  # mixup/cutmix give soft targets: score the dominant class
-            sums += torch.stack([torch.where(finite, loss.detach().double() * len(y), 0.0),
-                                 (logits.detach().argmax(1) == hard).sum().double(), (~finite).double(),
-                                 finite.double() * len(y)])
+            sums += torch.stack(
+                [
+                    torch.where(finite, loss.detach().double() * len(y), 0.0),
+                    (logits.detach().argmax(1) == hard).sum().double(),
+                    (~finite).double(),
+                    finite.double() * len(y),
+                ]
+            )
             first_bad = torch.where((first_bad < 0) & ~finite, p.step, first_bad)
             seen += len(y)
             due = display.due()
@@ -308,8 +353,9 @@ class Trainer:
                 loss_sum, correct, bad, counted = sums.tolist()
                 self._check_finite(bad, first_bad)
                 if due:
-                    display.update(i + 1, loss_sum / max(counted, 1), 100.0 * correct / seen,
-                                   seen / (time.perf_counter() - start))
+                    display.update(
+                        i + 1, loss_sum / max(counted, 1), 100.0 * correct / seen, seen / (time.perf_counter() - start)
+                    )
             if stopped:
                 p.batch = i + 1
                 break
@@ -328,14 +374,23 @@ class Trainer:
         self._check_finite(bad, first_bad)
         p.skipped_batches += int(bad)
         p.stop_reason = stopped
-        totals = {"loss_sum": loss_sum, "correct": int(correct), "seen": seen, "counted": int(counted),
-                  "seconds": seconds}
+        totals = {
+            "loss_sum": loss_sum,
+            "correct": int(correct),
+            "seen": seen,
+            "counted": int(counted),
+            "seconds": seconds,
+        }
         if stopped in ("time_limit", "interrupted"):
             p.partial = totals
             return None
         p.partial, p.batch = {}, 0
-        return {"loss": loss_sum / max(counted, 1), "acc": 100.0 * correct / seen, "seconds": seconds,
-                "images_per_sec": seen / seconds}
+        return {
+            "loss": loss_sum / max(counted, 1),
+            "acc": 100.0 * correct / seen,
+            "seconds": seconds,
+            "images_per_sec": seen / seconds,
+        }
 
     def _check_finite(self, bad: float, first_bad: torch.Tensor) -> None:
         """nan_policy=stop: a non-finite loss ends the run with one line; skip_batch: count what was dropped."""
@@ -344,9 +399,11 @@ class Trainer:
         if self.cfg.nan_policy == "skip_batch":
             return  # dropped on the device; counted in progress.skipped_batches at the epoch's end
         p, step = self.state.progress, int(first_bad)
-        raise CnnlabError(f"the loss became nan/inf in epoch {p.epoch + 1} at step {step + 1}: stopped; "
-                          f"checkpoints hold the last finite weights. Lower optimizer.lr, set trainer.grad_clip, "
-                          f"use trainer.precision=fp32, or trainer.nan_policy=skip_batch")
+        raise CnnlabError(
+            f"the loss became nan/inf in epoch {p.epoch + 1} at step {step + 1}: stopped; "
+            f"checkpoints hold the last finite weights. Lower optimizer.lr, set trainer.grad_clip, "
+            f"use trainer.precision=fp32, or trainer.nan_policy=skip_batch"
+        )
 
     def _optimizer_step(self, model) -> None:
         state = self.state
@@ -377,9 +434,12 @@ class Trainer:
         if self.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         return torch.profiler.profile(
-            activities=activities, schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
+            activities=activities,
+            schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
             on_trace_ready=torch.profiler.tensorboard_trace_handler(str(self.run_dir / "tb" / "profile")),
-            record_shapes=True, profile_memory=True)
+            record_shapes=True,
+            profile_memory=True,
+        )
 
     def fit(self, model: nn.Module, data, optimizer, scheduler, resume: tuple[Path, dict] | None = None) -> dict:
         """Train `model`; `resume` is (path, checkpoint) to continue from (see engine.rundir.claim)."""
@@ -388,8 +448,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = self.cfg.cudnn_benchmark and not self.cfg.deterministic
         if self.cfg.sync_bn and distributed.world_size() > 1:
             if self.device.type != "cuda":
-                raise CnnlabError(f"trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no kernel for "
-                                  f"{self.device.type}); without it each rank normalises over its own share")
+                raise CnnlabError(
+                    f"trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no kernel for "
+                    f"{self.device.type}); without it each rank normalises over its own share"
+                )
             model = distributed.convert_sync_bn(model)  # same parameter objects: the optimizer is unaffected
         model.to(self.device, memory_format=self.memory_format)
         ema = None
@@ -414,11 +476,14 @@ class Trainer:
             val_loader = self._eval_loader(val_loader)
         if self.is_main:
             self.tb = TensorBoard(self.run_dir / "tb", purge_step=p.epoch + 1 if p.epoch else None)
-        display = ProgressDisplay(self.cfg.progress if self.is_main else "none", self.cfg.epochs, self.console,
-                                  device=self.device)
+        display = ProgressDisplay(
+            self.cfg.progress if self.is_main else "none", self.cfg.epochs, self.console, device=self.device
+        )
         if data.val_is_test:
-            self._say("[yellow]data.val_split=test: the best checkpoint is selected on the test split, "
-                      "so the reported test accuracy is optimistic[/yellow]")
+            self._say(
+                "[yellow]data.val_split=test: the best checkpoint is selected on the test split, "
+                "so the reported test accuracy is optimistic[/yellow]"
+            )
         self.callbacks.on_fit_start(self, model, data)
         try:
             with self.signals, self._profiler() as profiler:
@@ -428,12 +493,17 @@ class Trainer:
                         self._save("last.pt")
                         break
                     self._end_epoch(eval_model, val_loader, train, display)
-                    if distributed.any_rank(bool(self.signals.received)) and p.epoch < self.cfg.epochs \
-                            and not p.stop_reason:
+                    if (
+                        distributed.any_rank(bool(self.signals.received))
+                        and p.epoch < self.cfg.epochs
+                        and not p.stop_reason
+                    ):
                         p.stop_reason = "interrupted"
         except torch.OutOfMemoryError:
-            raise CnnlabError(f"out of memory on {self.device}: lower data.batch_size (trainer.accumulate keeps the "
-                              f"effective batch), or use trainer.precision=bf16; checkpoints so far are intact") from None
+            raise CnnlabError(
+                f"out of memory on {self.device}: lower data.batch_size (trainer.accumulate keeps the "
+                f"effective batch), or use trainer.precision=bf16; checkpoints so far are intact"
+            ) from None
         finally:
             if self.vote is not None:
                 self.vote.flush()
@@ -454,10 +524,14 @@ class Trainer:
             self.tb.close()
         if p.stop_reason == "interrupted":
             name = self.signals.name
-            raise Interrupted(self.signals.received, f"{name}: stopped at {where}; saved {self.ckpt_dir / 'last.pt'}. "
-                                                     f"Continue with: {hint}")
-        self._say(f"[yellow]trainer.time_limit={self.cfg.time_limit}s reached at {where}; saved "
-                  f"{self.ckpt_dir / 'last.pt'}. Continue with: {hint}[/yellow]")
+            raise Interrupted(
+                self.signals.received,
+                f"{name}: stopped at {where}; saved {self.ckpt_dir / 'last.pt'}. Continue with: {hint}",
+            )
+        self._say(
+            f"[yellow]trainer.time_limit={self.cfg.time_limit}s reached at {where}; saved "
+            f"{self.ckpt_dir / 'last.pt'}. Continue with: {hint}[/yellow]"
+        )
         return {"finished": False, "stop_reason": p.stop_reason}
 
     def _end_epoch(self, eval_model, val_loader, train: dict, display) -> None:
@@ -466,15 +540,32 @@ class Trainer:
         p.epoch += 1
         epoch = p.epoch
         p.train_seconds += train["seconds"]
-        row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
-               "val_acc": val["top1"], "val_top5": val["top5"], "seconds": train["seconds"],
-               "images_per_sec": train["images_per_sec"], "lr": max(g["lr"] for g in self.state.optimizer.param_groups)}
+        row = {
+            "epoch": epoch,
+            "train_loss": train["loss"],
+            "train_acc": train["acc"],
+            "val_loss": val["loss"],
+            "val_acc": val["top1"],
+            "val_top5": val["top5"],
+            "seconds": train["seconds"],
+            "images_per_sec": train["images_per_sec"],
+            "lr": max(g["lr"] for g in self.state.optimizer.param_groups),
+        }
         p.history.append(row)
         if self.tb is not None:
-            self.tb.scalars({"train/loss": train["loss"], "train/acc": train["acc"], "val/loss": val["loss"],
-                             "val/acc": val["top1"], "val/top5": val["top5"], "lr": row["lr"],
-                             "time/epoch_seconds": train["seconds"], "time/images_per_sec": train["images_per_sec"]},
-                            epoch)
+            self.tb.scalars(
+                {
+                    "train/loss": train["loss"],
+                    "train/acc": train["acc"],
+                    "val/loss": val["loss"],
+                    "val/acc": val["top1"],
+                    "val/top5": val["top5"],
+                    "lr": row["lr"],
+                    "time/epoch_seconds": train["seconds"],
+                    "time/images_per_sec": train["images_per_sec"],
+                },
+                epoch,
+            )
         better, metric = self._is_better(val)
         self.state.scheduler.epoch_end(metric)
         if better:
@@ -486,15 +577,24 @@ class Trainer:
                 p.stop_reason = "early_stopping"
         self._save("last.pt")
         self.callbacks.on_epoch_end(self, eval_model, self.data, row)
-        display.end_epoch(epoch, (
-            f"epoch {epoch}/{self.cfg.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
-            f"val loss {val['loss']:.4f} acc {val['top1']:.2f}%{' *' if better else ''} | "
-            f"{train['seconds']:.1f}s {train['images_per_sec']:,.0f} img/s"),
-            short=f"val acc {val['top1']:.2f}%")
+        display.end_epoch(
+            epoch,
+            (
+                f"epoch {epoch}/{self.cfg.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
+                f"val loss {val['loss']:.4f} acc {val['top1']:.2f}%{' *' if better else ''} | "
+                f"{train['seconds']:.1f}s {train['images_per_sec']:,.0f} img/s"
+            ),
+            short=f"val acc {val['top1']:.2f}%",
+        )
         if p.stop_reason:
-            self._say(f"stopping after epoch {epoch}: " + (
-                f"no better {self.cfg.monitor} for {p.bad_epochs} epochs (early stopping)"
-                if p.stop_reason == "early_stopping" else f"trainer.max_steps={self.cfg.max_steps} reached"))
+            self._say(
+                f"stopping after epoch {epoch}: "
+                + (
+                    f"no better {self.cfg.monitor} for {p.bad_epochs} epochs (early stopping)"
+                    if p.stop_reason == "early_stopping"
+                    else f"trainer.max_steps={self.cfg.max_steps} reached"
+                )
+            )
 
     # ------------------------------------------------------------------------------------------ report
     def _finish(self, data) -> dict:
@@ -541,20 +641,40 @@ class Trainer:
         if not self.is_main:
             return metrics
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        self.tb.hparams(self.hparams, {"hparam/best_val_acc": metrics["best_val_acc"],
-                                       "hparam/test_acc": metrics["test_acc"], "hparam/test_loss": metrics["test_loss"]})
+        self.tb.hparams(
+            self.hparams,
+            {
+                "hparam/best_val_acc": metrics["best_val_acc"],
+                "hparam/test_acc": metrics["test_acc"],
+                "hparam/test_loss": metrics["test_loss"],
+            },
+        )
         self.tb.close()
-        self.console.print(metrics_table(f"cnnlab run: {self.run_dir}", [
-            ("best val acc", f"{metrics['best_val_acc']:.2f}% (epoch {metrics['best_epoch']})"
-                             + (" [EMA weights]" if self.state.ema is not None else "")),
-            ("test acc (best.pt)", f"{metrics['test_acc']:.2f}%" + (" [selected on test]" if data.val_is_test else "")),
-            ("test top-5", f"{metrics['test_top5']:.2f}%"),
-            ("test loss", f"{metrics['test_loss']:.4f}"),
-            ("final train loss / acc", f"{metrics['final_train_loss']:.4f} / {metrics['final_train_acc']:.2f}%"),
-            ("parameters", f"{metrics['params']:,}"),
-            ("time per epoch", f"{metrics['seconds_per_epoch']:.2f} s"),
-            ("throughput", f"{metrics['images_per_sec']:,.0f} img/s on {self.device}"),
-        ]))
+        self.console.print(
+            metrics_table(
+                f"cnnlab run: {self.run_dir}",
+                [
+                    (
+                        "best val acc",
+                        f"{metrics['best_val_acc']:.2f}% (epoch {metrics['best_epoch']})"
+                        + (" [EMA weights]" if self.state.ema is not None else ""),
+                    ),
+                    (
+                        "test acc (best.pt)",
+                        f"{metrics['test_acc']:.2f}%" + (" [selected on test]" if data.val_is_test else ""),
+                    ),
+                    ("test top-5", f"{metrics['test_top5']:.2f}%"),
+                    ("test loss", f"{metrics['test_loss']:.4f}"),
+                    (
+                        "final train loss / acc",
+                        f"{metrics['final_train_loss']:.4f} / {metrics['final_train_acc']:.2f}%",
+                    ),
+                    ("parameters", f"{metrics['params']:,}"),
+                    ("time per epoch", f"{metrics['seconds_per_epoch']:.2f} s"),
+                    ("throughput", f"{metrics['images_per_sec']:,.0f} img/s on {self.device}"),
+                ],
+            )
+        )
         log.info("metrics: %s", {k: v for k, v in metrics.items() if k != "history"})
         return metrics
 

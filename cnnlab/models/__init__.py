@@ -28,7 +28,6 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import check_knobs
 
-
 FACTS = ("num_classes", "in_channels", "image_size")  # filled from the data, never model knobs
 
 
@@ -68,8 +67,9 @@ def _check_keys(target, model_cfg: DictConfig) -> None:
             raise CnnlabError(unknown_knob_message(model_cfg._target_, str(key)))
     for key, p in accepted.items():
         if p.default is p.empty and key not in model_cfg and key not in FACTS:
-            raise CnnlabError(f"model.{key} is required by {model_cfg._target_.rsplit('.', 1)[-1]}: add "
-                              f"model.{key}=...")
+            raise CnnlabError(
+                f"model.{key} is required by {model_cfg._target_.rsplit('.', 1)[-1]}: add model.{key}=..."
+            )
 
 
 def build(model_cfg: DictConfig, spec) -> nn.Module:
@@ -93,7 +93,7 @@ def build(model_cfg: DictConfig, spec) -> nn.Module:
         if isinstance(cause, CnnlabError):
             raise cause from None
         if cause is not None:
-            raise cause  # a bug in the model code: its own traceback
+            raise cause from None  # a bug in the model code: its own traceback, without Hydra's wrapper
         raise
     if not isinstance(model, nn.Module):
         raise CnnlabError(f"model._target_ '{model_cfg._target_}' returned {type(model).__name__}, not an nn.Module")

@@ -17,9 +17,20 @@ class AlexNet(nn.Module):
     conv-ReLUs, before their pooling (torchvision's variant has none; it adds no parameters).
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, act: str = "relu",
-                 pool: str = "max", pool_p: float = 2.0, pool_lambda="random", dropout: float = 0.5,
-                 hidden: int = 4096, small_stem: bool | None = None, lrn: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        act: str = "relu",
+        pool: str = "max",
+        pool_p: float = 2.0,
+        pool_lambda="random",
+        dropout: float = 0.5,
+        hidden: int = 4096,
+        small_stem: bool | None = None,
+        lrn: bool = False,
+    ):
         super().__init__()
         check_knobs({"act": act, "dropout": dropout, "hidden": hidden})
         check_bool("lrn", lrn)
@@ -30,11 +41,21 @@ class AlexNet(nn.Module):
         pooler = pool_factory(pool, pool_p, pool_lambda)
         norm = (lambda: [nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)]) if lrn else list  # noqa: E731
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, k, s, p), make_act(act), *norm(), pooler(3, 2, channels=64),
-            nn.Conv2d(64, 192, 5, padding=2), make_act(act), *norm(), pooler(3, 2, channels=192),
-            nn.Conv2d(192, 384, 3, padding=1), make_act(act),
-            nn.Conv2d(384, 256, 3, padding=1), make_act(act),
-            nn.Conv2d(256, 256, 3, padding=1), make_act(act), pooler(3, 2, channels=256),
+            nn.Conv2d(in_channels, 64, k, s, p),
+            make_act(act),
+            *norm(),
+            pooler(3, 2, channels=64),
+            nn.Conv2d(64, 192, 5, padding=2),
+            make_act(act),
+            *norm(),
+            pooler(3, 2, channels=192),
+            nn.Conv2d(192, 384, 3, padding=1),
+            make_act(act),
+            nn.Conv2d(384, 256, 3, padding=1),
+            make_act(act),
+            nn.Conv2d(256, 256, 3, padding=1),
+            make_act(act),
+            pooler(3, 2, channels=256),
         )
         size = (image_size + 2 * p - k) // s + 1
         for _ in range(3):
@@ -44,8 +65,14 @@ class AlexNet(nn.Module):
         # Identity at the configured size; lets other input sizes through with the same classifier.
         self.avgpool = nn.AdaptiveAvgPool2d(size)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(256 * size * size, hidden), make_act(act),
-            nn.Dropout(dropout), nn.Linear(hidden, hidden), make_act(act), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(256 * size * size, hidden),
+            make_act(act),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            make_act(act),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x):

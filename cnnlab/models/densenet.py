@@ -15,8 +15,12 @@ class DenseLayer(nn.Module):
         super().__init__()
         mid = bn_size * growth
         self.body = nn.Sequential(
-            make_norm(norm, cin), make_act(act), nn.Conv2d(cin, mid, 1, bias=False),
-            make_norm(norm, mid), make_act(act), nn.Conv2d(mid, growth, 3, padding=1, bias=False),
+            make_norm(norm, cin),
+            make_act(act),
+            nn.Conv2d(cin, mid, 1, bias=False),
+            make_norm(norm, mid),
+            make_act(act),
+            nn.Conv2d(mid, growth, 3, padding=1, bias=False),
         )
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
 
@@ -30,9 +34,20 @@ class DenseNet(nn.Module):
     Images <= 64 px get a conv3x3/1 stem with 2 x growth channels and no max-pool.
     """
 
-    def __init__(self, block_config=(6, 12, 24, 16), growth_rate: int = 32, bn_size: int = 4,
-                 compression: float = 0.5, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
-                 stem: str = "auto", norm: str = "batch", act: str = "relu", dropout: float = 0.0):
+    def __init__(
+        self,
+        block_config=(6, 12, 24, 16),
+        growth_rate: int = 32,
+        bn_size: int = 4,
+        compression: float = 0.5,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        stem: str = "auto",
+        norm: str = "batch",
+        act: str = "relu",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         check_choice("stem", stem, ("auto", "imagenet", "cifar"))
         cifar = image_size <= 64 if stem == "auto" else stem == "cifar"

@@ -16,13 +16,25 @@ from cnnlab.models.layers import ConvNormAct, InvertedResidual, check_choice, in
 
 # variant -> (width, depth, resolution, dropout)
 COEFFICIENTS = {
-    "b0": (1.0, 1.0, 224, 0.2), "b1": (1.0, 1.1, 240, 0.2), "b2": (1.1, 1.2, 260, 0.3),
-    "b3": (1.2, 1.4, 300, 0.3), "b4": (1.4, 1.8, 380, 0.4), "b5": (1.6, 2.2, 456, 0.4),
-    "b6": (1.8, 2.6, 528, 0.5), "b7": (2.0, 3.1, 600, 0.5),
+    "b0": (1.0, 1.0, 224, 0.2),
+    "b1": (1.0, 1.1, 240, 0.2),
+    "b2": (1.1, 1.2, 260, 0.3),
+    "b3": (1.2, 1.4, 300, 0.3),
+    "b4": (1.4, 1.8, 380, 0.4),
+    "b5": (1.6, 2.2, 456, 0.4),
+    "b6": (1.8, 2.6, 528, 0.5),
+    "b7": (2.0, 3.1, 600, 0.5),
 }
 # B0 stages: expansion, channels, repeats, kernel, first stride
-B0 = [(1, 16, 1, 3, 1), (6, 24, 2, 3, 2), (6, 40, 2, 5, 2), (6, 80, 3, 3, 2), (6, 112, 3, 5, 1), (6, 192, 4, 5, 2),
-      (6, 320, 1, 3, 1)]
+B0 = [
+    (1, 16, 1, 3, 1),
+    (6, 24, 2, 3, 2),
+    (6, 40, 2, 5, 2),
+    (6, 80, 3, 3, 2),
+    (6, 112, 3, 5, 1),
+    (6, 192, 4, 5, 2),
+    (6, 320, 1, 3, 1),
+]
 
 
 class EfficientNet(nn.Module):
@@ -33,15 +45,30 @@ class EfficientNet(nn.Module):
     is what the data should be resized to; the network itself takes any size.)
     """
 
-    def __init__(self, variant: str = "b0", num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
-                 width_mult: float | None = None, depth_mult: float | None = None, dropout: float | None = None,
-                 drop_path: float = 0.2, norm: str = "batch", act: str = "silu", se: bool = True, stem: str = "auto"):
+    def __init__(
+        self,
+        variant: str = "b0",
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        width_mult: float | None = None,
+        depth_mult: float | None = None,
+        dropout: float | None = None,
+        drop_path: float = 0.2,
+        norm: str = "batch",
+        act: str = "silu",
+        se: bool = True,
+        stem: str = "auto",
+    ):
         super().__init__()
         check_choice("variant", variant, tuple(COEFFICIENTS))
         check_choice("stem", stem, ("auto", "imagenet", "cifar"))
         w, d, _, p = COEFFICIENTS[variant]
-        w, d, p = (w if width_mult is None else width_mult), (d if depth_mult is None else depth_mult), \
-            (p if dropout is None else dropout)
+        w, d, p = (
+            (w if width_mult is None else width_mult),
+            (d if depth_mult is None else depth_mult),
+            (p if dropout is None else dropout),
+        )
         for key, v in (("width_mult", w), ("depth_mult", d)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise CnnlabError(f"model.{key} must be a number > 0; got {v!r}")
@@ -53,13 +80,27 @@ class EfficientNet(nn.Module):
         for t, out, n, k, s in stages:
             for i in range(n):
                 squeeze = max(1, c // 4) if se else 0
-                layers.append(InvertedResidual(c, out, make_divisible(c * t), k, s if i == 0 else 1, act, norm,
-                                               squeeze, act, "sigmoid", drop_path * index / total))
+                layers.append(
+                    InvertedResidual(
+                        c,
+                        out,
+                        make_divisible(c * t),
+                        k,
+                        s if i == 0 else 1,
+                        act,
+                        norm,
+                        squeeze,
+                        act,
+                        "sigmoid",
+                        drop_path * index / total,
+                    )
+                )
                 c, index = out, index + 1
         layers.append(ConvNormAct(c, 4 * c, 1, norm=norm, act=act))
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p),
-                                        nn.Linear(4 * c, num_classes))
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p), nn.Linear(4 * c, num_classes)
+        )
         init_weights(self)
 
     def forward(self, x):

@@ -17,8 +17,16 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh,
-               "sigmoid": nn.Sigmoid, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "relu6": nn.ReLU6,
+    "hardswish": nn.Hardswish,
+}
 NORMS = ("batch", "group", "layer", "none")
 POOLS = ("max", "avg", "sum", "mixed", "stochastic", "lp", "blur", "conv")
 HEADS = ("flatten", "gap", "gmp")  # what turns the last feature map into a vector
@@ -48,8 +56,11 @@ def _positive_int(key: str, v) -> None:
 
 
 def _positive_ints(key: str, v) -> None:
-    if not isinstance(v, (list, tuple)) or not v or not all(
-            isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+    if (
+        not isinstance(v, (list, tuple))
+        or not v
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    ):
         raise CnnlabError(f"model.{key} must be a list of integers >= 1; got {v!r}")
 
 
@@ -60,16 +71,38 @@ def _compression(key: str, v) -> None:
 
 # Knobs that mean the same in every model, checked by name (a null value means "the model's default").
 KNOB_CHECKS = {
-    "norm": lambda k, v: check_choice(k, v, NORMS), "fc_norm": lambda k, v: check_choice(k, v, NORMS),
-    "act": lambda k, v: check_choice(k, v, tuple(ACTIVATIONS)), "pool": lambda k, v: check_choice(k, v, POOLS),
-    "head": lambda k, v: check_choice(k, v, HEADS), "padding": lambda k, v: check_choice(k, v, PADDINGS),
-    "dropout": _fraction, "dropout2d": _fraction, "block_dropout": _fraction, "drop_path": _fraction,
-    "width_mult": _positive, "depth_mult": _positive, "pool_p": _positive,
-    "kernel_size": _positive_int, "dilation": _positive_int, "pool_kernel": _positive_int,
-    "pool_stride": _positive_int, "hidden": _positive_int, "growth_rate": _positive_int, "bn_size": _positive_int,
-    "groups": _positive_int, "width_per_group": _positive_int, "stem_width": _positive_int, "widen": _positive_int,
-    "heads": _positive_int, "dim": _positive_int, "mlp_dim": _positive_int, "patch_size": _positive_int,
-    "layers": _positive_ints, "widths": _positive_ints, "block_config": _positive_ints, "compression": _compression,
+    "norm": lambda k, v: check_choice(k, v, NORMS),
+    "fc_norm": lambda k, v: check_choice(k, v, NORMS),
+    "act": lambda k, v: check_choice(k, v, tuple(ACTIVATIONS)),
+    "pool": lambda k, v: check_choice(k, v, POOLS),
+    "head": lambda k, v: check_choice(k, v, HEADS),
+    "padding": lambda k, v: check_choice(k, v, PADDINGS),
+    "dropout": _fraction,
+    "dropout2d": _fraction,
+    "block_dropout": _fraction,
+    "drop_path": _fraction,
+    "width_mult": _positive,
+    "depth_mult": _positive,
+    "pool_p": _positive,
+    "kernel_size": _positive_int,
+    "dilation": _positive_int,
+    "pool_kernel": _positive_int,
+    "pool_stride": _positive_int,
+    "hidden": _positive_int,
+    "growth_rate": _positive_int,
+    "bn_size": _positive_int,
+    "groups": _positive_int,
+    "width_per_group": _positive_int,
+    "stem_width": _positive_int,
+    "widen": _positive_int,
+    "heads": _positive_int,
+    "dim": _positive_int,
+    "mlp_dim": _positive_int,
+    "patch_size": _positive_int,
+    "layers": _positive_ints,
+    "widths": _positive_ints,
+    "block_config": _positive_ints,
+    "compression": _compression,
 }
 
 
@@ -139,9 +172,19 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 class ConvNormAct(nn.Sequential):
     """conv (bias only when there is no norm after it) - norm - activation; `act=None` leaves it linear."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 norm: str = "batch", act: str | None = "relu", padding: int | None = None, bias: bool | None = None,
-                 eps: float = 1e-5):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        norm: str = "batch",
+        act: str | None = "relu",
+        padding: int | None = None,
+        bias: bool | None = None,
+        eps: float = 1e-5,
+    ):
         padding = (kernel_size - 1) // 2 if padding is None else padding
         bias = norm == "none" if bias is None else bias
         layers = [nn.Conv2d(cin, cout, kernel_size, stride, padding, groups=groups, bias=bias)]
@@ -188,13 +231,14 @@ class DropPath(nn.Module):
 # All of them give the output size of max pooling with the same kernel/stride/padding, so a model's shapes do
 # not depend on the choice.
 
+
 class SumPool(nn.Module):
     def __init__(self, kernel_size: int, stride: int, padding: int = 0):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding) * self.kernel_size ** 2
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding) * self.kernel_size**2
 
 
 class MixedPool(nn.Module):
@@ -296,8 +340,15 @@ class BlurPool(nn.Module):
         return out[0].numel() * 9  # the 3x3 depthwise low-pass
 
 
-def make_pool(kind: str, kernel_size: int = 2, stride: int | None = None, channels: int | None = None,
-              padding: int = 0, p: float = 2.0, mix="random") -> nn.Module:
+def make_pool(
+    kind: str,
+    kernel_size: int = 2,
+    stride: int | None = None,
+    channels: int | None = None,
+    padding: int = 0,
+    p: float = 2.0,
+    mix="random",
+) -> nn.Module:
     """A downsampling layer chosen by name (the pooling experiments switch it from the config)."""
     check_choice("pool", kind, POOLS)
     stride = kernel_size if stride is None else stride
@@ -327,8 +378,17 @@ def pool_factory(pool: str, pool_p: float = 2.0, pool_lambda="random"):
     return partial(make_pool, pool, p=pool_p, mix=pool_lambda)
 
 
-def conv_stack(cfg, in_channels: int, image_size: int, pooler, norm: str = "batch", act: str = "relu",
-               bias: bool | None = None, padding: int = 1, dropout2d: float = 0.0):
+def conv_stack(
+    cfg,
+    in_channels: int,
+    image_size: int,
+    pooler,
+    norm: str = "batch",
+    act: str = "relu",
+    bias: bool | None = None,
+    padding: int = 1,
+    dropout2d: float = 0.0,
+):
     """VGG-style stack from a list: an int is a 3x3 conv-norm-act with that width, "M" a 2x2 pool.
 
     A pool is skipped once the map is 1 pixel wide (so deep stacks still run on 28x28 inputs).
@@ -372,15 +432,28 @@ class InvertedResidual(nn.Module):
     `se_squeeze`: SE bottleneck channels (0: no SE); `se_act` / `se_gate`: its activation and gate.
     """
 
-    def __init__(self, cin: int, cout: int, expanded: int, kernel_size: int, stride: int, act: str,
-                 norm: str = "batch", se_squeeze: int = 0, se_act: str = "relu", se_gate: str = "sigmoid",
-                 drop_path: float = 0.0, eps: float = 1e-5):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        expanded: int,
+        kernel_size: int,
+        stride: int,
+        act: str,
+        norm: str = "batch",
+        se_squeeze: int = 0,
+        se_act: str = "relu",
+        se_gate: str = "sigmoid",
+        drop_path: float = 0.0,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         layers = []
         if expanded != cin:
             layers.append(ConvNormAct(cin, expanded, 1, norm=norm, act=act, eps=eps))
-        layers.append(ConvNormAct(expanded, expanded, kernel_size, stride, groups=expanded, norm=norm, act=act,
-                                  eps=eps))
+        layers.append(
+            ConvNormAct(expanded, expanded, kernel_size, stride, groups=expanded, norm=norm, act=act, eps=eps)
+        )
         if se_squeeze:
             layers.append(SqueezeExcite(expanded, se_squeeze, se_act, se_gate))
         layers.append(ConvNormAct(expanded, cout, 1, norm=norm, act=None, eps=eps))

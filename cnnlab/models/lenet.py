@@ -9,5 +9,11 @@ class LeNet5(ConvNet):
     """Unpadded convolutions, so the FC input depends on the image size: 16x4x4 at 28x28 (44,426 parameters),
     16x5x5 at 32x32 (61,706). Every ConvNet knob applies (norm, dropout, head=gap, kernel_size, ...)."""
 
-    DEFAULTS = {**ConvNet.DEFAULTS, "convs": [6, "M", 16, "M"], "fc": [120, 84], "kernel_size": 5,
-                "padding": "valid", "pool": "avg"}
+    DEFAULTS = {
+        **ConvNet.DEFAULTS,
+        "convs": [6, "M", 16, "M"],
+        "fc": [120, 84],
+        "kernel_size": 5,
+        "padding": "valid",
+        "pool": "avg",
+    }

@@ -33,16 +33,27 @@ class MobileNetV1(nn.Module):
 
     BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(512, 1)] * 5, (1024, 2), (1024, 1)]
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, width_mult: float = 1.0,
-                 norm: str = "batch", act: str = "relu", dropout: float = 0.2, stem: str = "auto"):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        width_mult: float = 1.0,
+        norm: str = "batch",
+        act: str = "relu",
+        dropout: float = 0.2,
+        stem: str = "auto",
+    ):
         super().__init__()
         _check_width(width_mult)
         c = make_divisible(32 * width_mult)
         layers = [_stem(in_channels, c, stem, image_size, norm, act)]
         for out, stride in self.BLOCKS:
             out = make_divisible(out * width_mult)
-            layers += [ConvNormAct(c, c, 3, stride, groups=c, norm=norm, act=act),
-                       ConvNormAct(c, out, 1, norm=norm, act=act)]
+            layers += [
+                ConvNormAct(c, c, 3, stride, groups=c, norm=norm, act=act),
+                ConvNormAct(c, out, 1, norm=norm, act=act),
+            ]
             c = out
         self.features = nn.Sequential(*layers)
         self.classifier = _head(c, num_classes, dropout)
@@ -54,11 +65,27 @@ class MobileNetV1(nn.Module):
 
 class MobileNetV2(nn.Module):
     # expansion t, channels c, repeats n, first stride s
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, width_mult: float = 1.0,
-                 norm: str = "batch", act: str = "relu6", dropout: float = 0.2, stem: str = "auto"):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        width_mult: float = 1.0,
+        norm: str = "batch",
+        act: str = "relu6",
+        dropout: float = 0.2,
+        stem: str = "auto",
+    ):
         super().__init__()
         _check_width(width_mult)
         c = make_divisible(32 * width_mult)
@@ -80,24 +107,50 @@ class MobileNetV2(nn.Module):
 
 # kernel, expanded, out, SE, activation, stride (Howard et al., 2019, Tables 1 and 2)
 V3_LARGE = [
-    (3, 16, 16, False, "relu", 1), (3, 64, 24, False, "relu", 2), (3, 72, 24, False, "relu", 1),
-    (5, 72, 40, True, "relu", 2), (5, 120, 40, True, "relu", 1), (5, 120, 40, True, "relu", 1),
-    (3, 240, 80, False, "hardswish", 2), (3, 200, 80, False, "hardswish", 1), (3, 184, 80, False, "hardswish", 1),
-    (3, 184, 80, False, "hardswish", 1), (3, 480, 112, True, "hardswish", 1), (3, 672, 112, True, "hardswish", 1),
-    (5, 672, 160, True, "hardswish", 2), (5, 960, 160, True, "hardswish", 1), (5, 960, 160, True, "hardswish", 1),
+    (3, 16, 16, False, "relu", 1),
+    (3, 64, 24, False, "relu", 2),
+    (3, 72, 24, False, "relu", 1),
+    (5, 72, 40, True, "relu", 2),
+    (5, 120, 40, True, "relu", 1),
+    (5, 120, 40, True, "relu", 1),
+    (3, 240, 80, False, "hardswish", 2),
+    (3, 200, 80, False, "hardswish", 1),
+    (3, 184, 80, False, "hardswish", 1),
+    (3, 184, 80, False, "hardswish", 1),
+    (3, 480, 112, True, "hardswish", 1),
+    (3, 672, 112, True, "hardswish", 1),
+    (5, 672, 160, True, "hardswish", 2),
+    (5, 960, 160, True, "hardswish", 1),
+    (5, 960, 160, True, "hardswish", 1),
 ]
 V3_SMALL = [
-    (3, 16, 16, True, "relu", 2), (3, 72, 24, False, "relu", 2), (3, 88, 24, False, "relu", 1),
-    (5, 96, 40, True, "hardswish", 2), (5, 240, 40, True, "hardswish", 1), (5, 240, 40, True, "hardswish", 1),
-    (5, 120, 48, True, "hardswish", 1), (5, 144, 48, True, "hardswish", 1), (5, 288, 96, True, "hardswish", 2),
-    (5, 576, 96, True, "hardswish", 1), (5, 576, 96, True, "hardswish", 1),
+    (3, 16, 16, True, "relu", 2),
+    (3, 72, 24, False, "relu", 2),
+    (3, 88, 24, False, "relu", 1),
+    (5, 96, 40, True, "hardswish", 2),
+    (5, 240, 40, True, "hardswish", 1),
+    (5, 240, 40, True, "hardswish", 1),
+    (5, 120, 48, True, "hardswish", 1),
+    (5, 144, 48, True, "hardswish", 1),
+    (5, 288, 96, True, "hardswish", 2),
+    (5, 576, 96, True, "hardswish", 1),
+    (5, 576, 96, True, "hardswish", 1),
 ]
 
 
 class MobileNetV3(nn.Module):
-    def __init__(self, variant: str = "large", num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
-                 width_mult: float = 1.0, norm: str = "batch", dropout: float = 0.2, se: bool = True,
-                 stem: str = "auto"):
+    def __init__(
+        self,
+        variant: str = "large",
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        width_mult: float = 1.0,
+        norm: str = "batch",
+        dropout: float = 0.2,
+        se: bool = True,
+        stem: str = "auto",
+    ):
         super().__init__()
         check_choice("variant", variant, ("large", "small"))
         _check_width(width_mult)
@@ -113,8 +166,14 @@ class MobileNetV3(nn.Module):
         layers.append(ConvNormAct(c, 6 * c, 1, norm=norm, act="hardswish", eps=1e-3))
         self.features = nn.Sequential(*layers)
         last = adjust(head_width)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6 * c, last),
-                                        make_act("hardswish"), nn.Dropout(dropout), nn.Linear(last, num_classes))
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6 * c, last),
+            make_act("hardswish"),
+            nn.Dropout(dropout),
+            nn.Linear(last, num_classes),
+        )
         init_weights(self, linear_std=0.01)
 
     def forward(self, x):

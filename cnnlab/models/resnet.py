@@ -21,8 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import (ConvNormAct, SqueezeExcite, check_bool, check_choice, check_knobs,
-                                  extends, init_weights, make_act, make_norm, make_pool)
+from cnnlab.models.layers import (
+    ConvNormAct,
+    SqueezeExcite,
+    check_bool,
+    check_choice,
+    check_knobs,
+    extends,
+    init_weights,
+    make_act,
+    make_norm,
+    make_pool,
+)
 
 DOWNSAMPLES = ("conv", "max", "avg", "blur")
 
@@ -38,7 +48,7 @@ class PadShortcut(nn.Module):
 
     def forward(self, x):
         if self.stride > 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
 
@@ -48,9 +58,23 @@ def downsampler(kind: str) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, mid: int, stride: int, bottleneck: bool, groups: int, norm: str,
-                 act: str, se: bool, skip: bool, preact: bool, dropout: float, shortcut: str = "B",
-                 downsample: str = "conv"):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        mid: int,
+        stride: int,
+        bottleneck: bool,
+        groups: int,
+        norm: str,
+        act: str,
+        se: bool,
+        skip: bool,
+        preact: bool,
+        dropout: float,
+        shortcut: str = "B",
+        downsample: str = "conv",
+    ):
         super().__init__()
         pooled = stride > 1 and downsample != "conv"  # a stride-1 conv followed by a pool with the stride
         conv_stride = 1 if pooled else stride
@@ -115,16 +139,44 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers, bottleneck: bool = False, widths=(64, 128, 256, 512), stem_width: int = 64,
-                 groups: int = 1, width_per_group: int = 64, num_classes: int = 1000, in_channels: int = 3,
-                 image_size: int = 224, stem: str = "auto", norm: str = "batch", act: str = "relu", se: bool = False,
-                 skip: bool = True, preact: bool = False, dropout: float = 0.0, block_dropout: float = 0.0,
-                 width_mult: float = 1.0, depth_mult: float = 1.0, shortcut: str = "B", pool: str = "max",
-                 downsample: str = "conv"):
+    def __init__(
+        self,
+        layers,
+        bottleneck: bool = False,
+        widths=(64, 128, 256, 512),
+        stem_width: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        stem: str = "auto",
+        norm: str = "batch",
+        act: str = "relu",
+        se: bool = False,
+        skip: bool = True,
+        preact: bool = False,
+        dropout: float = 0.0,
+        block_dropout: float = 0.0,
+        width_mult: float = 1.0,
+        depth_mult: float = 1.0,
+        shortcut: str = "B",
+        pool: str = "max",
+        downsample: str = "conv",
+    ):
         super().__init__()
         check_choice("stem", stem, ("auto", "imagenet", "cifar"))
-        check_knobs({"norm": norm, "act": act, "pool": pool, "dropout": dropout, "block_dropout": block_dropout,
-                     "width_mult": width_mult, "depth_mult": depth_mult})
+        check_knobs(
+            {
+                "norm": norm,
+                "act": act,
+                "pool": pool,
+                "dropout": dropout,
+                "block_dropout": block_dropout,
+                "width_mult": width_mult,
+                "depth_mult": depth_mult,
+            }
+        )
         check_choice("shortcut", shortcut, ("A", "B"))
         check_choice("downsample", downsample, DOWNSAMPLES)
         for key, v in (("bottleneck", bottleneck), ("se", se), ("skip", skip), ("preact", preact)):
@@ -136,14 +188,20 @@ class ResNet(nn.Module):
         c = scale(stem_width)
         if cifar:  # 3x3/1 and no pooling: a 32x32 image keeps its resolution into the first stage
             if pool != "max":
-                raise CnnlabError(f"model.pool={pool} picks the imagenet stem's pooling, but this {image_size}x"
-                                  f"{image_size} network has the cifar stem (no pooling): set model.stem=imagenet "
-                                  f"or model.downsample")
-            self.stem = nn.Conv2d(in_channels, c, 3, 1, 1, bias=False) if preact else \
-                ConvNormAct(in_channels, c, 3, norm=norm, act=act)
+                raise CnnlabError(
+                    f"model.pool={pool} picks the imagenet stem's pooling, but this {image_size}x"
+                    f"{image_size} network has the cifar stem (no pooling): set model.stem=imagenet "
+                    f"or model.downsample"
+                )
+            self.stem = (
+                nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)
+                if preact
+                else ConvNormAct(in_channels, c, 3, norm=norm, act=act)
+            )
         else:
-            self.stem = nn.Sequential(ConvNormAct(in_channels, c, 7, 2, norm=norm, act=act),
-                                      make_pool(pool, 3, 2, channels=c, padding=1))
+            self.stem = nn.Sequential(
+                ConvNormAct(in_channels, c, 7, 2, norm=norm, act=act), make_pool(pool, 3, 2, channels=c, padding=1)
+            )
         expansion = 4 if bottleneck else 1
         stages = []
         for i, (n, planes) in enumerate(zip(layers, widths)):
@@ -151,9 +209,24 @@ class ResNet(nn.Module):
             mid = int(planes * width_per_group / 64) * groups if bottleneck else planes
             blocks = []
             for j in range(max(1, round(n * depth_mult))):
-                blocks.append(ResidualBlock(c, planes * expansion, mid, 2 if (j == 0 and i > 0) else 1, bottleneck,
-                                            groups if bottleneck else 1, norm, act, se, skip, preact, block_dropout,
-                                            shortcut, downsample))
+                blocks.append(
+                    ResidualBlock(
+                        c,
+                        planes * expansion,
+                        mid,
+                        2 if (j == 0 and i > 0) else 1,
+                        bottleneck,
+                        groups if bottleneck else 1,
+                        norm,
+                        act,
+                        se,
+                        skip,
+                        preact,
+                        block_dropout,
+                        shortcut,
+                        downsample,
+                    )
+                )
                 c = planes * expansion
             stages.append(nn.Sequential(*blocks))
         self.layers = nn.Sequential(*stages)  # "layers": the name optim.stage_modules splits into stages
@@ -206,8 +279,7 @@ def wide_resnet(depth: int = 28, widen: int = 10, **kw) -> ResNet:
     n = _depth(depth, "6n+4 (10, 16, 22, 28, 40, ...)", 4, 10, "a Wide ResNet")
     if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1:
         raise CnnlabError(f"model.widen must be an integer >= 1; got {widen!r}")
-    return ResNet(layers=[n] * 3, widths=[16 * widen, 32 * widen, 64 * widen], stem_width=16,
-                  **{"preact": True, **kw})
+    return ResNet(layers=[n] * 3, widths=[16 * widen, 32 * widen, 64 * widen], stem_width=16, **{"preact": True, **kw})
 
 
 @extends(ResNet, "layers", "widths", "stem_width")

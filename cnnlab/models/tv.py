@@ -40,8 +40,16 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 def _replace_stem(model: nn.Module, in_channels: int, pretrained: bool) -> None:
     parent, name, conv = _layers_of_type(model, nn.Conv2d)[0]
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, conv.bias is not None)
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )
     if pretrained:
         with torch.no_grad():  # keep the pretrained filters: their mean over RGB, repeated per input channel
             new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight) * 3 / in_channels)
@@ -50,12 +58,18 @@ def _replace_stem(model: nn.Module, in_channels: int, pretrained: bool) -> None:
     setattr(parent, name, new)
 
 
-def TorchvisionModel(name: str, num_classes: int = 1000, in_channels: int = 3, weights: str | None = None,
-                     weights_path: str | None = None) -> nn.Module:
+def TorchvisionModel(
+    name: str,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    weights: str | None = None,
+    weights_path: str | None = None,
+) -> nn.Module:
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise CnnlabError(f"model.name '{name}' is not a torchvision classification model; choose from: "
-                          f"{', '.join(available)}")
+        raise CnnlabError(
+            f"model.name '{name}' is not a torchvision classification model; choose from: {', '.join(available)}"
+        )
     extra = {"aux_logits": False, "init_weights": False} if name in AUX_HEADS else {}
     if weights is not None and weights_path is not None:
         raise CnnlabError("set model.weights or model.weights_path, not both")
@@ -70,8 +84,10 @@ def TorchvisionModel(name: str, num_classes: int = 1000, in_channels: int = 3, w
         except (ValueError, KeyError) as ex:
             raise CnnlabError(f"model.weights={weights!r} for {name}: {ex}") from None
         except (urllib.error.URLError, OSError, RuntimeError) as ex:
-            raise CnnlabError(f"cannot download the {weights} weights of {name} ({ex}); offline? download them "
-                              f"elsewhere and pass model.weights_path=FILE, or set model.weights=null") from None
+            raise CnnlabError(
+                f"cannot download the {weights} weights of {name} ({ex}); offline? download them "
+                f"elsewhere and pass model.weights_path=FILE, or set model.weights=null"
+            ) from None
     else:
         model = torchvision.models.get_model(name, **extra)
         path = Path(weights_path).expanduser()
@@ -82,8 +98,9 @@ def TorchvisionModel(name: str, num_classes: int = 1000, in_channels: int = 3, w
             raise CnnlabError(f"model.weights_path: {path} does not exist") from None
         except Exception as ex:  # pickle, zip and shape errors all mean the same thing to the user
             first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-            raise CnnlabError(f"model.weights_path: {path} is not a state dict of torchvision's {name} "
-                              f"({first})") from None
+            raise CnnlabError(
+                f"model.weights_path: {path} is not a state dict of torchvision's {name} ({first})"
+            ) from None
     if num_classes != 1000:
         _replace_head(model, num_classes)
     if in_channels != 3:

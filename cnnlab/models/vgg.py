@@ -21,20 +21,39 @@ class VGG(nn.Module):
     as torchvision's vgg*_bn do.
     """
 
-    def __init__(self, depth: int = 16, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
-                 norm: str = "none", act: str = "relu", pool: str = "max", pool_p: float = 2.0,
-                 pool_lambda="random", dropout: float = 0.5, hidden: int = 4096, width_mult: float = 1.0):
+    def __init__(
+        self,
+        depth: int = 16,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        norm: str = "none",
+        act: str = "relu",
+        pool: str = "max",
+        pool_p: float = 2.0,
+        pool_lambda="random",
+        dropout: float = 0.5,
+        hidden: int = 4096,
+        width_mult: float = 1.0,
+    ):
         super().__init__()
         check_choice("depth", depth, tuple(CONFIGS))
         if width_mult <= 0:
             raise CnnlabError(f"model.width_mult must be > 0; got {width_mult}")
         cfg = [v if v == "M" else max(1, round(v * width_mult)) for v in CONFIGS[depth]]
-        self.features, c, size = conv_stack(cfg, in_channels, image_size, pool_factory(pool, pool_p, pool_lambda),
-                                            norm, act, bias=True)
+        self.features, c, size = conv_stack(
+            cfg, in_channels, image_size, pool_factory(pool, pool_p, pool_lambda), norm, act, bias=True
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(size)  # identity at the configured size
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c * size * size, hidden), make_act(act), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), make_act(act), nn.Dropout(dropout), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            nn.Linear(c * size * size, hidden),
+            make_act(act),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            make_act(act),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
         init_weights(self, linear_std=0.01)
 

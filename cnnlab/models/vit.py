@@ -40,8 +40,9 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), make_act(act), nn.Dropout(dropout), nn.Linear(mlp_dim, dim),
-                                 nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_dim), make_act(act), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout)
+        )
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
@@ -49,9 +50,19 @@ class EncoderBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
-                 patch_size: int | None = None, dim: int = 192, depth: int = 12, heads: int = 3, mlp_dim: int = 768,
-                 act: str = "gelu", dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        patch_size: int | None = None,
+        dim: int = 192,
+        depth: int = 12,
+        heads: int = 3,
+        mlp_dim: int = 768,
+        act: str = "gelu",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         patch = patch_size or (4 if image_size <= 64 else 16)
         grid = image_size // patch
