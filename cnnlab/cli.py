@@ -53,8 +53,16 @@ def config_dir() -> str:
 
 
 # OS errors that mean "this path cannot be written", not a bug: one line for the user.
-USER_OS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR,
-                  errno.EEXIST)
+USER_OS_ERRORS = (
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+    errno.ENOTDIR,
+    errno.EEXIST,
+)
 
 
 def _fail(message: str) -> None:

@@ -14,8 +14,9 @@ from cnnlab.errors import CnnlabError
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("api") / "run"
-    cfg = cnnlab.compose(["trainer.epochs=2", "optimizer.lr=3e-3", "data.subset=40", "trainer.image_grid=0",
-                          "trainer.progress=none"])
+    cfg = cnnlab.compose(
+        ["trainer.epochs=2", "optimizer.lr=3e-3", "data.subset=40", "trainer.image_grid=0", "trainer.progress=none"]
+    )
     return cfg, cnnlab.train(cfg, run_dir=run_dir), run_dir
 
 

@@ -19,9 +19,11 @@ TINY = ["data.subset=30", "trainer.image_grid=0", "trainer.progress=none"]
 def runs(tmp_path_factory):
     """Three real runs trained in-process: two in a 'sweep' folder (lenet5 lr 0.01 / 0.003), one alone (mnist_cnn)."""
     root = tmp_path_factory.mktemp("compare")
-    for where, overrides in ((root / "sweep" / "0", ["optimizer.lr=0.01"]),
-                             (root / "sweep" / "1", ["optimizer.lr=0.003"]),
-                             (root / "alone", ["model=mnist_cnn", "model.width_mult=0.25"])):
+    for where, overrides in (
+        (root / "sweep" / "0", ["optimizer.lr=0.01"]),
+        (root / "sweep" / "1", ["optimizer.lr=0.003"]),
+        (root / "alone", ["model=mnist_cnn", "model.width_mult=0.25"]),
+    ):
         cnnlab.train(cnnlab.compose([*overrides, "trainer.epochs=2", *TINY]), run_dir=where)
     return root
 
@@ -33,8 +35,9 @@ def test_paths_become_one_override():
 
 
 def test_compare_a_run_and_a_sweep_with_plots(runs, tmp_path):
-    result = cli("compare", str(runs / "alone"), str(runs / "sweep"), "plot=true", f"output={tmp_path / 'cmp'}",
-                 cwd=tmp_path)
+    result = cli(
+        "compare", str(runs / "alone"), str(runs / "sweep"), "plot=true", f"output={tmp_path / 'cmp'}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((tmp_path / "cmp" / "summary.csv").open()))
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
@@ -59,12 +62,15 @@ def test_compare_default_output_and_no_plots(runs, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.md"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["nowhere"], "error: nowhere does not exist"),
-    ([], "error: paths is required: add paths=..."),
-    (["EMPTY"], "error: no runs in "),
-    (["RUN", "plot=maybe"], "error: plot must be true or false, got 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nowhere"], "error: nowhere does not exist"),
+        ([], "error: paths is required: add paths=..."),
+        (["EMPTY"], "error: no runs in "),
+        (["RUN", "plot=maybe"], "error: plot must be true or false, got 'maybe'"),
+    ],
+)
 def test_compare_mistakes_are_one_line(runs, tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()

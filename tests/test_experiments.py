@@ -87,10 +87,12 @@ def test_sweep_dashboard_names_runs_by_varied_keys_with_typed_hparams_and_metric
     mux.AddRunsFromDirectory(logdir)
     mux.Reload()
     assert sorted(mux.Runs()) == ["optimizer.lr=0.002", "optimizer.lr=0.01"]
-    tb = base_plugin.TBContext(logdir=logdir, multiplexer=mux,
-                               data_provider=data_provider.MultiplexerDataProvider(mux, logdir))
-    experiment = get_experiment.Handler(context.RequestContext(), backend_context.Context(tb), "",
-                                        api_pb2.GetExperimentRequest()).run()
+    tb = base_plugin.TBContext(
+        logdir=logdir, multiplexer=mux, data_provider=data_provider.MultiplexerDataProvider(mux, logdir)
+    )
+    experiment = get_experiment.Handler(
+        context.RequestContext(), backend_context.Context(tb), "", api_pb2.GetExperimentRequest()
+    ).run()
     infos = {h.name: h for h in experiment.hparam_infos}
     assert experiment.hparam_infos[0].name == "optimizer.lr" and infos["optimizer.lr"].differs  # varied first
     for name in ("optimizer.lr", "trainer.epochs", "data.subset"):  # numbers stay numbers
@@ -130,23 +132,44 @@ def _fake_run(path: Path, overrides: list[str], config: dict, history: list[dict
     OmegaConf.save(OmegaConf.create(config), path / ".hydra" / "config.yaml")
     if history is not None:
         best = max(history, key=lambda h: h["val_acc"])
-        (path / "metrics.json").write_text(json.dumps({
-            "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
-            "test_acc": 50.0, "params": 1000, "seconds_per_epoch": 1.0, "total_seconds": len(history),
-            "finished": True, "history": history, **metrics}))
+        (path / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "best_val_acc": best["val_acc"],
+                    "best_val_loss": best["val_loss"],
+                    "best_epoch": best["epoch"],
+                    "test_acc": 50.0,
+                    "params": 1000,
+                    "seconds_per_epoch": 1.0,
+                    "total_seconds": len(history),
+                    "finished": True,
+                    "history": history,
+                    **metrics,
+                }
+            )
+        )
     return path
 
 
 def _history(val_accs, train_acc=90.0):
-    return [{"epoch": i + 1, "val_acc": v, "val_loss": 1 / (1 + v), "train_acc": train_acc}
-            for i, v in enumerate(val_accs)]
+    return [
+        {"epoch": i + 1, "val_acc": v, "val_loss": 1 / (1 + v), "train_acc": train_acc} for i, v in enumerate(val_accs)
+    ]
 
 
 def test_report_types_varied_keys_from_the_config_and_finds_convergence(tmp_path):
-    base = {"model": {"_target_": "cnnlab.models.lenet.LeNet5"}, "trainer": {"epochs": 3, "monitor": "val_acc"},
-            "optimizer": {"lr": 0.001}, "seed": 0}
-    _fake_run(tmp_path / "a", ["optimizer.lr=1e-2", "seed=0"], {**base, "optimizer": {"lr": 0.01}},
-              _history([40.0, 79.5, 80.0]))
+    base = {
+        "model": {"_target_": "cnnlab.models.lenet.LeNet5"},
+        "trainer": {"epochs": 3, "monitor": "val_acc"},
+        "optimizer": {"lr": 0.001},
+        "seed": 0,
+    }
+    _fake_run(
+        tmp_path / "a",
+        ["optimizer.lr=1e-2", "seed=0"],
+        {**base, "optimizer": {"lr": 0.01}},
+        _history([40.0, 79.5, 80.0]),
+    )
     _fake_run(tmp_path / "b", ["seed=0"], base, _history([60.0, 85.0, 84.0]))
     _fake_run(tmp_path / "c", ["optimizer.lr=0.1", "seed=0"], {**base, "optimizer": {"lr": 0.1}}, None)
     report_lib.write_failure(tmp_path / "c", "optimizer.lr too high", ["optimizer.lr=0.1", "seed=0"])
@@ -185,8 +208,10 @@ def test_hparams_of_without_hydra_reads_the_saved_overrides(tmp_path):
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
         cfg = compose("train", overrides=["optimizer.lr=1e-2", "data.subset=20", "augment=basic"])
     (tmp_path / ".hydra").mkdir()
-    OmegaConf.save(OmegaConf.create(["optimizer.lr=1e-2", "data.subset=20", "augment=basic"]),
-                   tmp_path / ".hydra" / "overrides.yaml")
+    OmegaConf.save(
+        OmegaConf.create(["optimizer.lr=1e-2", "data.subset=20", "augment=basic"]),
+        tmp_path / ".hydra" / "overrides.yaml",
+    )
     params = hparams_of(cfg, tmp_path)
     assert params["optimizer.lr"] == 0.01 and params["data.subset"] == 20 and params["trainer.epochs"] == 15
     assert params["model"] == "LeNet5" and params["data"] == "digits" and params["augment"] == "basic"
@@ -224,10 +249,22 @@ class Watch(GradientFlow):
 def _train_with(callback, run_dir: Path, epochs: int = 2, log_every: int = 3) -> dict:
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose("train", overrides=["model=resnet18", "model.width_mult=0.125", "data=synthetic",
-                                          "data.num_samples=256", "data.image_size=16", "data.batch_size=32",
-                                          f"trainer.epochs={epochs}", f"trainer.log_every={log_every}",
-                                          "trainer.image_grid=0", "trainer.progress=none", "trainer.device=cpu"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "model=resnet18",
+                "model.width_mult=0.125",
+                "data=synthetic",
+                "data.num_samples=256",
+                "data.image_size=16",
+                "data.batch_size=32",
+                f"trainer.epochs={epochs}",
+                f"trainer.log_every={log_every}",
+                "trainer.image_grid=0",
+                "trainer.progress=none",
+                "trainer.device=cpu",
+            ],
+        )
     data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=0)
     model = models.build(cfg.model, data.spec)
     per_epoch, total = planned_steps(cfg.trainer, len(data.train))

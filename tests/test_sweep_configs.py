@@ -35,8 +35,17 @@ def _jobs(params) -> list[list[str]]:
 
 
 def test_every_chapter_study_is_there():
-    assert STUDIES == ["study_architectures", "study_augment", "study_batchnorm", "study_depth", "study_dropout",
-                       "study_pooling", "study_resnet_variants", "study_skip", "study_transfer"]
+    assert STUDIES == [
+        "study_architectures",
+        "study_augment",
+        "study_batchnorm",
+        "study_depth",
+        "study_dropout",
+        "study_pooling",
+        "study_resnet_variants",
+        "study_skip",
+        "study_transfer",
+    ]
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -80,15 +89,25 @@ def test_optuna_search_composes_over_lr_wd_batch_and_smoothing():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert sweeper.direction == "maximize"
-    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size",
-                                   "trainer.label_smoothing"}
+    assert set(sweeper.params) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "data.batch_size",
+        "trainer.label_smoothing",
+    }
 
 
-@pytest.mark.parametrize("launcher, target, keys", [
-    ("local_parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 2}),
-    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
-     {"gpus_per_node": 1, "tasks_per_node": 1, "timeout_min": 240, "partition": None}),
-])
+@pytest.mark.parametrize(
+    "launcher, target, keys",
+    [
+        ("local_parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 2}),
+        (
+            "slurm",
+            "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+            {"gpus_per_node": 1, "tasks_per_node": 1, "timeout_min": 240, "partition": None},
+        ),
+    ],
+)
 def test_launchers_compose_with_their_resource_keys(launcher, target, keys):
     cfg = _compose([f"hydra/launcher={launcher}"])
     assert cfg.hydra.launcher._target_ == target
@@ -97,13 +116,26 @@ def test_launchers_compose_with_their_resource_keys(launcher, target, keys):
 
 
 def test_two_trial_optuna_study_on_digits(tmp_path):
-    result = cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=1",
-                 "data.subset=30", "trainer.image_grid=0", "hydra.sweep.dir=opt", cwd=tmp_path)
+    result = cli(
+        "train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer.epochs=1",
+        "data.subset=30",
+        "trainer.image_grid=0",
+        "hydra.sweep.dir=opt",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     best = OmegaConf.load(tmp_path / "opt" / "optimization_results.yaml")
     values = [read_json(tmp_path / "opt" / str(i) / "metrics.json")["best_val_acc"] for i in range(2)]
     assert best.best_value == pytest.approx(max(values))  # the objective is the monitored val metric
-    assert set(best.best_params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size",
-                                     "trainer.label_smoothing"}
+    assert set(best.best_params) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "data.batch_size",
+        "trainer.label_smoothing",
+    }
     summary = (tmp_path / "opt" / "summary.md").read_text()
     assert "| optimizer.lr | optimizer.weight_decay | data.batch_size | trainer.label_smoothing |" in summary

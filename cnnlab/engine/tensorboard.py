@@ -49,8 +49,7 @@ class TensorBoard:
         final `metrics`, written at the last epoch's step."""
         from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 
-        typed = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()
-                 if v is not None}
+        typed = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items() if v is not None}
         self.writer.file_writer.add_summary(hparams_pb(typed))
         for tag, value in metrics.items():
             self.writer.add_scalar(tag_of(tag), value, self.last_step)

@@ -27,14 +27,21 @@ def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
         acc_ax.plot(epochs, [h["val_acc"] for h in run.history], marker="o", ms=3, color=color, label=lab)
         gap_ax.plot(epochs, [h["train_acc"] - h["val_acc"] for h in run.history], marker="o", ms=3, color=color)
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
-    gap_ax.set(xlabel="epoch", ylabel="train acc - val acc (percentage points)",
-               title="train-val gap (over 0: fits train better than val)")
+    gap_ax.set(
+        xlabel="epoch",
+        ylabel="train acc - val acc (percentage points)",
+        title="train-val gap (over 0: fits train better than val)",
+    )
     gap_ax.axhline(0, color="grey", lw=0.8)
     for ax in (acc_ax, gap_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.legend(loc="outside lower center", ncols=min(3, len(runs)), fontsize=9,
-               title=", ".join(report.keys) if report.keys else None)
+    fig.legend(
+        loc="outside lower center",
+        ncols=min(3, len(runs)),
+        fontsize=9,
+        title=", ".join(report.keys) if report.keys else None,
+    )
     fig.suptitle(title or "validation curves", fontsize=13)
     out = save(fig, path)
     return out
@@ -42,8 +49,9 @@ def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
 
 def accuracy_vs_params(report: Report, path: str | Path, title: str = "") -> Path | None:
     """Best validation and test accuracy against the parameter count (log axis), each run labelled."""
-    points = [(row, lab) for run, row, lab in zip(report.runs, report.rows, report.labels())
-              if run.ok and row.get("params")]
+    points = [
+        (row, lab) for run, row, lab in zip(report.runs, report.rows, report.labels()) if run.ok and row.get("params")
+    ]
     if not points:
         return None
     fig = new_figure(9, 6)
@@ -52,8 +60,7 @@ def accuracy_vs_params(report: Report, path: str | Path, title: str = "") -> Pat
         ax.scatter(row["params"], row["best val acc"], color=color, s=50, zorder=3)
         if row.get("test acc") is not None:
             ax.scatter(row["params"], row["test acc"], facecolors="none", edgecolors=color, s=50, zorder=3)
-        ax.annotate(lab, (row["params"], row["best val acc"]), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+        ax.annotate(lab, (row["params"], row["best val acc"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
     from matplotlib.ticker import EngFormatter
 
@@ -71,6 +78,8 @@ def accuracy_vs_params(report: Report, path: str | Path, title: str = "") -> Pat
 def write(report: Report, out_dir: str | Path, title: str = "") -> list[Path]:
     """curves.png and accuracy_vs_params.png in `out_dir` (those that have data to show)."""
     out_dir = Path(out_dir)
-    made = [curves(report, out_dir / "curves.png", title),
-            accuracy_vs_params(report, out_dir / "accuracy_vs_params.png", title)]
+    made = [
+        curves(report, out_dir / "curves.png", title),
+        accuracy_vs_params(report, out_dir / "accuracy_vs_params.png", title),
+    ]
     return [p for p in made if p is not None]

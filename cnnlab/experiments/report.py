@@ -58,8 +58,13 @@ class Run:
         return (self.metrics or {}).get("history", [])
 
 
-def write_failure(run_dir: str | Path, message: str, overrides: list[str], choices: dict | None = None,
-                  config: DictConfig | None = None) -> Path:
+def write_failure(
+    run_dir: str | Path,
+    message: str,
+    overrides: list[str],
+    choices: dict | None = None,
+    config: DictConfig | None = None,
+) -> Path:
     """Record a sweep job that stopped on a user error, so that the summary lists it as `failed: <message>`.
 
     The job's overrides, group choices and config go into its .hydra/ folder too when training never got as far
@@ -103,8 +108,7 @@ def find_runs(paths) -> list[Path]:
         found += sorted((p for p in inner if not p.is_symlink()), key=_natural)
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
-        raise CnnlabError(f"no runs in {', '.join(str(p) for p in paths)}: a run dir holds metrics.json "
-                          f"and .hydra/")
+        raise CnnlabError(f"no runs in {', '.join(str(p) for p in paths)}: a run dir holds metrics.json and .hydra/")
     return unique
 
 
@@ -202,8 +206,10 @@ def model_name(run: Run) -> str:
 
 
 def monitor_of(runs: list[Run]) -> str:
-    monitors = {OmegaConf.select(r.config, "trainer.monitor", default="val_acc") if r.config is not None else "val_acc"
-                for r in runs}
+    monitors = {
+        OmegaConf.select(r.config, "trainer.monitor", default="val_acc") if r.config is not None else "val_acc"
+        for r in runs
+    }
     return monitors.pop() if len(monitors) == 1 else "val_acc"
 
 
@@ -215,8 +221,19 @@ def label(run: Run, keys: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ table
-COLUMNS = ["model", "params", "MACs", "best val acc", "best epoch", "test acc", "train-val gap", "s/epoch",
-           "total s", "epoch within 1pt", "status"]
+COLUMNS = [
+    "model",
+    "params",
+    "MACs",
+    "best val acc",
+    "best epoch",
+    "test acc",
+    "train-val gap",
+    "s/epoch",
+    "total s",
+    "epoch within 1pt",
+    "status",
+]
 
 
 def within(history: list[dict], best: float, points: float = 1.0) -> int | None:
@@ -232,13 +249,21 @@ def row_of(run: Run, keys: list[str]) -> dict:
     m = run.metrics or {}
     last = run.history[-1] if run.history else {}
     gap = last["train_acc"] - last["val_acc"] if "train_acc" in last and "val_acc" in last else None
-    row.update({
-        "model": model_name(run), "params": m.get("params"), "MACs": m.get("macs"),
-        "best val acc": m.get("best_val_acc"), "best epoch": m.get("best_epoch"), "test acc": m.get("test_acc"),
-        "train-val gap": gap, "s/epoch": m.get("seconds_per_epoch"), "total s": m.get("total_seconds"),
-        "epoch within 1pt": within(run.history, m["best_val_acc"]) if run.ok else None,
-        "status": run.status,
-    })
+    row.update(
+        {
+            "model": model_name(run),
+            "params": m.get("params"),
+            "MACs": m.get("macs"),
+            "best val acc": m.get("best_val_acc"),
+            "best epoch": m.get("best_epoch"),
+            "test acc": m.get("test_acc"),
+            "train-val gap": gap,
+            "s/epoch": m.get("seconds_per_epoch"),
+            "total s": m.get("total_seconds"),
+            "epoch within 1pt": within(run.history, m["best_val_acc"]) if run.ok else None,
+            "status": run.status,
+        }
+    )
     return row
 
 
@@ -315,8 +340,9 @@ def to_markdown(report: Report, title: str = "") -> str:
     lines = [f"# {title}", ""] if title else []
     lines += [f"Sorted by {report.monitor}; accuracies in %, train-val gap at the final epoch.", ""]
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join("---" if c in report.keys or c in ("model", "status", "run") else "---:"
-                                for c in head) + "|")
+    lines.append(
+        "|" + "|".join("---" if c in report.keys or c in ("model", "status", "run") else "---:" for c in head) + "|"
+    )
     for run, row in zip(report.runs, report.rows):
         cells = [_fmt(row.get(c), c).replace("|", "\\|") for c in report.columns] + [run.path.name]
         lines.append("| " + " | ".join(cells) + " |")
@@ -345,8 +371,11 @@ def print_table(report: Report, title: str = "") -> None:
         return
     table = Table(title=title or None)
     for column in report.columns:
-        table.add_column(column, justify="left" if column in report.keys or column in ("model", "status")
-                         else "right", overflow="fold")
+        table.add_column(
+            column,
+            justify="left" if column in report.keys or column in ("model", "status") else "right",
+            overflow="fold",
+        )
     for row in report.rows:
         table.add_row(*(_fmt(row.get(c), c) for c in report.columns))
     console.print(table)

@@ -97,6 +97,8 @@ class SweepSummary(Callback):
         if links is not None:
             print(f"TensorBoard, runs named by their varied keys: tensorboard --logdir {links}")
         if report.failed:
-            print(f"error: {len(report.failed)} of {len(report.runs)} jobs failed (status column of {md_path})",
-                  file=sys.stderr)
+            print(
+                f"error: {len(report.failed)} of {len(report.runs)} jobs failed (status column of {md_path})",
+                file=sys.stderr,
+            )
             sys.exit(1)
