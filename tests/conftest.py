@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.cli import main
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -53,3 +55,26 @@ def data_root() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return Path(root)
+
+
+@pytest.fixture
+def run_main(tmp_path, monkeypatch, capfd):
+    """run_main(*argv) -> (exit code, stderr) of cnnlab in this process, in a fresh working directory."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main sets it for Hydra
+    monkeypatch.setenv("HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", ""))  # restored afterwards
+
+    def run(*argv: str) -> tuple[int, str]:
+        capfd.readouterr()
+        try:
+            main(list(argv))
+            code = 0
+        except SystemExit as ex:
+            code = ex.code if isinstance(ex.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+        return code, capfd.readouterr().err
+
+    return run

@@ -34,29 +34,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def run_main(tmp_path, monkeypatch, capfd):
-    """run_main(*argv) -> (exit code, stderr) of cnnlab in this process, in a fresh working directory."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main sets it for Hydra
-    monkeypatch.setenv("HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", ""))  # restored afterwards
-
-    def run(*argv: str) -> tuple[int, str]:
-        capfd.readouterr()
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as ex:
-            code = ex.code if isinstance(ex.code, int) else 1
-        finally:
-            GlobalHydra.instance().clear()
-        return code, capfd.readouterr().err
-
-    return run
-
-
 def assert_one_error_line(code: int, err: str, expected: str) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err

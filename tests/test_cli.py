@@ -59,17 +59,16 @@ def test_cfg_job_prints_composed_config(run_cli):
         (["augment.mix_prob=2"], "augment.mix_prob must be"),
     ],
 )
-def test_bad_train_input_is_one_line_exit_2(run_cli, args, message):
-    result = (
-        run_cli("train", "trainer.epochs=1", *args)
-        if "trainer.epochs" not in " ".join(args)
-        else run_cli("train", *args)
+def test_bad_train_input_is_one_line_exit_2(run_main, args, message):
+    """In process (the catalogue in test_bad_inputs.py has more; test_unknown_command et al. run the real CLI)."""
+    code, err = (
+        run_main("train", *args) if "trainer.epochs" in " ".join(args) else run_main("train", "trainer.epochs=1", *args)
     )
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in err
 
 
 def test_unknown_command(run_cli):
@@ -89,13 +88,13 @@ def test_unknown_command(run_cli):
         (["checkpoint=BAD", "split=dev"], "split must be one of test, val, train"),
     ],
 )
-def test_bad_eval_input_is_one_line_exit_2(run_cli, tmp_path, args, message):
+def test_bad_eval_input_is_one_line_exit_2(run_main, tmp_path, args, message):
     args = [a.replace("BAD", str(tmp_path / "x.pt")) for a in args]
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
-    result = run_cli("eval", *args)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    code, err = run_main("eval", *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
 def test_eval_rejects_a_file_that_is_not_a_checkpoint(run_cli, tmp_path):

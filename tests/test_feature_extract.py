@@ -144,6 +144,7 @@ def resnet18_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(resnet18_file, tmp_path):
     run = tmp_path / "fx"
     result = cli(

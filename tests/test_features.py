@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import cli, read_json
 
@@ -43,6 +44,7 @@ def test_gradient_clipping_bounds_each_step(tmp_path):
     assert 0 < float(step) <= 0.1 * 1e-6 * 1.01  # lr x clipped gradient norm
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_saved_and_evaluated(tmp_path):
     run = train(tmp_path, "ema", "trainer.epochs=3", "trainer.ema_decay=0.9", *QUIET)
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
@@ -59,6 +61,7 @@ def test_ema_weights_are_validated_saved_and_evaluated(tmp_path):
     assert read_json(out)["count"] == 1294  # every digits training image left after the 10% hold-out: none dropped
 
 
+@pytest.mark.slow
 def test_early_stopping_and_max_steps(tmp_path):
     stuck = train(
         tmp_path, "stuck", *SYNTH, "optimizer.lr=1e-12", "trainer.epochs=20", "trainer.early_stopping_patience=2"
@@ -78,6 +81,7 @@ def test_early_stopping_and_max_steps(tmp_path):
     assert metrics["steps"] == 12 and metrics["epochs"] == 2 and metrics["stop_reason"] == "max_steps"
 
 
+@pytest.mark.slow
 def test_time_limit_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
     args = ["data.batch_size=8", "trainer.epochs=3", "trainer.log_every=1000", *QUIET]
     whole = train(tmp_path, "whole", *args)
@@ -91,6 +95,7 @@ def test_time_limit_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_
     assert history == [h["train_loss"] for h in read_json(whole / "metrics.json")["history"]]
 
 
+@pytest.mark.slow
 def test_debug_presets(tmp_path):
     fast = read_json(train(tmp_path, "fast", "debug=fast", "data.batch_size=16") / "metrics.json")
     assert fast["epochs"] == 1 and fast["steps"] == 5

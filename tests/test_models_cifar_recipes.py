@@ -26,7 +26,12 @@ def recipe(name: str, *overrides: str):
 
 
 @pytest.mark.parametrize(
-    "name, depth", [("cifar10_resnet20", 20), ("cifar10_resnet56", 56), ("cifar10_resnet110", 110)]
+    "name, depth",
+    [
+        ("cifar10_resnet20", 20),
+        pytest.param("cifar10_resnet56", 56, marks=pytest.mark.slow),
+        pytest.param("cifar10_resnet110", 110, marks=pytest.mark.slow),
+    ],
 )
 def test_recipes_follow_the_paper(name, depth):
     cfg = recipe(name)

@@ -89,7 +89,7 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_gives_the_uninterrupted_w
     assert read_json(tmp_path / "run" / "metrics.json")["epochs"] == 4
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_a_signal_saves_mid_epoch_says_how_to_resume_and_resume_is_exact(tmp_path, straight, signum):
     proc = _start(tmp_path, "trainer.epochs=4", "hydra.run.dir=run")
     _wait_for(lambda: (tmp_path / "run" / "checkpoints" / "best.pt").is_file(), proc)
@@ -152,6 +152,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / ".hydra").exists()
 
 
+@pytest.mark.slow
 def test_default_run_dirs_started_in_the_same_second_differ(tmp_path):
     procs = [
         _start(tmp_path, "trainer.epochs=1", "data=synthetic", "data.num_samples=64", "data.image_size=28")
@@ -172,6 +173,7 @@ def test_a_nan_loss_stops_with_one_line_and_saves_nothing_non_finite(tmp_path):
         assert all(torch.isfinite(t).all() for t in _weights(path).values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_resuming_from_a_last_pt_without_best_pt_makes_it_the_best(tmp_path):
     first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=a", cwd=tmp_path)
     assert first.returncode == 0, first.stderr

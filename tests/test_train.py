@@ -138,6 +138,7 @@ def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     """Kill a run after its first checkpoint, re-run the same command with resume=auto: same final weights."""
     args = ["train", "trainer.epochs=6", "model.act=tanh", "trainer.image_grid=0", "trainer.resume=auto"]
@@ -173,6 +174,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert read_json(tmp_path / "crashed" / "metrics.json")["epochs"] == 6
 
 
+@pytest.mark.slow
 def test_resume_from_explicit_path_continues_epochs(tmp_path):
     first = cli("train", "trainer.epochs=2", "hydra.run.dir=a", "trainer.image_grid=0", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -188,6 +190,7 @@ def test_resume_from_explicit_path_continues_epochs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_resume_with_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     first = cli("train", "trainer.epochs=1", "hydra.run.dir=a", "trainer.image_grid=0", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -207,6 +210,7 @@ def test_resume_with_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     assert ckpt.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_multirun_sweep_writes_one_run_per_job(tmp_path):
     result = cli(
         "train",
