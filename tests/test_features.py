@@ -29,6 +29,7 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 def test_accumulation_equals_the_large_batch(tmp_path):
     big = train(tmp_path, "big", *SYNTH, *SGD, "data.batch_size=32", "trainer.epochs=1")
     small = train(tmp_path, "small", *SYNTH, *SGD, "data.batch_size=16", "trainer.accumulate=2", "trainer.epochs=1")
@@ -36,6 +37,7 @@ def test_accumulation_equals_the_large_batch(tmp_path):
     assert max_diff(weights(big), weights(small)) < 1e-5
 
 
+@pytest.mark.slow
 def test_gradient_clipping_bounds_each_step(tmp_path):
     args = [*SYNTH, *SGD, "optimizer.lr=0.1", "trainer.grad_clip=1e-6"]
     one = train(tmp_path, "one", *args, "trainer.max_steps=1")

@@ -187,6 +187,7 @@ def test_resuming_from_a_last_pt_without_best_pt_makes_it_the_best(tmp_path):
     assert read_json(tmp_path / "b/metrics.json")["test_acc"] == read_json(tmp_path / "a/metrics.json")["test_acc"]
 
 
+@pytest.mark.slow
 def test_resuming_with_a_changed_learning_rate_is_refused_before_anything_is_copied(tmp_path):
     first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=a", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
