@@ -13,17 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.overrides import TorchFunctionMode
 
+import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
-from cnnlab.config import register
 from cnnlab.engine import progress
 from cnnlab.engine.data_init import DataDependentInit
 from cnnlab.engine.trainer import Trainer, planned_steps
 
-REPO = Path(__file__).resolve().parent.parent
 SYNCING = {
     "item",
     "__bool__",
@@ -85,27 +83,24 @@ class Watched:
 
 
 def config(*overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose(
-            "train",
-            overrides=[
-                "model=speedrun",
-                "model.widths=[8,16,16]",
-                "data=synthetic",
-                "data.num_samples=320",
-                "data.batch_size=32",
-                "augment=[basic,colorjitter,randaugment,erasing,cutout,mixup,cutmix]",
-                "optimizer=sgd",
-                "trainer.epochs=2",
-                "trainer.device=cpu",
-                "trainer.progress=plain",
-                "trainer.label_smoothing=0.1",
-                "trainer.grad_clip=5.0",
-                "trainer.image_grid=0",
-                *overrides,
-            ],
-        )
+    return cnnlab.compose(
+        [
+            "model=speedrun",
+            "model.widths=[8,16,16]",
+            "data=synthetic",
+            "data.num_samples=320",
+            "data.batch_size=32",
+            "augment=[basic,colorjitter,randaugment,erasing,cutout,mixup,cutmix]",
+            "optimizer=sgd",
+            "trainer.epochs=2",
+            "trainer.device=cpu",
+            "trainer.progress=plain",
+            "trainer.label_smoothing=0.1",
+            "trainer.grad_clip=5.0",
+            "trainer.image_grid=0",
+            *overrides,
+        ]
+    )
 
 
 def train(cfg, run_dir: Path, counter: SyncCounter) -> dict:

@@ -4,41 +4,35 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+import cnnlab
 from cnnlab.commands.train import run
-from cnnlab.config import register
 from cnnlab.engine.device import autocast_for, resolve_precision
 from cnnlab.errors import CnnlabError
 
-REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
 
 
 def config(*overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose(
-            "train",
-            overrides=[
-                "model=lenet5",
-                "data=synthetic",
-                "data.num_samples=512",
-                "data.batch_size=64",
-                "optimizer=adam",
-                "optimizer.lr=0.003",
-                "scheduler=none",
-                "trainer.epochs=3",
-                "trainer.device=cpu",
-                "trainer.progress=none",
-                "trainer.image_grid=0",
-                *overrides,
-            ],
-        )
+    return cnnlab.compose(
+        [
+            "model=lenet5",
+            "data=synthetic",
+            "data.num_samples=512",
+            "data.batch_size=64",
+            "optimizer=adam",
+            "optimizer.lr=0.003",
+            "scheduler=none",
+            "trainer.epochs=3",
+            "trainer.device=cpu",
+            "trainer.progress=none",
+            "trainer.image_grid=0",
+            *overrides,
+        ]
+    )
 
 
 def falls(metrics: dict) -> None:

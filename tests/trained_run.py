@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import REPO, cli
+from conftest import cli
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -34,15 +34,10 @@ def one_error_line(result) -> str:
 
 
 def compose(command: str, *overrides: str):
-    """The config `cnnlab <command> OVERRIDES` would run, composed in-process (Hydra's compose API)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The config `cnnlab <command> OVERRIDES` would run, composed in-process (the public API)."""
+    import cnnlab
 
-    from cnnlab.config import register
-
-    register()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None, job_name=command):
-        return hydra_compose(config_name=command, overrides=list(overrides))
+    return cnnlab.compose(overrides, config_name=command)
 
 
 def train_in_process(where: Path, *overrides: str) -> Path:
