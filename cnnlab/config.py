@@ -238,7 +238,7 @@ def _check_optimizer_keys(opt_cfg: DictConfig) -> None:
 
     from hydra.utils import get_object
 
-    from cnnlab.optim import _OWN_KEYS
+    from cnnlab.optim import OWN_KEYS
 
     try:
         target = get_object(str(opt_cfg.get("_target_")))
@@ -247,7 +247,7 @@ def _check_optimizer_keys(opt_cfg: DictConfig) -> None:
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
-    known = [*_OWN_KEYS, *_HYDRA_KEYS, *(p.name for p in params if p.name != "params")]
+    known = [*OWN_KEYS, *_HYDRA_KEYS, *(p.name for p in params if p.name != "params")]
     for key in opt_cfg:
         if key not in known:
             raise _unknown(f"optimizer.{key}", known, f"neither an argument of {opt_cfg._target_} nor a cnnlab key")

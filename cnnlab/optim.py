@@ -89,12 +89,12 @@ def param_groups(
 
 
 # cnnlab's own optimizer keys: popped before the rest goes to the optimizer class.
-_OWN_KEYS = ("decay_norm_bias", "head_lr_mult", "backbone_lr_mult", "layer_decay")
+OWN_KEYS = ("decay_norm_bias", "head_lr_mult", "backbone_lr_mult", "layer_decay")
 
 
 def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     cfg = OmegaConf.to_container(opt_cfg, resolve=True)
-    own = {k: cfg.pop(k) for k in _OWN_KEYS if k in cfg}
+    own = {k: cfg.pop(k) for k in OWN_KEYS if k in cfg}
     if "lr" not in cfg:
         raise CnnlabError("optimizer.lr is missing")
     groups = param_groups(model, cfg["lr"], cfg.get("weight_decay", 0.0), **own)

@@ -49,3 +49,32 @@ def test_no_grids_when_switched_off(tmp_path):
 def test_image_every_must_be_a_count():
     with pytest.raises(CnnlabError, match="trainer.image_every must be >= 0"):
         validate_train(compose("train", "trainer.image_every=-1"))
+
+
+def test_the_confusion_matrix_is_the_best_epochs_validation_and_survives_a_resume(tmp_path, monkeypatch):
+    """At the end the best epoch's own validation is drawn (no second pass over val); after a resume whose
+    best.pt came from the earlier process, best.pt is evaluated again: both give the recorded best val acc."""
+    from cnnlab.analysis import training_images
+
+    drawn, passes = [], []
+    real_figure, real_evaluate = training_images.confusion_figure, training_images.evaluate
+    monkeypatch.setattr(training_images, "confusion_figure", lambda cm, *a: drawn.append(cm) or real_figure(cm, *a))
+    monkeypatch.setattr(training_images, "evaluate", lambda *a, **k: passes.append(1) or real_evaluate(*a, **k))
+
+    def check(run_dir):
+        metrics = read_json(run_dir / "metrics.json")
+        cm = drawn.pop()
+        assert int(cm.sum()) > 0
+        assert 100.0 * int(cm.trace()) / int(cm.sum()) == pytest.approx(metrics["best_val_acc"])
+
+    # 16 memorised images reach 100% val acc, which no later epoch beats: best.pt stays the first process's
+    tiny = ("trainer.overfit_batches=1", "data.batch_size=16", "trainer.image_grid=0", "optimizer.lr=0.01")
+    run_dir = train_in_process(tmp_path, "trainer.epochs=30", *tiny)
+    assert read_json(run_dir / "metrics.json")["best_val_acc"] == 100.0
+    check(run_dir)
+    assert passes == []
+    last = run_dir / "checkpoints" / "last.pt"  # an explicit checkpoint of this run: one more epoch
+    train_in_process(tmp_path, "trainer.epochs=31", *tiny, f"trainer.resume={last}")
+    assert read_json(run_dir / "metrics.json")["best_epoch"] < 31
+    check(run_dir)
+    assert passes == [1]

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import cnnlab
 from cnnlab import data
-from cnnlab.config import AugmentConfig, DataConfig, register, validate_train
+from cnnlab.config import AugmentConfig, DataConfig, validate_train
 from cnnlab.data.augment import BatchAugment, image_transform
 from cnnlab.data.loaders import DeviceLoader, WorkerLoader
 from cnnlab.data.mix import Mixer
@@ -223,9 +223,7 @@ def test_evaluation_never_augments(loader):
 
 # ---------------------------------------------------------------------------------- presets, checks
 def test_presets_compose_as_a_list():
-    register()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("train", overrides=["augment=[basic,cutout,mixup,cutmix]"])
+    cfg = cnnlab.compose(["augment=[basic,cutout,mixup,cutmix]"])
     a = cfg.augment
     assert (a.crop_padding, a.flip, a.cutout, a.mixup_alpha, a.cutmix_alpha) == (4, True, 16, 0.2, 1.0)
     validate_train(cfg)

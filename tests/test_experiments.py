@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli, read_json
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.overrides import TorchFunctionMode
 
+import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
-from cnnlab.cli import config_dir, main
-from cnnlab.config import register
+from cnnlab.cli import main
 from cnnlab.engine.gradients import GradientFlow, stage_names
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.experiments import report as report_lib
@@ -204,9 +203,7 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
 
 
 def test_hparams_of_without_hydra_reads_the_saved_overrides(tmp_path):
-    register()
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose("train", overrides=["optimizer.lr=1e-2", "data.subset=20", "augment=basic"])
+    cfg = cnnlab.compose(["optimizer.lr=1e-2", "data.subset=20", "augment=basic"])
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(
         OmegaConf.create(["optimizer.lr=1e-2", "data.subset=20", "augment=basic"]),
@@ -247,24 +244,21 @@ class Watch(GradientFlow):
 
 
 def _train_with(callback, run_dir: Path, epochs: int = 2, log_every: int = 3) -> dict:
-    register()
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose(
-            "train",
-            overrides=[
-                "model=resnet18",
-                "model.width_mult=0.125",
-                "data=synthetic",
-                "data.num_samples=256",
-                "data.image_size=16",
-                "data.batch_size=32",
-                f"trainer.epochs={epochs}",
-                f"trainer.log_every={log_every}",
-                "trainer.image_grid=0",
-                "trainer.progress=none",
-                "trainer.device=cpu",
-            ],
-        )
+    cfg = cnnlab.compose(
+        [
+            "model=resnet18",
+            "model.width_mult=0.125",
+            "data=synthetic",
+            "data.num_samples=256",
+            "data.image_size=16",
+            "data.batch_size=32",
+            f"trainer.epochs={epochs}",
+            f"trainer.log_every={log_every}",
+            "trainer.image_grid=0",
+            "trainer.progress=none",
+            "trainer.device=cpu",
+        ]
+    )
     data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=0)
     model = models.build(cfg.model, data.spec)
     per_epoch, total = planned_steps(cfg.trainer, len(data.train))

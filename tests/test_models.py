@@ -9,12 +9,11 @@ import pytest
 import torch
 import torchvision
 from conftest import REPO
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import register
+import cnnlab
 from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.models import build, count_params, knob_names, load_yaml
@@ -129,12 +128,10 @@ def test_cifar_resnet_and_plain_parameter_counts(depth):
 
 def test_every_model_yaml_lists_every_knob_of_its_constructor():
     """So that any knob is overridable as model.<knob>=... without `++` (a family inherits its base's keys)."""
-    register()
-    with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base=None):
-        for name in [*ZOO, "torchvision"]:
-            cfg = compose("train", overrides=[f"model={name}"]).model
-            listed = {k for k in cfg if k != "_target_"}
-            assert listed == set(knob_names(get_method(cfg._target_))), name
+    for name in [*ZOO, "torchvision"]:
+        cfg = cnnlab.compose([f"model={name}"]).model
+        listed = {k for k in cfg if k != "_target_"}
+        assert listed == set(knob_names(get_method(cfg._target_))), name
 
 
 def forward_backward(model: nn.Module, channels: int, size: int, num_classes: int = 10) -> None:

@@ -5,22 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import read_json
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
+import cnnlab
 from cnnlab import optim
-from cnnlab.cli import config_dir
-from cnnlab.config import register, validate_train
+from cnnlab.config import validate_train
 from cnnlab.data.build import split_train_val
 from cnnlab.engine.trainer import planned_steps
 from cnnlab.errors import CnnlabError
 
 
 def recipe(name: str, *overrides: str):
-    register()
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose("train", overrides=[f"experiment={name}", *overrides])
+    cfg = cnnlab.compose([f"experiment={name}", *overrides])
     validate_train(cfg)
     return cfg
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
-from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+import cnnlab
 from cnnlab.engine import progress
 from cnnlab.engine.progress import ProgressDisplay, metrics_table, say
 
@@ -136,28 +136,22 @@ def test_summary_title_keeps_the_run_dir_on_one_line():
 def test_a_real_run_talks_inside_its_epochs(tmp_path, monkeypatch, capsys):
     """The trainer asks due() after every step: with a clock that runs fast, a plain run prints progress lines
     inside its epochs and the long-epoch estimate once, whatever trainer.log_every is."""
-    from hydra import compose, initialize_config_dir
-
     from cnnlab.commands.train import run
-    from cnnlab.config import register
 
     ticks = iter(range(0, 10**9, 40))
     monkeypatch.setattr(progress, "_now", lambda: float(next(ticks)))  # 40 s between clock reads
-    register()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "configs"), version_base=None):
-        cfg = compose(
-            "train",
-            overrides=[
-                "data=synthetic",
-                "data.num_samples=640",
-                "data.batch_size=32",
-                "trainer.epochs=2",
-                "trainer.progress=plain",
-                "trainer.log_every=1000",
-                "trainer.image_grid=0",
-                "trainer.device=cpu",
-            ],
-        )
+    cfg = cnnlab.compose(
+        [
+            "data=synthetic",
+            "data.num_samples=640",
+            "data.batch_size=32",
+            "trainer.epochs=2",
+            "trainer.progress=plain",
+            "trainer.log_every=1000",
+            "trainer.image_grid=0",
+            "trainer.device=cpu",
+        ]
+    )
     run(cfg, run_dir=tmp_path / "run")
     out = capsys.readouterr().out
     inside = [line for line in out.splitlines() if line.startswith("epoch 1/2 batch")]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
+import cnnlab
 from cnnlab import models, optim
 from cnnlab.cli import config_dir
-from cnnlab.config import register, validate_train
+from cnnlab.config import validate_train
 from cnnlab.data import DataSpec
 from cnnlab.engine.trainer import planned_steps
 from cnnlab.finetune import Finetune, optimizer_config
@@ -23,10 +23,8 @@ def cfg_uses_downloads(name: str) -> bool:
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_composes_and_builds(name):
-    register()
     offline = ["model.weights=null"] if cfg_uses_downloads(name) else []  # no pretrained download in tests
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose("train", overrides=[f"experiment={name}", *offline])
+    cfg = cnnlab.compose([f"experiment={name}", *offline])
     validate_train(cfg)
     spec = DataSpec(cfg.data.num_classes or 10, cfg.data.channels or 3, cfg.data.image_size or 32)
     model = models.build(cfg.model, spec)

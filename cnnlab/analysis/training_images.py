@@ -9,7 +9,6 @@ import torch
 from cnnlab.analysis.confusion import confusion_figure
 from cnnlab.analysis.figures import save, to_tensor
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions, prediction_grid
-from cnnlab.engine.batches import LimitedBatches
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.metrics import evaluate
 
@@ -65,9 +64,11 @@ class TrainingImages(Callback):
         trainer.tb.image("val/predictions", picture, epoch)
 
     def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
-        # Every rank evaluates (the sums may be reduced across ranks); rank 0 draws.
-        loader = LimitedBatches(data.val, trainer.cfg.limit_val_batches) if trainer.cfg.limit_val_batches else data.val
-        result = evaluate(model, loader, trainer.spec.num_classes, trainer.autocast, trainer.memory_format)
+        result = trainer.best_val  # the best epoch's validation, from this process: no second pass over val
+        if result is None:  # best.pt is from before a resume: every rank evaluates it (the sums are all-reduced)
+            result = evaluate(
+                model, trainer.val_loader, trainer.spec.num_classes, trainer.autocast, trainer.memory_format
+            )
         if trainer.tb is None:
             return
         best = metrics["best_epoch"]

@@ -210,6 +210,8 @@ class Trainer:
         self.state: TrainState | None = None
         self.tb: TensorBoard | None = None
         self.spec = self.data = None
+        self.val_loader = None  # what each epoch is validated on (trainer.limit_val_batches/overfit_batches applied)
+        self.best_val: dict | None = None  # the best epoch's validation, if it ran in this process (not resumed)
         self.signals = StopSignals()
         self.vote = distributed.StopVote() if distributed.world_size() > 1 else None  # ranks stop at one step
 
@@ -474,6 +476,7 @@ class Trainer:
             train_loader = LimitedBatches(train_loader, self.cfg.limit_train_batches)
         if not self.cfg.overfit_batches:
             val_loader = self._eval_loader(val_loader)
+        self.val_loader = val_loader
         if self.is_main:
             self.tb = TensorBoard(self.run_dir / "tb", purge_step=p.epoch + 1 if p.epoch else None)
         display = ProgressDisplay(
@@ -570,6 +573,7 @@ class Trainer:
         self.state.scheduler.epoch_end(metric)
         if better:
             p.best_metric, p.best_epoch, p.bad_epochs = metric, epoch, 0
+            self.best_val = val
             self._save("best.pt")
         else:
             p.bad_epochs += 1
