@@ -134,10 +134,13 @@ def test_no_host_sync_with_ema(tmp_path, monkeypatch):
     assert counter.calls == [], counter.calls
 
 
-def test_no_host_sync_with_accumulation(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "overrides", [["trainer.accumulate=2"], ["trainer.nan_policy=skip_batch", "trainer.accumulate=2"]]
+)
+def test_no_host_sync_with_accumulation_or_skip_batch(tmp_path, monkeypatch, overrides):
     monkeypatch.setattr(progress, "_now", lambda: 0.0)
     counter = SyncCounter()
-    train(config("trainer.accumulate=2"), tmp_path, counter)
+    train(config(*overrides), tmp_path, counter)
     assert counter.calls == [], counter.calls
 
 

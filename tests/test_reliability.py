@@ -352,3 +352,47 @@ def test_dataloader_workers_end_with_a_stopped_run(tmp_path):
     while _processes_with(marker) and time.time() < deadline:
         time.sleep(0.2)
     assert _processes_with(marker) == []
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: torch.optim.SGD(params, lr=0.5, momentum=0.9, weight_decay=0.1),
+        lambda params: torch.optim.AdamW(params, lr=0.1, weight_decay=0.1),
+    ],
+)
+def test_a_skipped_batch_leaves_weights_and_optimizer_state_as_they_were(tmp_path, make_optimizer):
+    """skip_batch puts back what weight decay and momentum would still move after a zeroed gradient."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 4)
+    y = (x[:, 0] > 0).long()
+    poisoned = x[:16].clone()
+    poisoned[0, 0] = float("nan")
+    data = DataBundle(
+        _Batches([(x[16:], y[16:]), (poisoned, y[:16])]),  # the first step makes the state; the second is skipped
+        _Batches([(x, y)]),
+        _Batches([(x, y)]),
+        DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,)),
+    )
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainerConfig),
+        {"precision": "fp32", "device": "cpu", "epochs": 1, "progress": "none", "nan_policy": "skip_batch"},
+    )
+    model = nn.Linear(4, 2)
+    optimizer = make_optimizer(model.parameters())
+    before = []  # the weights and the optimizer state as each optimizer step starts
+
+    def record(optimizer, args, kwargs):
+        state = [t.clone() for st in optimizer.state.values() for t in st.values()]
+        before.append(([q.detach().clone() for q in model.parameters()], state))
+
+    optimizer.register_step_pre_hook(record)
+    from cnnlab.optim import Schedule
+
+    schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+    metrics = Trainer(cfg, tmp_path, torch.device("cpu")).fit(model, data, optimizer, schedule)
+    assert metrics["skipped_batches"] == 1 and len(before) == 2
+    weights, state = before[1]  # the skipped step moved nothing
+    assert all(torch.equal(a, b.detach()) for a, b in zip(weights, model.parameters()))
+    now = [t for st in optimizer.state.values() for t in st.values()]
+    assert len(now) == len(state) > 0 and all(torch.equal(a, b) for a, b in zip(state, now))

@@ -311,6 +311,7 @@ class Trainer:
         seen = partial.get("seen", 0)
         start = time.perf_counter() - partial.get("seconds", 0.0)
         accumulate, skip_bad = cfg.accumulate, cfg.nan_policy == "skip_batch"
+        any_finite = None  # skip_batch: whether any micro-batch of the coming optimizer step had a finite loss
         stopped = ""
         for i, (x, y) in enumerate(loader):
             if i < p.batch:  # resuming mid-epoch: these batches were trained before the stop
@@ -326,10 +327,12 @@ class Trainer:
             (state.scaler.scale(loss / accumulate) if state.scaler is not None else loss / accumulate).backward()
             if skip_bad:
                 _drop_gradients_unless(model, finite)
+                any_finite = finite if any_finite is None else any_finite | finite
             self.callbacks.after_backward(self, model)
             stepped = (i + 1) % accumulate == 0 or i + 1 == num_batches
             if stepped:
-                self._optimizer_step(model)
+                self._optimizer_step(model, any_finite)
+                any_finite = None
                 state.scheduler.step()
                 p.step += 1
                 if p.step % cfg.log_every == 0:
@@ -407,8 +410,11 @@ class Trainer:
             f"use trainer.precision=fp32, or trainer.nan_policy=skip_batch"
         )
 
-    def _optimizer_step(self, model) -> None:
+    def _optimizer_step(self, model, any_finite: torch.Tensor | None = None) -> None:
+        """One optimizer step. `any_finite` (nan_policy=skip_batch): a device bool; when false, the weights and the
+        optimizer's state are put back as they were, so weight decay and momentum do not move them either."""
         state = self.state
+        kept = _Kept(model, state.optimizer) if any_finite is not None else None
         if state.scaler is not None:
             if self.cfg.grad_clip:
                 state.scaler.unscale_(state.optimizer)
@@ -419,6 +425,8 @@ class Trainer:
             if self.cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             state.optimizer.step()
+        if kept is not None:
+            kept.restore_unless(any_finite)
         state.optimizer.zero_grad(set_to_none=True)
         if state.ema is not None:
             state.ema.update_parameters(model)
@@ -697,6 +705,25 @@ def _drop_gradients_unless(model: nn.Module, finite: torch.Tensor) -> None:
     for q in model.parameters():
         if q.grad is not None:
             q.grad.nan_to_num_(0.0, 0.0, 0.0).mul_(keep.to(q.grad.dtype))
+
+
+class _Kept:
+    """Copies of the weights and the optimizer's state tensors, put back where a step must not count, with
+    torch.where on the device bool (no host sync). Not covered: state this very step creates (the first step's)
+    and tensors on another device than the weights (Adam's step counters live on the CPU; moving the bool there
+    would be a sync)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        params = [q for q in model.parameters() if q.requires_grad]
+        device = params[0].device if params else None
+        state = [t for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t)]
+        self.tensors = params + [t for t in state if t.device == device]
+        self.copies = [t.detach().clone() for t in self.tensors]
+
+    @torch.no_grad()
+    def restore_unless(self, keep_new: torch.Tensor) -> None:
+        for t, old in zip(self.tensors, self.copies):
+            t.copy_(torch.where(keep_new, t, old))
 
 
 class _NoProfiler(nullcontext):
