@@ -64,11 +64,19 @@ def machine(device: torch.device | None = None) -> dict:
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "load_average": [round(v, 2) for v in load],
-        "loaded": load[0] > 0.5 * cores,
     }
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def busy(before: dict, after: dict) -> bool:
+    """Whether other work shared the machine with a section. The 1-minute load average counts runnable threads:
+    before a section more of them than cores, or after it more than one above the cores (the section itself
+    keeps every core busy), means something else was running. Load left by the previous section decays, and
+    stays below both marks."""
+    cores = before["cores"]
+    return before["load_average"][0] > cores or after["load_average"][0] > cores + 1
 
 
 def sync(device: torch.device) -> None:
@@ -548,7 +556,7 @@ def markdown(name: str, result: dict) -> str:
         + (f", {m['gpu']}" if "gpu" in m else "")
         + f"; load average {m['load_average']} before, "
         f"{result['machine_after']['load_average']} after"
-        + (" (loaded: other work was running)" if m["loaded"] else "")
+        + (" (loaded: other work was running)" if result.get("loaded", m.get("loaded")) else "")
         + "; "
         + f"{result['seconds']:.0f} s; command `{result['command']}`",
         "",
@@ -589,19 +597,21 @@ def main() -> None:
             machine(torch.device("cuda") if name == "gpu" and torch.cuda.is_available() else None),
             time.perf_counter(),
         )
-        if before["loaded"]:
-            print(
-                f"  note: load average {before['load_average']} on {before['cores']} cores: the machine is busy, "
-                "timings are pessimistic",
-                flush=True,
-            )
         result = SECTIONS[name](args)
+        after = machine()
         result.update(
             machine_before=before,
-            machine_after=machine(),
+            machine_after=after,
+            loaded=busy(before, after),
             seconds=time.perf_counter() - start,
             command=" ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
         )
+        if result["loaded"]:
+            print(
+                f"  note: load average {before['load_average']} before, {after['load_average']} after, on "
+                f"{before['cores']} cores: other work was running, timings are pessimistic",
+                flush=True,
+            )
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
         (args.out / f"{name}.md").write_text(markdown(name, result))
         print(f"  -> {args.out / name}.json, .md", flush=True)

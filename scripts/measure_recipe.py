@@ -61,6 +61,7 @@ def main() -> None:
             f"seed={seed}",
             "trainer.progress=plain",
             f"hydra.run.dir={run_dir}",
+            "trainer.overwrite=true",  # a re-measurement replaces this script's own earlier run of the seed
             *args.overrides,
         ]
         load_before = os.getloadavg()

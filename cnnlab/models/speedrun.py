@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.models.layers import make_act
+
 
 class WhiteningStem(nn.Module):
     """2x2 convolution whose 2 * c * k * k filters whiten image patches (and their negatives).
@@ -54,16 +56,16 @@ class WhiteningStem(nn.Module):
 
 
 class ConvGroup(nn.Module):
-    """conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU."""
+    """conv3x3 - maxpool2 - BN - act - conv3x3 - BN - act (act: GELU as in airbench)."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, act: str = "gelu"):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = nn.BatchNorm2d(cout, momentum=0.4)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding="same", bias=False)
         self.norm2 = nn.BatchNorm2d(cout, momentum=0.4)
-        self.act = nn.GELU()
+        self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -78,13 +80,14 @@ class SpeedrunNet(nn.Module):
         widths: tuple[int, int, int] = (64, 256, 256),
         scale: float = 1 / 9,
         tta_flip: bool = True,
+        act: str = "gelu",
     ):
         super().__init__()
         self.whiten = WhiteningStem(in_channels)
-        self.stem_act = nn.GELU()
+        self.stem_act = make_act(act)
         groups, cin = [], self.whiten.out_channels
         for width in widths:
-            groups.append(ConvGroup(cin, width))
+            groups.append(ConvGroup(cin, width, act))
             cin = width
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(cin, num_classes, bias=False)
