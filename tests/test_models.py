@@ -364,3 +364,17 @@ def test_train_cli_bad_knob_is_one_line(run_cli):
     )
     assert result.returncode == 2
     assert "model.pool must be one of" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_speedrun_act_knob_swaps_every_activation_and_is_checked():
+    spec = DataSpec(10, 3, 32)
+    relu = build(cnnlab.compose(["model=speedrun", "model.widths=[8,16,16]", "model.act=relu"]).model, spec)
+    kinds = {type(m) for m in relu.modules()}
+    assert nn.ReLU in kinds and nn.GELU not in kinds
+    assert nn.GELU in {
+        type(m) for m in build(cnnlab.compose(["model=speedrun", "model.widths=[8,16,16]"]).model, spec).modules()
+    }
+    relu.fit(torch.randn(16, 3, 32, 32))
+    forward_backward(relu, 3, 32)
+    with pytest.raises(CnnlabError, match="model.act must be one of"):
+        build(cnnlab.compose(["model=speedrun", "model.act=swish"]).model, spec)
