@@ -16,6 +16,12 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
 def machine(load: float, cores: int = 2) -> dict:
     return {"cores": cores, "load_average": [load, load, load]}
 
@@ -28,12 +34,7 @@ def test_busy_allows_a_sections_own_load_and_the_tail_of_the_last_one():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the skip path is for machines without CUDA")
 def test_the_gpu_section_skips_cleanly_and_still_writes_its_report(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "gpu", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_bench("gpu", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["skipped"] == "no CUDA device" and report["rows"] == []
@@ -42,10 +43,5 @@ def test_the_gpu_section_skips_cleanly_and_still_writes_its_report(tmp_path):
 
 
 def test_an_unknown_section_is_one_usage_error(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "speed", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_bench("speed", "--out", str(tmp_path))
     assert done.returncode == 2 and "unknown section(s) speed" in done.stderr
