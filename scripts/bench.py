@@ -70,13 +70,12 @@ def machine(device: torch.device | None = None) -> dict:
     return info
 
 
-def busy(before: dict, after: dict) -> bool:
-    """Whether other work shared the machine with a section. The 1-minute load average counts runnable threads:
-    before a section more of them than cores, or after it more than one above the cores (the section itself
-    keeps every core busy), means something else was running. Load left by the previous section decays, and
-    stays below both marks."""
-    cores = before["cores"]
-    return before["load_average"][0] > cores or after["load_average"][0] > cores + 1
+def busy(load_before: float, load_after: float, cores: int) -> bool:
+    """Whether other work shared the machine with a measurement, from the 1-minute load averages before and after
+    it (they count runnable threads): more of them than cores before, or more than one above the cores after
+    (the measurement itself keeps every core busy), means something else was running. Load left by the previous
+    measurement decays, and stays below both marks. scripts/measure_recipe.py uses the same rule."""
+    return load_before > cores or load_after > cores + 1
 
 
 def sync(device: torch.device) -> None:
@@ -556,7 +555,7 @@ def markdown(name: str, result: dict) -> str:
         + (f", {m['gpu']}" if "gpu" in m else "")
         + f"; load average {m['load_average']} before, "
         f"{result['machine_after']['load_average']} after"
-        + (" (loaded: other work was running)" if result.get("loaded", m.get("loaded")) else "")
+        + (" (loaded: other work was running)" if result["loaded"] else "")
         + "; "
         + f"{result['seconds']:.0f} s; command `{result['command']}`",
         "",
@@ -602,7 +601,7 @@ def main() -> None:
         result.update(
             machine_before=before,
             machine_after=after,
-            loaded=busy(before, after),
+            loaded=busy(before["load_average"][0], after["load_average"][0], before["cores"]),
             seconds=time.perf_counter() - start,
             command=" ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
         )

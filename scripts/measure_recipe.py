@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import busy  # scripts/bench.py, beside this file: one rule for "other work was running"
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -96,9 +98,7 @@ def main() -> None:
         "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
         "wall_seconds_mean": statistics.mean(walls),
         "wall_seconds_max": max(walls),
-        # A run keeps every core busy, so its own 1-minute load average is about the core count: more than
-        # one above it means something else was running too.
-        "loaded": any(r["load_average_after"][0] > (os.cpu_count() or 1) + 1 for r in runs),
+        "loaded": any(busy(r["load_average_before"][0], r["load_average_after"][0], os.cpu_count() or 1) for r in runs),
         "runs": runs,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,14 +22,10 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def machine(load: float, cores: int = 2) -> dict:
-    return {"cores": cores, "load_average": [load, load, load]}
-
-
 def test_busy_allows_a_sections_own_load_and_the_tail_of_the_last_one():
-    assert not bench.busy(machine(1.5), machine(2.0))  # what the previous section left, then our own 2 threads
-    assert bench.busy(machine(2.6), machine(2.0))  # more runnable threads than cores before we began
-    assert bench.busy(machine(0.2), machine(3.4))  # someone else shared the cores during the section
+    assert not bench.busy(1.5, 2.0, cores=2)  # what the previous section left, then our own 2 threads
+    assert bench.busy(2.6, 2.0, cores=2)  # more runnable threads than cores before we began
+    assert bench.busy(0.2, 3.4, cores=2)  # someone else shared the cores during the section
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the skip path is for machines without CUDA")

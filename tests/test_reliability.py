@@ -277,32 +277,35 @@ class _Batches:
         pass
 
 
-def test_skip_batch_drops_non_finite_batches_without_stopping(tmp_path):
+def _separable(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n points in 4-d labelled by the sign of their first coordinate, and a copy of the first 16 with a NaN."""
     torch.manual_seed(0)
-    x = torch.randn(64, 4)
-    y = (x[:, 0] > 0).long()
+    x = torch.randn(n, 4)
     poisoned = x[:16].clone()
     poisoned[0, 0] = float("nan")
-    train = _Batches([(poisoned, y[:16]), (x[16:32], y[16:32]), (x[32:48], y[32:48]), (x[48:], y[48:])])
-    val = _Batches([(x, y)])
-    data = DataBundle(train, val, val, DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,)))
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(TrainerConfig),
-        {
-            "precision": "fp32",
-            "device": "cpu",
-            "epochs": 5,
-            "log_every": 2,
-            "progress": "none",
-            "nan_policy": "skip_batch",
-        },
-    )
-    model = nn.Linear(4, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    return x, (x[:, 0] > 0).long(), poisoned
+
+
+def _fit_skipping(tmp_path, model, optimizer, train: list, val: tuple, **trainer) -> dict:
+    """Trainer.fit with nan_policy=skip_batch on in-memory batches, at a constant lr."""
     from cnnlab.optim import Schedule
 
+    spec = DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,))
+    data = DataBundle(_Batches(train), _Batches([val]), _Batches([val]), spec)
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainerConfig),
+        {"precision": "fp32", "device": "cpu", "progress": "none", "nan_policy": "skip_batch", **trainer},
+    )
     schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
-    metrics = Trainer(cfg, tmp_path, torch.device("cpu")).fit(model, data, optimizer, schedule)
+    return Trainer(cfg, tmp_path, torch.device("cpu")).fit(model, data, optimizer, schedule)
+
+
+def test_skip_batch_drops_non_finite_batches_without_stopping(tmp_path):
+    x, y, poisoned = _separable(64)
+    train = [(poisoned, y[:16]), (x[16:32], y[16:32]), (x[32:48], y[32:48]), (x[48:], y[48:])]
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    metrics = _fit_skipping(tmp_path, model, optimizer, train, (x, y), epochs=5, log_every=2)
     assert metrics["skipped_batches"] == 5  # one poisoned batch per epoch
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert metrics["best_val_acc"] > 90.0
@@ -363,21 +366,7 @@ def test_dataloader_workers_end_with_a_stopped_run(tmp_path):
 )
 def test_a_skipped_batch_leaves_weights_and_optimizer_state_as_they_were(tmp_path, make_optimizer):
     """skip_batch puts back what weight decay and momentum would still move after a zeroed gradient."""
-    torch.manual_seed(0)
-    x = torch.randn(32, 4)
-    y = (x[:, 0] > 0).long()
-    poisoned = x[:16].clone()
-    poisoned[0, 0] = float("nan")
-    data = DataBundle(
-        _Batches([(x[16:], y[16:]), (poisoned, y[:16])]),  # the first step makes the state; the second is skipped
-        _Batches([(x, y)]),
-        _Batches([(x, y)]),
-        DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,)),
-    )
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(TrainerConfig),
-        {"precision": "fp32", "device": "cpu", "epochs": 1, "progress": "none", "nan_policy": "skip_batch"},
-    )
+    x, y, poisoned = _separable(32)
     model = nn.Linear(4, 2)
     optimizer = make_optimizer(model.parameters())
     before = []  # the weights and the optimizer state as each optimizer step starts
@@ -387,10 +376,8 @@ def test_a_skipped_batch_leaves_weights_and_optimizer_state_as_they_were(tmp_pat
         before.append(([q.detach().clone() for q in model.parameters()], state))
 
     optimizer.register_step_pre_hook(record)
-    from cnnlab.optim import Schedule
-
-    schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
-    metrics = Trainer(cfg, tmp_path, torch.device("cpu")).fit(model, data, optimizer, schedule)
+    train = [(x[16:], y[16:]), (poisoned, y[:16])]  # the first step makes the state; the second is skipped
+    metrics = _fit_skipping(tmp_path, model, optimizer, train, (x, y), epochs=1)
     assert metrics["skipped_batches"] == 1 and len(before) == 2
     weights, state = before[1]  # the skipped step moved nothing
     assert all(torch.equal(a, b.detach()) for a, b in zip(weights, model.parameters()))
