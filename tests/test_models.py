@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from conftest import REPO
 from hydra.utils import get_method
@@ -17,7 +20,9 @@ import cnnlab
 from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.models import build, count_params, knob_names, load_yaml
-from cnnlab.models.layers import POOLS, make_pool
+from cnnlab.models.blocks import InvertedResidual, conv_norm_act, squeeze_excite
+from cnnlab.models.knobs import POOLS
+from cnnlab.models.pooling import make_pool
 
 CONFIGS = REPO / "configs" / "model"
 ZOO = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in ("torchvision", "speedrun"))
@@ -113,6 +118,115 @@ def test_published_parameter_counts():
         assert 34_000_000 < count_params(make("resnext29_8x64d", 32)) < 35_000_000  # 34.4M
 
 
+# Measured on the hand-written blocks before they became torchvision's (Conv2dNormActivation, SqueezeExcitation,
+# StochasticDepth): parameters and a digest of the state_dict's (key, shape) list at 32x32x3, 10 classes. Equal
+# digests mean a checkpoint saved before the swap still loads.
+ARCHITECTURE = {
+    "alexnet": (28_711_754, "11508828109a"),
+    "cifar_cnn": (4_507_722, "490f7f2af1a7"),
+    "densenet121": (6_956_298, "a05e0fdc998a"),
+    "densenet169": (12_493_322, "1990249e1297"),
+    "densenet201": (18_104_330, "2120987bd9e5"),
+    "efficientnet_b0": (4_020_358, "2afa408d1160"),
+    "efficientnet_b1": (6_525_994, "60a67b9978f8"),
+    "efficientnet_b2": (7_715_084, "eb0cec0108ca"),
+    "efficientnet_b3": (10_711_602, "6d23a6a14ead"),
+    "efficientnet_b4": (17_566_546, "f35d3b42f408"),
+    "efficientnet_b5": (28_361_274, "bead19327954"),
+    "efficientnet_b6": (40_758_754, "7e2266f4d3d2"),
+    "efficientnet_b7": (63_812_570, "27754e4510cb"),
+    "googlenet": (5_602_474, "f2cf81ef8331"),
+    "lenet5": (62_006, "14e6e824560d"),
+    "mlp_head_cnn": (1_276_234, "bc573ac54ef6"),
+    "mnist_cnn": (1_626_442, "2f6dd87a2257"),
+    "mnist_cnn_padded": (545_098, "dee5ecab852e"),
+    "mobilenet_v1": (3_217_226, "fd587d48da1c"),
+    "mobilenet_v2": (2_236_682, "b08faeeb3e8c"),
+    "mobilenet_v3_large": (4_214_842, "1d4d754ef420"),
+    "mobilenet_v3_small": (1_528_106, "0a1ff54a3c49"),
+    "modern_resnet": (15_359_914, "e54e7799a1ef"),
+    "plain110": (1_727_962, "8ffe6492e2bc"),
+    "plain20": (269_722, "fefe661bd872"),
+    "plain32": (464_154, "2fb255359e5b"),
+    "plain44": (658_586, "981b9cc9bdc7"),
+    "plain56": (853_018, "413414b1ecd4"),
+    "preact_resnet101": (42_505_290, "33ada59c5149"),
+    "preact_resnet18": (11_172_170, "915624c4b8eb"),
+    "preact_resnet34": (21_280_330, "35eb10d0491f"),
+    "preact_resnet50": (23_513_162, "99ee6fea03b2"),
+    "resnet101": (42_512_970, "f1fc93465087"),
+    "resnet110": (1_727_962, "8ffe6492e2bc"),
+    "resnet1202": (19_421_274, "23902fa7443c"),
+    "resnet152": (58_156_618, "c41a3eee7efc"),
+    "resnet18": (11_173_962, "215f21267b65"),
+    "resnet20": (269_722, "fefe661bd872"),
+    "resnet32": (464_154, "2fb255359e5b"),
+    "resnet34": (21_282_122, "86072126de35"),
+    "resnet44": (658_586, "981b9cc9bdc7"),
+    "resnet50": (23_520_842, "53514c8b9bd7"),
+    "resnet56": (853_018, "413414b1ecd4"),
+    "resnext29_8x64d": (34_426_698, "52e282a7cd30"),
+    "resnext50_32x4d": (22_992_714, "e2d2a3a6a951"),
+    "se_resnet18": (11_263_042, "a27f1c828d02"),
+    "se_resnet50": (26_051_834, "6b6fd59101b4"),
+    "simple_cnn": (1_147_466, "87d1ed335e8e"),
+    "simple_resnet": (2_777_674, "83cdbfe2b7ee"),
+    "speedrun": (1_972_504, "4e61ffc226ac"),
+    "vgg11": (28_144_010, "c5f4c587f218"),
+    "vgg11_bn": (28_149_514, "2a0781716801"),
+    "vgg13": (28_328_522, "3610fe064890"),
+    "vgg13_bn": (28_334_410, "801b0a907ad2"),
+    "vgg16": (33_638_218, "d1ec123f252f"),
+    "vgg16_bn": (33_646_666, "a436633f15a5"),
+    "vgg19": (38_947_914, "c28e19c650af"),
+    "vgg19_bn": (38_958_922, "2a172c4f3bbd"),
+    "vit_tiny": (5_362_762, "1f5e5de27ed8"),
+    "wide_resnet16_8": (10_961_370, "459c58d6befa"),
+    "wide_resnet28_10": (36_479_194, "1b619e98e745"),
+    "wide_resnet50_2": (66_847_050, "1ff86feb83ae"),
+}
+
+
+def state_dict_digest(model: nn.Module) -> str:
+    layout = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    return hashlib.sha1(json.dumps(layout).encode()).hexdigest()[:12]
+
+
+def test_architecture_facts_cover_the_zoo():
+    assert sorted(ARCHITECTURE) == sorted([*ZOO, "speedrun"])
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURE))
+def test_parameters_and_state_dict_keys_unchanged(name):
+    with torch.device("meta"):
+        model = make(name)
+    assert (count_params(model), state_dict_digest(model)) == ARCHITECTURE[name]
+
+
+def test_library_blocks_compute_what_the_hand_written_ones_did():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 5)
+    se = squeeze_excite(8, 2, "relu", "hardsigmoid")
+    gate = F.hardsigmoid(se.fc2(F.relu(se.fc1(x.mean((2, 3), keepdim=True)))))
+    torch.testing.assert_close(se(x), x * gate)
+    cna = conv_norm_act(8, 6, 3, 2, norm="group", act="silu").eval()
+    conv, norm = cna[0], cna[1]
+    assert conv.bias is None and conv.padding == (1, 1) and norm.num_groups == 2
+    torch.testing.assert_close(cna(x), F.silu(norm(conv(x))))
+    assert (
+        len(conv_norm_act(8, 6, 1, norm="none", act=None)) == 1 and conv_norm_act(8, 6, norm="none")[0].bias is not None
+    )
+    # stochastic depth: whole samples dropped in training, survivors scaled by 1/(1-p); identity in eval
+    block = InvertedResidual(8, 8, 16, 3, 1, "relu", drop_path=0.5).train()
+    x = torch.randn(16, 8, 5, 5)
+    out = block(x) - x
+    branch = block.block(x)
+    kept = [torch.allclose(o, 2 * branch[i], atol=1e-5) for i, o in enumerate(out)]
+    dropped = [torch.equal(o, torch.zeros_like(o)) for o in out]
+    assert all(k != d for k, d in zip(kept, dropped)) and any(kept) and any(dropped)
+    torch.testing.assert_close(block.eval()(x), x + block.block(x))
+
+
 # He et al. (2015), CIFAR-10: 32x32x3, 10 classes, option-A shortcuts (no parameters); the plain twins are equal.
 CIFAR_RESNET_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 
@@ -178,7 +292,7 @@ def test_resnet_knobs():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in make("resnet18", norm="none").modules())
     assert sum(isinstance(m, nn.SiLU) for m in make("resnet18", act="silu").modules()) > 10
     se = make("se_resnet18", width_mult=0.25)
-    assert sum(type(m).__name__ == "SqueezeExcite" for m in se.modules()) == 8
+    assert sum(type(m).__name__ == "SqueezeExcitation" for m in se.modules()) == 8
     deeper = make("resnet18", depth_mult=2, width_mult=0.25)
     assert sum(len(s) for s in deeper.layers) == 16
 
@@ -228,6 +342,8 @@ def test_every_pool_has_max_pooling_output_size(kind, k, s, p, size):
 def test_sum_and_lp_pooling_values():
     x = torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]])
     assert make_pool("sum")(x).item() == 8.0
+    y = torch.randn(2, 3, 7, 7)  # sum pooling is nn.LPPool2d(1, k), negative inputs included (but that has no padding)
+    torch.testing.assert_close(make_pool("sum", 3, 2)(y), nn.LPPool2d(1, 3, 2)(y))
     assert make_pool("lp", p=1)(x).item() == pytest.approx(2.0)
     assert make_pool("lp", p=2)(x).item() == pytest.approx((26 / 4) ** 0.5)
     assert make_pool("lp", p=50)(x).item() == pytest.approx(4.0, rel=0.05)  # large p approaches max

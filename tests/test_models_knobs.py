@@ -11,7 +11,7 @@ from torch import nn
 from cnnlab.analysis.receptive_field import receptive_field
 from cnnlab.errors import CnnlabError
 from cnnlab.models import count_params, knob_names, load_yaml
-from cnnlab.models.layers import BlurPool
+from cnnlab.models.pooling import BlurPool
 from cnnlab.models.resnet import PadShortcut
 
 SMALL = ("lenet5", "mnist_cnn", "simple_cnn", "cifar_cnn")
@@ -161,7 +161,7 @@ def test_the_course_networks():
     modern = make("modern_resnet", 28, 1, width_mult=0.25)
     assert modern.stem[0][0].kernel_size == (7, 7) and isinstance(modern.stem[1], nn.MaxPool2d)  # even at 28 px
     assert count(modern, nn.AdaptiveAvgPool2d) == 1 and modern.layers[0][0].preact
-    assert sum(type(m).__name__ == "SqueezeExcite" for m in modern.modules()) == 8
+    assert sum(type(m).__name__ == "SqueezeExcitation" for m in modern.modules()) == 8
     assert len(modern.layers[0][0].convs) == 3  # bottleneck
     forward_backward(modern, 1, 28)
 

@@ -16,7 +16,8 @@ from cnnlab.commands.summary import spec_of
 from cnnlab.data import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.models import build, load_yaml
-from cnnlab.models.layers import POOLS, make_pool
+from cnnlab.models.knobs import POOLS
+from cnnlab.models.pooling import make_pool
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import check_bool, check_knobs, make_act, pool_factory
+from cnnlab.models.blocks import make_act
+from cnnlab.models.knobs import check_bool, check_knobs
+from cnnlab.models.pooling import pool_factory
 
 
 class AlexNet(nn.Module):

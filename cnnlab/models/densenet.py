@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models.layers import ConvNormAct, check_choice, init_weights, make_act, make_norm
+from cnnlab.models.blocks import conv_norm_act, init_weights, make_act, make_norm
+from cnnlab.models.knobs import check_choice
 
 
 class DenseLayer(nn.Module):
@@ -55,7 +56,7 @@ class DenseNet(nn.Module):
         if cifar:
             layers = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)]
         else:
-            layers = [ConvNormAct(in_channels, c, 7, 2, norm=norm, act=act), nn.MaxPool2d(3, 2, 1)]
+            layers = [conv_norm_act(in_channels, c, 7, 2, norm=norm, act=act), nn.MaxPool2d(3, 2, 1)]
         for i, n in enumerate(block_config):
             for _ in range(n):
                 layers.append(DenseLayer(c, growth_rate, bn_size, norm, act, dropout))

@@ -12,7 +12,8 @@ import math
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import ConvNormAct, InvertedResidual, check_choice, init_weights, make_divisible
+from cnnlab.models.blocks import InvertedResidual, conv_norm_act, init_weights, make_divisible
+from cnnlab.models.knobs import check_choice
 
 # variant -> (width, depth, resolution, dropout)
 COEFFICIENTS = {
@@ -74,7 +75,7 @@ class EfficientNet(nn.Module):
                 raise CnnlabError(f"model.{key} must be a number > 0; got {v!r}")
         cifar = image_size <= 64 if stem == "auto" else stem == "cifar"
         c = make_divisible(32 * w)
-        layers = [ConvNormAct(in_channels, c, 3, 1 if cifar else 2, norm=norm, act=act)]
+        layers = [conv_norm_act(in_channels, c, 3, 1 if cifar else 2, norm=norm, act=act)]
         stages = [(t, make_divisible(ch * w), math.ceil(n * d), k, s) for t, ch, n, k, s in B0]
         total, index = sum(n for _, _, n, _, _ in stages), 0
         for t, out, n, k, s in stages:
@@ -96,7 +97,7 @@ class EfficientNet(nn.Module):
                     )
                 )
                 c, index = out, index + 1
-        layers.append(ConvNormAct(c, 4 * c, 1, norm=norm, act=act))
+        layers.append(conv_norm_act(c, 4 * c, 1, norm=norm, act=act))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p), nn.Linear(4 * c, num_classes)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models.layers import ConvNormAct, check_choice, init_weights
+from cnnlab.models.blocks import conv_norm_act, init_weights
+from cnnlab.models.knobs import check_choice
 
 # (in, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) per module; an int k = max-pool k/2
 MODULES = [
@@ -26,7 +27,7 @@ MODULES = [
 class Inception(nn.Module):
     def __init__(self, cin, c1, c3r, c3, c5r, c5, cp, norm, act, k5):
         super().__init__()
-        cna = lambda i, o, k: ConvNormAct(i, o, k, norm=norm, act=act, eps=1e-3)  # noqa: E731
+        cna = lambda i, o, k: conv_norm_act(i, o, k, norm=norm, act=act, eps=1e-3)  # noqa: E731
         self.branches = nn.ModuleList(
             [
                 cna(cin, c1, 1),
@@ -62,7 +63,7 @@ class GoogLeNet(nn.Module):
         check_choice("stem", stem, ("auto", "imagenet", "cifar"))
         check_choice("branch3_kernel", branch3_kernel, (3, 5))
         cifar = image_size <= 64 if stem == "auto" else stem == "cifar"
-        cna = lambda i, o, k, s=1: ConvNormAct(i, o, k, s, norm=norm, act=act, eps=1e-3)  # noqa: E731
+        cna = lambda i, o, k, s=1: conv_norm_act(i, o, k, s, norm=norm, act=act, eps=1e-3)  # noqa: E731
         pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
         stem_layers = [cna(in_channels, 64, 3)] if cifar else [cna(in_channels, 64, 7, 2), pool()]
         layers = stem_layers + [cna(64, 64, 1), cna(64, 192, 3), pool()]

@@ -9,14 +9,15 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import ConvNormAct, InvertedResidual, check_choice, init_weights, make_act, make_divisible
+from cnnlab.models.blocks import InvertedResidual, conv_norm_act, init_weights, make_act, make_divisible
+from cnnlab.models.knobs import check_choice
 
 
-def _stem(in_channels: int, out: int, stem: str, image_size: int, norm: str, act: str, **kw) -> ConvNormAct:
+def _stem(in_channels: int, out: int, stem: str, image_size: int, norm: str, act: str, **kw) -> nn.Module:
     """The conv3x3 stem: stride 2 at ImageNet sizes, stride 1 for small (CIFAR-sized) images."""
     check_choice("stem", stem, ("auto", "imagenet", "cifar"))
     cifar = image_size <= 64 if stem == "auto" else stem == "cifar"
-    return ConvNormAct(in_channels, out, 3, 1 if cifar else 2, norm=norm, act=act, **kw)
+    return conv_norm_act(in_channels, out, 3, 1 if cifar else 2, norm=norm, act=act, **kw)
 
 
 def _check_width(width_mult) -> None:
@@ -51,8 +52,8 @@ class MobileNetV1(nn.Module):
         for out, stride in self.BLOCKS:
             out = make_divisible(out * width_mult)
             layers += [
-                ConvNormAct(c, c, 3, stride, groups=c, norm=norm, act=act),
-                ConvNormAct(c, out, 1, norm=norm, act=act),
+                conv_norm_act(c, c, 3, stride, groups=c, norm=norm, act=act),
+                conv_norm_act(c, out, 1, norm=norm, act=act),
             ]
             c = out
         self.features = nn.Sequential(*layers)
@@ -96,7 +97,7 @@ class MobileNetV2(nn.Module):
                 layers.append(InvertedResidual(c, out, round(c * t), 3, s if i == 0 else 1, act, norm))
                 c = out
         last = make_divisible(1280 * max(1.0, width_mult))
-        layers.append(ConvNormAct(c, last, 1, norm=norm, act=act))
+        layers.append(conv_norm_act(c, last, 1, norm=norm, act=act))
         self.features = nn.Sequential(*layers)
         self.classifier = _head(last, num_classes, dropout)
         init_weights(self, linear_std=0.01)
@@ -163,7 +164,7 @@ class MobileNetV3(nn.Module):
             squeeze = make_divisible(exp // 4) if use_se and se else 0
             layers.append(InvertedResidual(c, out, exp, k, s, act, norm, squeeze, "relu", "hardsigmoid", eps=1e-3))
             c = out
-        layers.append(ConvNormAct(c, 6 * c, 1, norm=norm, act="hardswish", eps=1e-3))
+        layers.append(conv_norm_act(c, 6 * c, 1, norm=norm, act="hardswish", eps=1e-3))
         self.features = nn.Sequential(*layers)
         last = adjust(head_width)
         self.classifier = nn.Sequential(

@@ -21,18 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import (
-    ConvNormAct,
-    SqueezeExcite,
-    check_bool,
-    check_choice,
-    check_knobs,
-    extends,
-    init_weights,
-    make_act,
-    make_norm,
-    make_pool,
-)
+from cnnlab.models.blocks import conv_norm_act, init_weights, make_act, make_norm, squeeze_excite
+from cnnlab.models.knobs import check_bool, check_choice, check_knobs, extends
+from cnnlab.models.pooling import make_pool
 
 DOWNSAMPLES = ("conv", "max", "avg", "blur")
 
@@ -90,7 +81,7 @@ class ResidualBlock(nn.Module):
         self.norms = nn.ModuleList(make_norm(norm, o if not preact else i) for i, o, *_ in shapes)
         self.acts = nn.ModuleList(make_act(act) for _ in shapes)
         self.drop = nn.Dropout(dropout) if dropout else None  # Wide ResNet's dropout between the convs
-        self.se = SqueezeExcite(cout, max(1, cout // 16)) if se else None
+        self.se = squeeze_excite(cout, max(1, cout // 16)) if se else None
         self.preact, self.skip = preact, skip
         self.project = None
         if skip and (stride != 1 or cin != cout):  # the shape changes: option A (zero-pad) or B (1x1 projection)
@@ -196,11 +187,11 @@ class ResNet(nn.Module):
             self.stem = (
                 nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)
                 if preact
-                else ConvNormAct(in_channels, c, 3, norm=norm, act=act)
+                else conv_norm_act(in_channels, c, 3, norm=norm, act=act)
             )
         else:
             self.stem = nn.Sequential(
-                ConvNormAct(in_channels, c, 7, 2, norm=norm, act=act), make_pool(pool, 3, 2, channels=c, padding=1)
+                conv_norm_act(in_channels, c, 7, 2, norm=norm, act=act), make_pool(pool, 3, 2, channels=c, padding=1)
             )
         expansion = 4 if bottleneck else 1
         stages = []

@@ -11,7 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import check_bool, check_knobs, init_weights, make_act, make_norm, make_norm1d, pool_factory
+from cnnlab.models.blocks import init_weights, make_act, make_norm, make_norm1d
+from cnnlab.models.knobs import check_bool, check_knobs
+from cnnlab.models.pooling import pool_factory
 
 
 def _same_padding(kernel_size: int, dilation: int):

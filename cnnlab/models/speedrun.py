@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.models.layers import make_act
+from cnnlab.models.blocks import make_act
 
 
 class WhiteningStem(nn.Module):

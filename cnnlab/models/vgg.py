@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import check_choice, conv_stack, init_weights, make_act, pool_factory
+from cnnlab.models.blocks import conv_stack, init_weights, make_act
+from cnnlab.models.knobs import check_choice
+from cnnlab.models.pooling import pool_factory
 
 CONFIGS = {  # depth -> channels per conv, "M" = pool
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],

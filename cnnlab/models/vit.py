@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import make_act
+from cnnlab.models.blocks import make_act
 
 
 class Attention(nn.Module):
