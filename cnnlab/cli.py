@@ -10,7 +10,8 @@ import errno
 import importlib
 import os
 import sys
-from pathlib import Path
+
+from cnnlab.paths import config_dir
 
 # command -> (module with run(cfg), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,15 +42,6 @@ examples:
   cnnlab preview data=cifar10 augment=[basic,cutout]        # what the model sees in training
   cnnlab <command> --help                        # config groups and options of a command
 """
-
-
-def config_dir() -> str:
-    """The configs/ tree: inside the package when installed from a wheel, else beside it (a checkout)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"cnnlab's configs/ tree is missing (looked in {here} and {here.parent})")
 
 
 # OS errors that mean "this path cannot be written", not a bug: one line for the user.

@@ -257,7 +257,7 @@ def _check_scheduler_keys(sched_cfg: DictConfig) -> None:
     """scheduler.*: the keys of configs/scheduler/<name>.yaml, which lists every key that schedule reads."""
     from omegaconf import OmegaConf
 
-    from cnnlab.cli import config_dir
+    from cnnlab.paths import config_dir
 
     name = sched_cfg.get("name", "none")
     path = f"{config_dir()}/scheduler/{name}.yaml"
@@ -333,17 +333,10 @@ def validate_train(cfg: DictConfig) -> None:
     if split != "test":
         number(cfg, "data.val_split", low=0, low_open=True, high=0.9)
     number(cfg, "data.val_fraction", low=0, low_open=True, high=0.9)
-    _augment_ranges(cfg)
     number(cfg, "optimizer.lr", low=0, low_open=True)
     number(cfg, "optimizer.weight_decay", low=0)
     number(cfg, "optimizer.momentum", low=0, high=1)
     _optimizer_and_schedule_ranges(cfg)
-
-
-def _augment_ranges(cfg: DictConfig) -> None:
-    from cnnlab.data import augment  # each augmentation op checks its own keys (imported late: data imports us)
-
-    augment.check(cfg)
 
 
 def _optimizer_and_schedule_ranges(cfg: DictConfig) -> None:

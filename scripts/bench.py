@@ -140,13 +140,13 @@ def bare_epochs(cfg, device: torch.device) -> list[float]:
     autocast, cross entropy, backward, step, schedule. Images/s of each epoch."""
     from cnnlab import data as data_lib
     from cnnlab import models, optim
+    from cnnlab.data.transforms import Normalise
     from cnnlab.engine.device import autocast_for, resolve_precision
 
     torch.manual_seed(cfg.seed)
     bundle = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
     images, labels = bundle.train.images, bundle.train.labels
-    shift = (torch.tensor(bundle.spec.mean, device=device) * 255).view(1, -1, 1, 1)
-    scale = (torch.tensor(bundle.spec.std, device=device) * 255).view(1, -1, 1, 1)
+    normalise = Normalise(bundle.spec.mean, bundle.spec.std, device)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = models.build(cfg.model, bundle.spec).to(device, memory_format=memory_format)
     bs = cfg.data.batch_size
@@ -154,7 +154,7 @@ def bare_epochs(cfg, device: torch.device) -> list[float]:
     optimizer, scheduler = optim.build(cfg.optimizer, cfg.scheduler, model, steps, steps * cfg.trainer.epochs)
     autocast = autocast_for(device, resolve_precision(cfg.trainer.precision, device))
     if hasattr(model, "fit"):  # the speedrun stem's data-dependent init, as the trainer's callback does
-        model.fit((images[:bs].float() - shift) / scale)
+        model.fit(normalise(images[:bs]))
     rates = []
     for _ in range(cfg.trainer.epochs):
         model.train()
@@ -163,7 +163,7 @@ def bare_epochs(cfg, device: torch.device) -> list[float]:
         start = time.perf_counter()
         for i in range(steps):
             index = order[i * bs : (i + 1) * bs]
-            x = ((images.index_select(0, index).float() - shift) / scale).contiguous(memory_format=memory_format)
+            x = normalise(images.index_select(0, index)).contiguous(memory_format=memory_format)
             y = labels.index_select(0, index)
             with autocast():
                 loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.trainer.label_smoothing)

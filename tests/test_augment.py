@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 import cnnlab
 from cnnlab import data
-from cnnlab.config import AugmentConfig, DataConfig, validate_train
+from cnnlab.commands.train import validate
+from cnnlab.config import AugmentConfig, DataConfig
 from cnnlab.data.augment import BatchAugment, image_transform
 from cnnlab.data.loaders import DeviceLoader, WorkerLoader
 from cnnlab.data.mix import Mixer
@@ -226,7 +227,7 @@ def test_presets_compose_as_a_list():
     cfg = cnnlab.compose(["augment=[basic,cutout,mixup,cutmix]"])
     a = cfg.augment
     assert (a.crop_padding, a.flip, a.cutout, a.mixup_alpha, a.cutmix_alpha) == (4, True, 16, 0.2, 1.0)
-    validate_train(cfg)
+    validate(cfg)
     for key, value, message in (
         ("policy", "autoaug", "augment.policy must be one of"),
         ("crop_scale", [0.5, 0.1], "augment.crop_scale must be"),
@@ -236,7 +237,7 @@ def test_presets_compose_as_a_list():
         bad = cfg.copy()
         bad.augment[key] = value
         with pytest.raises(CnnlabError, match=message):
-            validate_train(bad)
+            validate(bad)
 
 
 # ---------------------------------------------------------------------------- batched policies

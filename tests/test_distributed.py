@@ -296,8 +296,8 @@ def test_slurm_launcher_composes_with_one_task_per_gpu():
     running one DDP process per GPU (Hydra #2231: tasks, not gpus_per_node alone, make the processes)."""
     from hydra import compose, initialize_config_dir
 
-    from cnnlab.cli import config_dir
     from cnnlab.config import register
+    from cnnlab.paths import config_dir
 
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):

@@ -10,7 +10,7 @@ from torch import nn
 
 import cnnlab
 from cnnlab import optim
-from cnnlab.config import validate_train
+from cnnlab.commands.train import validate
 from cnnlab.data.build import split_train_val
 from cnnlab.engine.trainer import planned_steps
 from cnnlab.errors import CnnlabError
@@ -18,7 +18,7 @@ from cnnlab.errors import CnnlabError
 
 def recipe(name: str, *overrides: str):
     cfg = cnnlab.compose([f"experiment={name}", *overrides])
-    validate_train(cfg)
+    validate(cfg)
     return cfg
 
 

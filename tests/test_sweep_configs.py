@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from cnnlab.cli import config_dir
-from cnnlab.config import register, validate_train
+from cnnlab.commands.train import validate
+from cnnlab.config import register
+from cnnlab.paths import config_dir
 
 STUDIES = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("study_*.yaml"))
 
@@ -62,7 +63,7 @@ def test_study_and_each_of_its_jobs_compose_and_validate(study):
     assert len(jobs) >= 2
     for job in jobs:
         job_cfg = _compose([f"experiment={study}", *job])
-        validate_train(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]))
+        validate(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]))
         for override in job:
             key, _, value = override.partition("=")
             if "." in key:

@@ -2,19 +2,19 @@
 each feature map; totals; the receptive field of the final map.
 
 Leaves are modules without children, or modules marked `atomic = True` (a composite layer shown as one row).
-MACs count multiply-accumulates of convolutions and linear layers, plus whatever a module reports through
-`extra_macs(input, output)` (attention matmuls, blur filters): the usual convention, under which ResNet-50
-is 4.1 G at 224x224.
+MACs are torch's FlopCounterMode count halved: multiply-accumulates of convolutions, linear layers and matmuls
+(attention, blur filters) wherever they run; the usual convention, under which ResNet-50 is 4.1 G at 224x224.
+A module with MACs outside its leaf layers (attention's matmuls) gets a row of its own for them.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.analysis.receptive_field import ReceptiveFieldTracker, report
+from cnnlab.models import count_params
 
 
 def _leaves(model: nn.Module):
@@ -33,17 +33,6 @@ def _first_tensor(out):
     return None
 
 
-def _macs(module: nn.Module, inp, out: torch.Tensor) -> int:
-    per_image = out.numel() // max(1, out.shape[0])
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return per_image * module.in_channels // module.groups * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return per_image * module.in_features
-    if hasattr(module, "extra_macs"):
-        return int(module.extra_macs(inp[0] if inp else None, out))
-    return 0
-
-
 def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     """Trace one (C, H, W) image through the model in eval mode.
 
@@ -54,30 +43,35 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     layers, seen, active = [], set(), []
     collapse = {}
     tracker = ReceptiveFieldTracker()
+    flops = FlopCounterMode(display=False)
+    macs = lambda: flops.get_total_flops() // 2  # noqa: E731
 
     def pre(name):
         def hook(module, inp):
             x = _first_tensor(inp)
-            active.append((name, module, tuple(x.shape[1:]) if x is not None else None))
+            active.append((name, module, tuple(x.shape[1:]) if x is not None else None, macs(), len(layers)))
 
         return hook
 
     def post(name, leaf):
         def hook(module, inp, out):
-            active.pop()
+            *_, macs_before, rows_before = active.pop()
+            own_macs = macs() - macs_before - sum(row["macs"] for row in layers[rows_before:])
             x = _first_tensor(out)
             if x is None:
                 return
             if x.dim() == 4 and min(x.shape[2:]) < 1 and not collapse:
                 collapse.update(layer=name, type=type(module).__name__, output=list(x.shape[1:]))
-            if not leaf:  # a non-leaf with extra MACs (attention): a row for what its children do not count
+            if not leaf:  # MACs outside the leaves (attention's matmuls): a row of their own
+                if not own_macs:
+                    return
                 layers.append(
                     {
                         "name": name + " (matmuls)",
                         "type": type(module).__name__,
                         "shape": list(x.shape[1:]),
                         "params": 0,
-                        "macs": _macs(module, inp, x),
+                        "macs": own_macs,
                         "bytes": 0,
                         "rf": None,
                         "jump": None,
@@ -94,7 +88,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
                     "type": type(module).__name__,
                     "shape": list(x.shape[1:]),
                     "params": params,
-                    "macs": _macs(module, inp, x),
+                    "macs": own_macs,
                     "bytes": x.numel() // x.shape[0] * x.element_size(),
                     "rf": field.size if field else None,
                     "jump": field.jump if field else None,
@@ -106,18 +100,19 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     handles = []
     leaves = dict(_leaves(model))
     for name, m in model.named_modules():
-        if name in leaves or (name and hasattr(m, "extra_macs")):
+        if name:
             handles.append(m.register_forward_pre_hook(pre(name)))
             handles.append(m.register_forward_hook(post(name, name in leaves)))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     try:
-        with torch.no_grad(), tracker:
+        with torch.no_grad(), tracker, flops:
             model(tracker.track(x))
     except RuntimeError as ex:
-        if not active:
+        running = [a for a in active if a[0] in leaves]  # the layer that failed
+        if not running:
             raise
-        name, module, shape = active[-1]
+        name, module, shape, *_ = running[-1]
         collapse = collapse or {
             "layer": name,
             "type": type(module).__name__,
@@ -127,7 +122,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     finally:
         for h in handles:
             h.remove()
-    total = sum(p.numel() for p in model.parameters())
+    total = count_params(model)
     listed = sum(row["params"] for row in layers)
     if total != listed:  # parameters used outside leaf layers (class tokens, position embeddings) or never called
         layers.append(
@@ -145,7 +140,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     return {
         "input": list(input_shape),
         "params": total,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_params": count_params(model, trainable_only=True),
         "macs": sum(row["macs"] for row in layers),
         "activation_bytes": sum(row["bytes"] for row in layers),
         "receptive_field": None if collapse else report(tracker),

@@ -14,7 +14,8 @@ from cnnlab import data as data_lib
 from cnnlab.analysis.figures import save
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions
 from cnnlab.checks import number
-from cnnlab.config import AugmentConfig, PreviewSchema, _augment_ranges, check_keys
+from cnnlab.config import AugmentConfig, PreviewSchema, check_keys
+from cnnlab.data.augment import check as check_augment
 from cnnlab.engine.progress import make_console, say
 
 
@@ -43,7 +44,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     check_keys(cfg, PreviewSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     number(cfg, "count", low=1, integer=True)
     number(cfg, "columns", low=1, integer=True)
-    _augment_ranges(cfg)
+    check_augment(cfg)
     data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=cfg.seed)
     x, y = augmented_batch(data.train, cfg.count)
     images = denormalise(x, data.spec.mean, data.spec.std)

@@ -14,6 +14,7 @@ from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
+from cnnlab.data.augment import check as check_augment
 from cnnlab.engine import distributed, rundir
 from cnnlab.engine.data_init import DataDependentInit
 from cnnlab.engine.device import resolve_device
@@ -71,9 +72,15 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
     OmegaConf.save(OmegaConf.create(list(hydra.overrides.task)), out / "overrides.yaml")
 
 
+def validate(cfg: DictConfig) -> None:
+    """A train config's checks: the schema's (config.validate_train), then each augmentation op's own keys."""
+    validate_train(cfg)
+    check_augment(cfg)
+
+
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train as configured; `run_dir` defaults to Hydra's output dir (so that no live HydraConfig is needed)."""
-    validate_train(cfg)
+    validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     try:
         claim = _claim(cfg, run_dir)

@@ -16,13 +16,9 @@ from torch import nn
 from cnnlab import models
 from cnnlab.data import DataSpec
 from cnnlab.data.augment import image_transform
+from cnnlab.data.transforms import Normalise
 from cnnlab.engine import checkpoint
 from cnnlab.errors import CnnlabError
-
-
-def stored_config(state: dict, path: str | Path) -> DictConfig:
-    """The checkpoint's run config as plain, validated data (the one place that reads it)."""
-    return checkpoint.run_config(state, path)
 
 
 @dataclass
@@ -45,7 +41,7 @@ class Trained:
 
     @property
     def params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return models.count_params(self.model)
 
 
 def _spec(config: DictConfig, path: Path) -> DataSpec:
@@ -66,7 +62,7 @@ def _spec(config: DictConfig, path: Path) -> DataSpec:
 def load_trained(path: str | Path, device: torch.device) -> Trained:
     path = Path(path).expanduser()
     state = checkpoint.load(path)
-    config = stored_config(state, path)
+    config = checkpoint.run_config(state, path)  # plain, validated data
     spec = _spec(config, path)
     model = models.build(config.model, spec)
     try:
@@ -114,6 +110,4 @@ def load_image(path: Path, spec: DataSpec) -> torch.Tensor:
 
 def normalise(images: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float, normalised with the training set's mean and std (as the loaders do)."""
-    shift = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1) * 255
-    scale = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1) * 255
-    return (images.float() - shift) / scale
+    return Normalise(spec.mean, spec.std, images.device)(images)

@@ -193,7 +193,7 @@ STEPS: tuple[Op, ...] = (ResizedCrop(), PaddedCrop(), Flip(), ColorJitter(), Pol
 
 
 def check(cfg: DictConfig) -> None:
-    """Range checks of every augment key (config.validate_train calls this), mixup/cutmix included."""
+    """Range checks of every augment key (the train and preview commands call this), mixup/cutmix included."""
     for op in STEPS:
         op.check(cfg)
     for key in ("mixup_alpha", "cutmix_alpha"):

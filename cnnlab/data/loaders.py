@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.datasets import FileList, read_image
 from cnnlab.data.sharding import Shard
+from cnnlab.data.transforms import Normalise
 from cnnlab.errors import CnnlabError
 
 
@@ -54,9 +55,7 @@ class _Loader:
         self.shard = shard or Shard()
         self._shuffle_device = torch.device("cpu")  # where the epoch's permutation is drawn
         self.mixer = mixer if (train and mixer is not None and mixer.active) else None
-        # Normalise in one fused op: (x - 255 mean) / (255 std) on the raw uint8 values.
-        self._shift = (torch.tensor(mean, device=device) * 255).view(1, -1, 1, 1)
-        self._scale = (torch.tensor(std, device=device) * 255).view(1, -1, 1, 1)
+        self._normalise = Normalise(mean, std, device)
 
     @property
     def _share(self) -> int:
@@ -105,7 +104,7 @@ class _Loader:
         return self.seed * 100_003 + self.epoch
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self._shift) / self._scale
+        return self._normalise(x)
 
     @property
     def augment_seed(self) -> int:

@@ -14,6 +14,18 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 
+class Normalise:
+    """uint8 (N, C, H, W) -> float, normalised with the training set's mean and std (given for [0, 1] images) in one
+    fused op on the raw values: (x - 255 mean) / (255 std). The constants are made once, on `device`."""
+
+    def __init__(self, mean, std, device=None):
+        self.shift = (torch.tensor(mean, device=device) * 255).view(1, -1, 1, 1)
+        self.scale = (torch.tensor(std, device=device) * 255).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.shift) / self.scale
+
+
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device) -> torch.Tensor:
     """n uniform draws in [low, high); generator None draws from torch's global RNG (per-image use)."""
     dev = generator.device if generator is not None else device

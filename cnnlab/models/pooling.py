@@ -123,9 +123,6 @@ class BlurPool(nn.Module):
         x = F.pad(self.max(x), (1, 1, 1, 1), mode="replicate")
         return F.conv2d(x, self.filt.to(x.dtype).expand(x.shape[1], 1, 3, 3), stride=self.stride, groups=x.shape[1])
 
-    def extra_macs(self, x, out) -> int:
-        return out[0].numel() * 9  # the 3x3 depthwise low-pass
-
 
 def make_pool(
     kind: str,

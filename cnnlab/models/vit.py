@@ -28,10 +28,6 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))
 
-    def extra_macs(self, x: torch.Tensor, out: torch.Tensor) -> int:
-        """Multiply-adds of the two attention matmuls (QK^T and AV) per image, which no Linear layer counts."""
-        return 2 * x.shape[1] ** 2 * x.shape[2]
-
 
 class EncoderBlock(nn.Module):
     """Pre-norm: x + Attention(LN(x)), then x + MLP(LN(x))."""
