@@ -160,7 +160,7 @@ def test_the_course_networks():
     assert [stage[0].convs[0].out_channels for stage in simple.layers] == [64, 128, 256]
     modern = make("modern_resnet", 28, 1, width_mult=0.25)
     assert modern.stem[0][0].kernel_size == (7, 7) and isinstance(modern.stem[1], nn.MaxPool2d)  # even at 28 px
-    assert count(modern, nn.AdaptiveAvgPool2d) == 1 and modern.layers[0][0].preact
+    assert count(modern, nn.AdaptiveAvgPool2d) == 1 + 8 and modern.layers[0][0].preact  # the head, 8 SE blocks
     assert sum(type(m).__name__ == "SqueezeExcitation" for m in modern.modules()) == 8
     assert len(modern.layers[0][0].convs) == 3  # bottleneck
     forward_backward(modern, 1, 28)

@@ -3,9 +3,9 @@
 torchvision's v2 policies pick an op and a magnitude per image and run it on that image alone. Here the
 picks for the whole batch are drawn at once on the host (numpy: no device sync), the images are grouped
 by the op they drew, and each op runs once per group with a per-image magnitude tensor. The sampling
-rules, the magnitude tables and the sub-policies are torchvision's own (read from its classes, not
-copied), and every op computes what torchvision's per-image kernel computes (tests/test_augment.py
-compares them op by op and policy by policy). Geometric ops fill with 0, as the v2 policies do by default.
+rules are torchvision's, the magnitude tables and sub-policies the published ones (policy_tables.py), and
+every op computes what torchvision's per-image kernel computes (tests/test_augment.py compares them op by op
+and policy by policy). Geometric ops fill with 0, as the v2 policies do by default.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from cnnlab.data.policy_tables import AUTOAUGMENT, SPACES
 
 
 # ------------------------------------------------------------------------------------------- the ops
@@ -164,11 +166,12 @@ class BatchedPolicy:
 
     def __init__(self, reference: v2.Transform):
         self.reference = reference
-        self.space = type(reference)._AUGMENTATION_SPACE  # op name -> (magnitudes(bins, h, w), signed)
+        kind = {v2.AutoAugment: "autoaugment", v2.RandAugment: "randaugment"}.get(type(reference), "trivialaugment")
+        self.space = SPACES[kind]  # op name -> (magnitudes(bins, h, w), signed)
         self._tables: dict = {}
 
     def _magnitudes(self, name: str, bins: int, h: int, w: int) -> np.ndarray | None:
-        """torchvision's magnitude table of an op, computed once per image size (numpy, on the host)."""
+        """The magnitude table of an op, computed once per image size (numpy, on the host)."""
         key = (name, bins, h, w)
         if key not in self._tables:
             table = self.space[name][0](bins, h, w)
@@ -180,7 +183,7 @@ class BatchedPolicy:
         ref = self.reference
         names = list(self.space)
         if isinstance(ref, v2.AutoAugment):
-            policies = ref._policies
+            policies = AUTOAUGMENT[ref.policy.value]
             pick = rng.integers(len(policies), size=n)
             for stage in range(2):
                 stage_names = sorted({p[stage][0] for p in policies})
