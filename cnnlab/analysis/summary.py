@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from cnnlab.analysis.receptive_field import ReceptiveFieldTracker, report
 from cnnlab.models import count_params
@@ -33,6 +33,14 @@ def _first_tensor(out):
     return None
 
 
+def _cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode counts the GPU attention kernels; this is the CPU one (the same two matmuls)."""
+    return sdpa_flop_count(query, key, value)
+
+
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention}
+
+
 def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     """Trace one (C, H, W) image through the model in eval mode.
 
@@ -43,7 +51,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     layers, seen, active = [], set(), []
     collapse = {}
     tracker = ReceptiveFieldTracker()
-    flops = FlopCounterMode(display=False)
+    flops = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
     macs = lambda: flops.get_total_flops() // 2  # noqa: E731
 
     def pre(name):
