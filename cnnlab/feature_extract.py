@@ -21,11 +21,11 @@ from cnnlab.errors import CnnlabError
 
 
 class CachedFeatureModel(nn.Module):
-    """The full model whose forward on cached features (N, D, 1, 1) runs only its head.
+    """The full model whose forward takes cached features (N, D, 1, 1) and runs only its head.
 
     Only the head is a registered submodule (so the optimizer, EMA, `.train()` and `.to()` see the head alone and
     the backbone stays frozen in eval mode); `state_dict`/`load_state_dict` are the full model's, so checkpoints
-    hold the whole network. Anything but cached features (e.g. images) goes through the full model.
+    hold the whole network. `full` is that network, for images.
     """
 
     def __init__(self, model: nn.Module, head: nn.Linear):
@@ -33,10 +33,8 @@ class CachedFeatureModel(nn.Module):
         self.head = head
         object.__setattr__(self, "full", model)  # deliberately not a submodule (see above)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and x.shape[1:] == (self.head.in_features, 1, 1):
-            return self.head(x.flatten(1))
-        return self.full(x)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.flatten(1))
 
     def state_dict(self, *args, **kwargs):
         return self.full.state_dict(*args, **kwargs)

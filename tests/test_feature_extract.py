@@ -10,10 +10,12 @@ from conftest import cli, read_json
 from omegaconf import OmegaConf
 from torch import nn
 
+from cnnlab.analysis.summary import summarize
 from cnnlab.data import DataSpec
 from cnnlab.data.loaders import DeviceLoader
 from cnnlab.data.spec import DataBundle
 from cnnlab.errors import CnnlabError
+from cnnlab.experiments.cost import ModelCost
 from cnnlab.feature_extract import CachedFeatureModel, FeatureLoader, classifier_of, prepare
 from cnnlab.models import build
 
@@ -80,6 +82,9 @@ def test_features_are_the_classifier_inputs_and_the_backbone_runs_once():
     assert [n for n, _ in trained.named_parameters()] == ["head.weight", "head.bias"]
     assert not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("head.3"))
     assert trained.state_dict().keys() == model.state_dict().keys()  # checkpoints hold the whole model
+    metrics = {}
+    ModelCost().on_fit_end(None, trained, features, metrics)  # the MACs of the whole network on one image
+    assert metrics["macs"] == summarize(model, (3, 16, 16))["macs"] > 100 * 16 * 4  # not the head's 16 x 4
 
 
 def test_training_the_head_changes_only_the_head_in_the_full_state_dict():

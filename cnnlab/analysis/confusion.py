@@ -14,12 +14,6 @@ from cnnlab.analysis.figures import new_figure
 from cnnlab.analysis.grid import class_name
 
 
-def confusion_matrix(true: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(num_classes, num_classes) int64 counts on the labels' device: [t, p] = images of class t predicted p."""
-    flat = true.long() * num_classes + pred.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
 def class_scores(cm: torch.Tensor) -> dict:
     """Per-class precision, recall, F1 and support, and their macro averages, from a confusion matrix.
 

@@ -61,13 +61,3 @@ def evaluate(
         "per_class_count": count_per_class.tolist(),
         "confusion": confusion.view(num_classes, num_classes).cpu(),
     }
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, autocast=nullcontext) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    with autocast():
-        pred = model(x).argmax(1)
-    model.train(was_training)
-    return pred

@@ -98,11 +98,6 @@ class TrainState:
         self.config = config or {}
         self.progress = Progress()
 
-    @property
-    def eval_weights(self) -> nn.Module:
-        """The weights that are validated and reported: the EMA's when there is one."""
-        return self.ema.module if self.ema is not None else self.model
-
     def state_dict(self) -> dict:
         p = self.progress
         return {

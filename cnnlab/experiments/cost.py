@@ -16,7 +16,8 @@ class ModelCost(Callback):
         spec = data.spec
         was_training = model.training
         try:
-            metrics["macs"] = summarize(model, (spec.channels, spec.image_size, spec.image_size))["macs"]
+            network = getattr(model, "full", model)  # feature_extract trains on features: the cost is the network's
+            metrics["macs"] = summarize(network, (spec.channels, spec.image_size, spec.image_size))["macs"]
         except (RuntimeError, NotImplementedError) as ex:  # a model the tracer cannot follow: keep the metrics
             log.warning("MACs not counted (%s: %s)", type(ex).__name__, ex)
         finally:
