@@ -22,6 +22,7 @@ from cnnlab.cli import main
 from cnnlab.engine.gradients import GradientFlow, stage_names
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.experiments import report as report_lib
+from cnnlab.experiments import runs
 from cnnlab.experiments.hparams import hparams_of
 
 TINY = ["trainer.epochs=2", "trainer.image_grid=0", "data.subset=40", "trainer.progress=plain"]
@@ -171,7 +172,7 @@ def test_report_types_varied_keys_from_the_config_and_finds_convergence(tmp_path
     )
     _fake_run(tmp_path / "b", ["seed=0"], base, _history([60.0, 85.0, 84.0]))
     _fake_run(tmp_path / "c", ["optimizer.lr=0.1", "seed=0"], {**base, "optimizer": {"lr": 0.1}}, None)
-    report_lib.write_failure(tmp_path / "c", "optimizer.lr too high", ["optimizer.lr=0.1", "seed=0"])
+    runs.write_failure(tmp_path / "c", "optimizer.lr too high", ["optimizer.lr=0.1", "seed=0"])
     report = report_lib.build([tmp_path])
     assert report.keys == ["optimizer.lr"]  # seed is constant; b's lr is the config default, 0.001
     assert [r.path.name for r in report.runs] == ["b", "a", "c"]

@@ -24,7 +24,7 @@ from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments.cost import ModelCost
 from cnnlab.experiments.hparams import hparams_of
-from cnnlab.experiments.report import objective as best_monitored
+from cnnlab.experiments.runs import objective as best_monitored
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.finetune import prepare as finetune_prepare
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cnnlab.experiments.report import _plain, override_keys
+from cnnlab.experiments.runs import override_keys, plain
 
 CORE = ("optimizer.lr", "optimizer.weight_decay", "data.batch_size", "trainer.epochs", "seed")
 
@@ -38,7 +38,7 @@ def _overrides_and_choices(run_dir: str | Path | None) -> tuple[list[str], dict]
 
 def _value(value):
     """A TensorBoard hparam value: bool, int, float or str (None is written as the text "null")."""
-    value = _plain(value)
+    value = plain(value)
     return "null" if value is None else value
 
 

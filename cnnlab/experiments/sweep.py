@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments import report as report_lib
+from cnnlab.experiments import runs
 
 log = logging.getLogger("cnnlab")
 
@@ -33,7 +34,7 @@ def record_failed_job(message: str, cfg: DictConfig | None = None) -> bool:
         return False
     hydra = HydraConfig.get()
     choices = {k: v for k, v in hydra.runtime.choices.items() if not k.startswith("hydra")}
-    report_lib.write_failure(hydra.runtime.output_dir, message, list(hydra.overrides.task), choices, cfg)
+    runs.write_failure(hydra.runtime.output_dir, message, list(hydra.overrides.task), choices, cfg)
     return True
 
 
