@@ -17,12 +17,13 @@ from cnnlab.analysis.receptive_field import ReceptiveFieldTracker, report
 from cnnlab.models import count_params
 
 
-def _leaves(model: nn.Module):
+def _traced(model: nn.Module):
+    """(name, module, is_leaf) of every module but the root and those inside an atomic one."""
     atomic = [name for name, m in model.named_modules() if getattr(m, "atomic", False)]
     inside = lambda name: any(name.startswith(a + ".") for a in atomic)  # noqa: E731
     for name, m in model.named_modules():
-        if (not list(m.children()) or getattr(m, "atomic", False)) and not inside(name) and name:
-            yield name, m
+        if name and not inside(name):
+            yield name, m, not list(m.children()) or getattr(m, "atomic", False)
 
 
 def _first_tensor(out):
@@ -106,11 +107,12 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
         return hook
 
     handles = []
-    leaves = dict(_leaves(model))
-    for name, m in model.named_modules():
-        if name:
-            handles.append(m.register_forward_pre_hook(pre(name)))
-            handles.append(m.register_forward_hook(post(name, name in leaves)))
+    leaves = set()
+    for name, m, leaf in _traced(model):
+        handles.append(m.register_forward_pre_hook(pre(name)))
+        handles.append(m.register_forward_hook(post(name, leaf)))
+        if leaf:
+            leaves.add(name)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     try:
