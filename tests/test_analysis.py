@@ -12,7 +12,7 @@ from cnnlab.analysis.confusion import class_scores, confusion_figure, most_confu
 from cnnlab.analysis.feature_maps import capture, feature_map_figure, filter_figure, first_conv
 from cnnlab.analysis.figures import save, to_tensor
 from cnnlab.analysis.gradcam import grad_cam, overlay_figure
-from cnnlab.analysis.grid import caption, label_captions, prediction_grid
+from cnnlab.analysis.grid import caption, label_captions, prediction_figure
 from cnnlab.analysis.tta import FlipAverage
 from cnnlab.engine.metrics import evaluate
 
@@ -146,7 +146,7 @@ def test_captions_are_full_names():
 
 def test_pictures_render_and_save(tmp_path):
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
-    grid = prediction_grid(images, [0, 1, 2, 0, 1], [0, 2, 2, 1, 1], CLASSES, [0.9, 0.5, 0.8, 0.4, 0.7])
+    grid = to_tensor(prediction_figure(images, [0, 1, 2, 0, 1], [0, 2, 2, 1, 1], CLASSES, [0.9, 0.5, 0.8, 0.4, 0.7]))
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3 and grid.shape[2] > 5 * 100  # 5 tiles of >1 inch
     path = save(confusion_figure(torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 4]]), CLASSES, "t"), tmp_path / "a/cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
-from cnnlab.analysis.figures import DPI, new_figure, to_tensor
+from cnnlab.analysis.figures import DPI, new_figure
 
 RIGHT, WRONG, NEUTRAL = "#1a7f37", "#c62828", "#222222"
 LEGEND = "caption: true class -> predicted class (probability); red: wrong; green: right (the class once)"
@@ -133,16 +133,3 @@ def prediction_figure(
     colours = [RIGHT if t == p else WRONG for t, p in zip(true, pred)]
     title = f"{title}\n{LEGEND}" if title else LEGEND
     return grid_figure(images, captions, colours, title, columns)
-
-
-def prediction_grid(
-    images: torch.Tensor,
-    true: Sequence[int],
-    pred: Sequence[int],
-    classes: Sequence[str],
-    probs: Sequence[float] | None = None,
-    title: str = "",
-    columns: int = 8,
-) -> torch.Tensor:
-    """prediction_figure rendered as one uint8 (3, H, W) picture (for TensorBoard)."""
-    return to_tensor(prediction_figure(images, true, pred, classes, probs, title, columns))

@@ -8,7 +8,7 @@ import torch
 
 from cnnlab.analysis.confusion import confusion_figure
 from cnnlab.analysis.figures import save, to_tensor
-from cnnlab.analysis.grid import denormalise, grid_figure, label_captions, prediction_grid
+from cnnlab.analysis.grid import denormalise, grid_figure, label_captions, prediction_figure
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.metrics import evaluate
 
@@ -53,7 +53,7 @@ class TrainingImages(Callback):
         model.train(was_training)
         prob, pred = logits.float().softmax(1).max(1)
         spec = trainer.spec
-        picture = prediction_grid(
+        figure = prediction_figure(
             denormalise(x, spec.mean, spec.std),
             y.tolist(),
             pred.tolist(),
@@ -61,7 +61,7 @@ class TrainingImages(Callback):
             prob.tolist(),
             title=f"validation predictions after epoch {epoch} (val acc {row['val_acc']:.2f}%)",
         )
-        trainer.tb.image("val/predictions", picture, epoch)
+        trainer.tb.image("val/predictions", to_tensor(figure), epoch)
 
     def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
         result = trainer.best_val  # the best epoch's validation, from this process: no second pass over val
