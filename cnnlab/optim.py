@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cnnlab import optim_muon
 from cnnlab.errors import CnnlabError
 
 # Containers whose children are the real stages (torchvision and cnnlab models use these names).
@@ -97,6 +98,8 @@ def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimi
     own = {k: cfg.pop(k) for k in OWN_KEYS if k in cfg}
     if "lr" not in cfg:
         raise CnnlabError("optimizer.lr is missing")
+    if cfg.get("_target_") == optim_muon.TARGET:  # two optimizers over two kinds of parameters (optim_muon.py)
+        return optim_muon.build(cfg, own, model)
     groups = param_groups(model, cfg["lr"], cfg.get("weight_decay", 0.0), **own)
     try:
         return instantiate(cfg, _partial_=True)(groups)
