@@ -72,6 +72,7 @@ def test_head_backbone_multipliers_and_layer_decay():
         ),
         ("exponential", {"gamma": 0.9}, lambda lr: lr[25] == pytest.approx(0.1 * 0.81)),
         ("cosine", {"min_lr_ratio": 0.0}, lambda lr: lr[0] == pytest.approx(0.1) and lr[-1] < 0.001),
+        ("linear", {"min_lr_ratio": 0.0}, lambda lr: lr[10] == pytest.approx(0.075) and lr[30] == pytest.approx(0.025)),
     ],
 )
 def test_schedules_step_per_batch(name, kw, check):
