@@ -99,7 +99,7 @@ def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimi
     if "lr" not in cfg:
         raise CnnlabError("optimizer.lr is missing")
     if cfg.get("_target_") == optim_muon.TARGET:  # two optimizers over two kinds of parameters (optim_muon.py)
-        return optim_muon.build(cfg, own, model)
+        return optim_muon.muon_with_other(model, **{k: v for k, v in cfg.items() if k != "_target_"}, **own)
     groups = param_groups(model, cfg["lr"], cfg.get("weight_decay", 0.0), **own)
     try:
         return instantiate(cfg, _partial_=True)(groups)

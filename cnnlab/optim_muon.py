@@ -18,17 +18,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-TARGET = "cnnlab.optim_muon.MuonWithOther"
+TARGET = "cnnlab.optim_muon.muon_with_other"  # optimizer._target_: its keywords are optimizer=muon's keys
 MUON_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "ns_steps", "adjust_lr_fn")
-OTHER_KEYS = (
-    "other",
-    "other_lr",
-    "other_momentum",
-    "other_nesterov",
-    "other_weight_decay",
-    "other_betas",
-    "other_constant_decay",
-)
 
 
 def _layout(p: torch.Tensor) -> torch.memory_format:
@@ -154,8 +145,31 @@ def _check(cfg: dict) -> None:
             raise CnnlabError(f"optimizer.{key} must be true or false, got {cfg.get(key)!r}")
 
 
-def build(cfg: dict, own: dict, model: nn.Module) -> MuonWithOther:
-    """`cfg`: the optimizer config (plain dict, cnnlab's own keys popped into `own`)."""
+def muon_with_other(
+    model: nn.Module,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    ns_steps: int,
+    adjust_lr_fn: str | None,
+    normalize_weights: bool,
+    other: str,
+    other_lr: float,
+    other_momentum: float,
+    other_nesterov: bool,
+    other_betas: list[float],
+    other_weight_decay: float,
+    other_constant_decay: bool,
+    decay_norm_bias: bool = True,
+    head_lr_mult: float = 1.0,
+    backbone_lr_mult: float = 1.0,
+    layer_decay: float = 1.0,
+) -> MuonWithOther:
+    """optimizer=muon (configs/optimizer/muon.yaml lists and explains the keys); optim.build_optimizer calls it."""
+    cfg = {k: v for k, v in locals().items() if k != "model"}  # the config keys, for the checks below
+    own = {k: cfg.pop(k) for k in ("decay_norm_bias", "head_lr_mult", "backbone_lr_mult", "layer_decay")}
     from cnnlab.optim import model_stages, param_groups
 
     _check(cfg)
@@ -178,9 +192,9 @@ def build(cfg: dict, own: dict, model: nn.Module) -> MuonWithOther:
             **{k: cfg[k] for k in MUON_KEYS},
         )
         if cfg["other"] == "sgd":
-            other = torch.optim.SGD(groups, momentum=cfg["other_momentum"], nesterov=cfg["other_nesterov"])
+            rest_opt = torch.optim.SGD(groups, momentum=cfg["other_momentum"], nesterov=cfg["other_nesterov"])
         else:
-            other = torch.optim.AdamW(groups, betas=tuple(cfg["other_betas"]))
+            rest_opt = torch.optim.AdamW(groups, betas=tuple(cfg["other_betas"]))
     except (TypeError, ValueError) as ex:  # torch's own argument checks (e.g. nesterov without momentum)
         raise CnnlabError(f"cannot build optimizer=muon: {ex}") from None
-    return MuonWithOther(muon, other)
+    return MuonWithOther(muon, rest_opt)

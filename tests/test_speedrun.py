@@ -150,6 +150,7 @@ def test_flip_translate_tta_is_airbenchs_six_view_average():
         assert with_tta(model, "none") is model and isinstance(with_tta(model, "flip"), FlipAverage)
 
 
+@pytest.mark.slow
 def test_trainer_tta_is_what_eval_reports(tmp_path):
     import pytest
     from conftest import read_json
@@ -204,7 +205,7 @@ def test_airbench_recipes_compose_and_train_a_few_steps(recipe, tmp_path, data_r
         "trainer.limit_val_batches=1",
         "trainer.progress=none",
     )
-    assert cfg.optimizer._target_ == "cnnlab.optim_muon.MuonWithOther" and cfg.trainer.tta == "flip_translate"
+    assert cfg.optimizer._target_ == "cnnlab.optim_muon.muon_with_other" and cfg.trainer.tta == "flip_translate"
     assert cfg.augment.flip_mode == "alternate" and cfg.augment.crop_pad_mode == "reflect"
     metrics = train.run(cfg, run_dir=tmp_path / "run")
     assert metrics["steps"] == 2 and metrics["test_tta"] == "flip_translate"
