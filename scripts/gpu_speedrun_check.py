@@ -46,6 +46,19 @@ def environment() -> dict:
     info = {"torch": torch.__version__, "python": platform.python_version(), "cuda": torch.cuda.is_available()}
     info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     info["torch_optim_muon"] = hasattr(torch.optim, "Muon")  # added in torch 2.9; optimizer=muon needs it
+    if info["torch_optim_muon"]:  # cnnlab's FilterMuon leans on torch's Muon internals: one real step checks them
+        try:
+            sys.path.insert(0, str(REPO))
+            from cnnlab.optim_muon import FilterMuon
+
+            weight = torch.nn.Parameter(torch.randn(8, 4, 3, 3))
+            weight.grad = torch.randn_like(weight)
+            before = weight.detach().clone()
+            FilterMuon([weight], lr=0.1, normalize_weights=True).step()
+            info["filter_muon_step"] = "ok" if not torch.equal(before, weight.detach()) else "did not move the weight"
+        except Exception as ex:  # noqa: BLE001 - recorded for the lead, the rest of the check still runs
+            info["filter_muon_step"] = f"{type(ex).__name__}: {ex}"
+            info["torch_optim_muon"] = False
     try:
         import hydra  # noqa: F401 - cnnlab's CLI needs it
 
