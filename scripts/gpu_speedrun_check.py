@@ -160,7 +160,9 @@ def main() -> None:
     if result["environment"]["torch_optim_muon"]:
         cnnlab_part("cifar10_cpu_94")
     else:
-        result["skipped"].append(f"cifar10_cpu_94: torch {result['environment']['torch']} has no torch.optim.Muon")
+        env = result["environment"]
+        why = env.get("filter_muon_step") or "no torch.optim.Muon"
+        result["skipped"].append(f"cifar10_cpu_94: optimizer=muon does not work on torch {env['torch']} ({why})")
     ref = result["airbench"]["summary"].get("mean_seconds")
     for experiment in ("cifar10_speedrun", "cifar10_cpu_94"):
         s = result.get(experiment, {}).get("summary", {})
