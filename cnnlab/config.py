@@ -48,8 +48,11 @@ class AugmentConfig:
     resized_crop: bool = False  # random resized crop back to the image size (the large-image standard)
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # area fraction range
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])  # aspect ratio range (w / h)
-    crop_padding: int = 0  # random crop with this zero padding (CIFAR standard: 4)
-    flip: bool = False  # random horizontal flip
+    crop_padding: int = 0  # random crop with this padding (CIFAR standard: 4): a translation by up to this many pixels
+    crop_pad_mode: str = "zeros"  # zeros | reflect (airbench: translate 2 with reflect padding)
+    flip: bool = False  # horizontal flip
+    flip_mode: str = "random"  # random (each image, p 0.5) | alternate (airbench: random in epoch 1, then each
+    # image mirrored every other epoch; device loader only, the DataLoader path flips at random)
     color_jitter: float = 0.0  # brightness, contrast, saturation factors drawn from [1 - x, 1 + x]
     hue: float = 0.0  # hue shift drawn from [-hue, hue] (<= 0.5)
     policy: Optional[str] = None  # autoaugment | randaugment | trivialaugment
@@ -97,6 +100,7 @@ class TrainerConfig:
     overwrite: bool = False  # train into a run dir that already holds a run (its checkpoints, tb/ and metrics go)
     nan_policy: str = "stop"  # stop | skip_batch: what a non-finite loss does (checked at the log interval)
     sync_bn: bool = False  # several ranks (torchrun): BatchNorm statistics over the global batch (CUDA only)
+    tta: str = "none"  # none | flip | flip_translate: test-time augmentation of the final test evaluation
 
 
 @dataclass
@@ -128,7 +132,7 @@ class EvalSchema:
     device: str = "auto"
     output: Optional[str] = None  # eval.json's path (null: in output_dir)
     output_dir: Optional[str] = None  # null: <run>/eval/<split>/ beside the checkpoint's run (or beside `output`)
-    tta: str = "none"  # none | flip (average the logits of the image and its mirror image)
+    tta: str = "none"  # none | flip (image + mirror image) | flip_translate (airbench: flip x 1-pixel shifts, 6 views)
     grid: int = 32  # misclassified images in the picture (0: none)
     pairs: int = 10  # most-confused class pairs reported
 
@@ -300,6 +304,7 @@ def validate_train(cfg: DictConfig) -> None:
     choice(cfg, "trainer.progress", ("auto", "rich", "plain", "none"))
     choice(cfg, "trainer.monitor", ("val_acc", "val_loss"))
     choice(cfg, "trainer.nan_policy", ("stop", "skip_batch"))
+    choice(cfg, "trainer.tta", ("none", "flip", "flip_translate"))
     number(cfg, "trainer.grad_clip", low=0, low_open=True)
     number(cfg, "trainer.accumulate", low=1, integer=True)
     number(cfg, "trainer.ema_decay", low=0, low_open=True, high=0.999999)
@@ -381,6 +386,6 @@ def validate_eval(cfg: DictConfig) -> None:
     check_keys(cfg, EvalSchema)
     choice(cfg, "split", ("test", "val", "train"))
     number(cfg, "batch_size", low=1, integer=True)
-    choice(cfg, "tta", ("none", "flip"))
+    choice(cfg, "tta", ("none", "flip", "flip_translate"))
     number(cfg, "grid", low=0, integer=True)
     number(cfg, "pairs", low=0, integer=True)

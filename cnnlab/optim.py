@@ -17,12 +17,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cnnlab import optim_muon
 from cnnlab.errors import CnnlabError
 
 # Containers whose children are the real stages (torchvision and cnnlab models use these names).
 _STAGE_CONTAINERS = ("features", "layers", "blocks", "stages", "encoder")
 
-SCHEDULES = ("none", "cosine", "step", "multistep", "exponential", "onecycle", "plateau")
+SCHEDULES = ("none", "cosine", "linear", "step", "multistep", "exponential", "onecycle", "plateau")
 
 
 def stage_modules(model: nn.Module) -> list[nn.Module]:
@@ -97,6 +98,8 @@ def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimi
     own = {k: cfg.pop(k) for k in OWN_KEYS if k in cfg}
     if "lr" not in cfg:
         raise CnnlabError("optimizer.lr is missing")
+    if cfg.get("_target_") == optim_muon.TARGET:  # two optimizers over two kinds of parameters (optim_muon.py)
+        return optim_muon.muon_with_other(model, **{k: v for k, v in cfg.items() if k != "_target_"}, **own)
     groups = param_groups(model, cfg["lr"], cfg.get("weight_decay", 0.0), **own)
     try:
         return instantiate(cfg, _partial_=True)(groups)
@@ -145,6 +148,12 @@ def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, total_steps: in
         def base(step):
             progress = min(1.0, max(0, step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif name == "linear":  # airbench: straight down to min_lr_ratio x lr at the last step
+        floor = sched_cfg.get("min_lr_ratio", 0.0)
+
+        def base(step):
+            progress = min(1.0, max(0, step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * (1 - progress)
     elif name == "step":
         size, gamma = sched_cfg.step_size, sched_cfg.gamma
         if not isinstance(size, int) or size < 1:

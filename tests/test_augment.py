@@ -328,3 +328,78 @@ def test_batched_policies_match_the_per_image_distributions(kw):
     scale = torch.maximum(sd.std(0), sw.std(0)).clamp_min(1e-6)
     gap = (sd.mean(0) - sw.mean(0)).abs() / scale  # in per-image standard deviations; noise ~ sqrt(2/1536) = 0.036
     assert (gap < 0.15).all(), (kw, gap, sd.mean(0), sw.mean(0))
+
+
+# ------------------------------------------------------------------ airbench: reflect translate, alternating flip
+def windows_of(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
+    """Every crop of the reflect-padded image, and of its mirror image."""
+    size = image.shape[-1]
+    out = []
+    for source in (image, image.flip(-1)):
+        padded = torch.nn.functional.pad(source[None].float(), (padding,) * 4, mode="reflect")[0]
+        out += [padded[:, i : i + size, j : j + size] for i in range(2 * padding + 1) for j in range(2 * padding + 1)]
+    return out
+
+
+def test_reflect_translate_agrees_and_reads_mirrored_borders():
+    images = coordinates(512, 12)
+    outs = [stacked(b) for b in both_paths(images, crop_padding=2, crop_pad_mode="reflect", flip=True)]
+    candidates = torch.stack(windows_of(images[0], 2))  # every image is the same: (50, C, H, W)
+    for out in outs:
+        match = (out[:, None].float() == candidates[None]).flatten(2).all(2)  # (N, 50)
+        assert match.any(1).all()  # every crop is a window of the reflect-padded image (or its mirror)
+        hits = match.float().argmax(1)
+        assert len(hits.unique()) == 50  # all 25 offsets, both ways, occur
+        assert (out == 0).sum() == 0  # no zero padding anywhere
+    rows = [out[:, 0, 6, 6].float() for out in outs]  # centre row: 7 + dy - 2, dy uniform in 0..4
+    assert abs(rows[0].mean() - rows[1].mean()) < 0.3
+
+
+def alternating_epochs(epochs: int, **aug_kw) -> list[torch.Tensor]:
+    """Per epoch, whether each image (by dataset index) came out mirrored."""
+    n = 400
+    images = coordinates(n, 12)
+    loader = DeviceLoader(
+        images, torch.arange(n), 100, *RAW, train=True, augment=BatchAugment(augment(**aug_kw), (0, 0, 0)), seed=5
+    )
+    out = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        flipped = torch.zeros(n, dtype=torch.bool)
+        for x, y in loader:
+            flipped[y] = x[:, 1, 6, 7] < x[:, 1, 6, 6]  # columns run backwards
+        out.append(flipped)
+    return out
+
+
+@pytest.mark.parametrize("crop", [{}, {"crop_padding": 2, "crop_pad_mode": "reflect"}])
+def test_alternating_flip_mirrors_every_image_every_other_epoch(crop):
+    e0, e1, e2, e3 = alternating_epochs(4, flip=True, flip_mode="alternate", **crop)
+    assert 0.4 < e0.float().mean() < 0.6  # a random half in the first epoch
+    assert torch.equal(e1, ~e0) and torch.equal(e2, e0) and torch.equal(e3, ~e0)
+    r0, r1 = alternating_epochs(2, flip=True, **crop)  # random mode: no such pattern
+    assert not torch.equal(r1, ~r0)
+
+
+def test_alternating_flip_depends_on_the_seed_not_the_batch_order():
+    from cnnlab.data.transforms import alternating_flips
+
+    index = torch.arange(1000)
+    a, b = alternating_flips(index, 0, 0), alternating_flips(index, 0, 1)
+    assert not torch.equal(a, b) and 0.45 < a.float().mean() < 0.55
+    assert torch.equal(alternating_flips(index.flip(0), 0, 0), a.flip(0))
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("crop_pad_mode", "wrap", "augment.crop_pad_mode must be one of zeros, reflect"),
+        ("flip_mode", "sometimes", "augment.flip_mode must be one of random, alternate"),
+    ],
+)
+def test_translate_and_flip_modes_are_checked(key, value, message):
+    cfg = cnnlab.compose(["augment=airbench"])
+    validate_train(cfg)
+    cfg.augment[key] = value
+    with pytest.raises(CnnlabError, match=message):
+        validate_train(cfg)

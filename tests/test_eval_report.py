@@ -107,4 +107,4 @@ def test_bad_inputs(run_dir, tmp_path):
     line = one_error_line(
         cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate", cwd=tmp_path, env=ONE_THREAD)
     )
-    assert line == "error: tta must be one of none, flip; got 'rotate'"
+    assert line == "error: tta must be one of none, flip, flip_translate; got 'rotate'"

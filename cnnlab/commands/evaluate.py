@@ -16,7 +16,7 @@ from cnnlab import data as data_lib
 from cnnlab.analysis.confusion import class_scores, confusion_figure, most_confused
 from cnnlab.analysis.figures import save, to_tensor
 from cnnlab.analysis.grid import class_name, denormalise, prediction_figure
-from cnnlab.analysis.tta import FlipAverage
+from cnnlab.analysis.tta import with_tta
 from cnnlab.commands.trained import Trained, load_trained
 from cnnlab.config import validate_eval
 from cnnlab.engine.device import autocast_for, resolve_device, resolve_precision
@@ -48,13 +48,13 @@ class ConfidentMistakes:
 
 
 def report_dir(cfg: DictConfig, trained: Trained) -> Path:
-    """output_dir, else beside `output`, else <run>/eval/<split>[-<checkpoint>][-tta_flip]."""
+    """output_dir, else beside `output`, else <run>/eval/<split>[-<checkpoint>][-tta_<level>]."""
     if cfg.output_dir:
         return Path(cfg.output_dir).expanduser()
     if cfg.output:
         return Path(cfg.output).expanduser().parent
     name = cfg.split + ("" if trained.path.stem == "best" else f"-{trained.path.stem}")
-    return trained.run_dir / "eval" / (name + ("-tta_flip" if cfg.tta == "flip" else ""))
+    return trained.run_dir / "eval" / (name + (f"-tta_{cfg.tta}" if cfg.tta != "none" else ""))
 
 
 def run(cfg: DictConfig) -> dict:
@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
         raise CnnlabError(f"cannot write the report into {out_dir} ({ex.strerror}): set output_dir=DIR") from None
 
     loader = data.train.evaluation_mode() if cfg.split == "train" else {"test": data.test, "val": data.val}[cfg.split]
-    model = FlipAverage(trained.model) if cfg.tta == "flip" else trained.model
+    model = with_tta(trained.model, cfg.tta)
     mistakes = ConfidentMistakes(cfg.grid)
     result = evaluate(
         model, loader, spec.num_classes, autocast_for(device, resolve_precision("auto", device)), on_batch=mistakes
@@ -88,7 +88,7 @@ def run(cfg: DictConfig) -> dict:
     scores = class_scores(cm)
     pairs = most_confused(cm, classes, cfg.pairs)
     title = f"{trained.name} · {trained.path.name} (epoch {trained.state.get('epoch')}) · {cfg.split} split" + (
-        " · flip TTA" if cfg.tta == "flip" else ""
+        f" · {cfg.tta} TTA" if cfg.tta != "none" else ""
     )
     report = {
         "checkpoint": str(trained.path.resolve()),

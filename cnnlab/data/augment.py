@@ -9,16 +9,21 @@ normalises to zero.
 
 Adding an op: one Op subclass here (appended to STEPS), one field in AugmentConfig (cnnlab/config.py),
 one preset in configs/augment/.
+
+Batched ops also get the batch's `Position` (dataset indices, epoch, seed): the alternating flip needs to
+know which image is which. Its per-image form (DataLoader path) is a random flip: the same share of mirrored
+images in every epoch, without the alternation.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms import v2
 
 from cnnlab.checks import choice, number
@@ -26,7 +31,21 @@ from cnnlab.data import transforms as T
 from cnnlab.data.policies import BatchedPolicy, reference_policy
 from cnnlab.errors import CnnlabError
 
-Batched = Callable[[torch.Tensor, torch.Generator, np.random.Generator], torch.Tensor]
+
+@dataclass
+class Position:
+    """Where a training batch comes from: its images' dataset indices (None: 0..B-1), the epoch, the seed."""
+
+    index: torch.Tensor | None = None
+    epoch: int = 0
+    seed: int = 0
+
+    def flips(self, x: torch.Tensor) -> torch.Tensor:
+        index = self.index if self.index is not None else torch.arange(len(x), device=x.device)
+        return T.alternating_flips(index.to(x.device), self.epoch, self.seed)
+
+
+Batched = Callable[[torch.Tensor, torch.Generator, np.random.Generator, Position], torch.Tensor]
 
 
 def _pair(cfg: DictConfig, key: str, high: float | None = None) -> None:
@@ -51,7 +70,7 @@ class Op:
         raise NotImplementedError
 
     def batched(self, aug: DictConfig, fill: torch.Tensor) -> Batched:
-        """(x uint8 (B, C, H, W), torch generator, numpy generator) -> x, for the device loader."""
+        """(x uint8 (B, C, H, W), torch generator, numpy generator, Position) -> x, for the device loader."""
         raise NotImplementedError
 
     def per_image(self, aug: DictConfig, size: int, fill: tuple[int, ...]) -> list:
@@ -68,26 +87,37 @@ class ResizedCrop(Op):
         return bool(aug.resized_crop)
 
     def batched(self, aug, fill):
-        return lambda x, g, rng: T.random_resized_crop(x, aug.crop_scale, aug.crop_ratio, g)
+        return lambda x, g, rng, pos: T.random_resized_crop(x, aug.crop_scale, aug.crop_ratio, g)
 
     def per_image(self, aug, size, fill):
         return [v2.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio), antialias=True)]
 
 
 class PaddedCrop(Op):
-    """Random crop with zero padding; on the device it also does the flip (one gather for both)."""
+    """Random crop with zero or reflect padding (a translation by up to crop_padding pixels); on the device it
+    also does the flip (one gather for both)."""
 
     def check(self, cfg):
         number(cfg, "augment.crop_padding", low=0, integer=True)
+        choice(cfg, "augment.crop_pad_mode", ("zeros", "reflect"))
+        choice(cfg, "augment.flip_mode", ("random", "alternate"))
+        size = OmegaConf.select(cfg, "data.image_size")
+        if cfg.augment.crop_pad_mode == "reflect" and size and cfg.augment.crop_padding >= size:
+            raise CnnlabError(f"augment.crop_padding must be < the image size ({size}) with crop_pad_mode=reflect")
 
     def active(self, aug):
         return bool(aug.crop_padding)
 
     def batched(self, aug, fill):
-        return lambda x, g, rng: T.random_crop(x, aug.crop_padding, g, flip=0.5 if aug.flip else 0.0)
+        reflect = aug.crop_pad_mode == "reflect"
+        if aug.flip and aug.flip_mode == "alternate":
+            return lambda x, g, rng, pos: T.random_crop(x, aug.crop_padding, g, reflect=reflect, mirrored=pos.flips(x))
+        flip = 0.5 if aug.flip else 0.0
+        return lambda x, g, rng, pos: T.random_crop(x, aug.crop_padding, g, flip=flip, reflect=reflect)
 
     def per_image(self, aug, size, fill):
-        return [v2.RandomCrop(size, padding=aug.crop_padding)]
+        mode = "reflect" if aug.crop_pad_mode == "reflect" else "constant"
+        return [v2.RandomCrop(size, padding=aug.crop_padding, padding_mode=mode)]
 
 
 class Flip(Op):
@@ -96,11 +126,13 @@ class Flip(Op):
 
     def batched(self, aug, fill):
         if aug.crop_padding:  # fused into PaddedCrop's gather, in the same place of the order
-            return lambda x, g, rng: x
-        return lambda x, g, rng: T.random_flip(x, g)
+            return lambda x, g, rng, pos: x
+        if aug.flip_mode == "alternate":
+            return lambda x, g, rng, pos: torch.where(pos.flips(x)[:, None, None, None], x.flip(3), x)
+        return lambda x, g, rng, pos: T.random_flip(x, g)
 
     def per_image(self, aug, size, fill):
-        return [v2.RandomHorizontalFlip()]
+        return [v2.RandomHorizontalFlip()]  # flip_mode=alternate too: per image, the epoch is not known
 
 
 class ColorJitter(Op):
@@ -112,7 +144,7 @@ class ColorJitter(Op):
         return bool(aug.color_jitter or aug.hue)
 
     def batched(self, aug, fill):
-        return lambda x, g, rng: T.color_jitter(x, aug.color_jitter, aug.hue, rng.permutation(4).tolist(), g)
+        return lambda x, g, rng, pos: T.color_jitter(x, aug.color_jitter, aug.hue, rng.permutation(4).tolist(), g)
 
     def per_image(self, aug, size, fill):
         s = aug.color_jitter
@@ -139,7 +171,7 @@ class Policy(Op):
 
     def batched(self, aug, fill):
         policy = BatchedPolicy(self.reference(aug))
-        return lambda x, g, rng: policy(x, rng)
+        return lambda x, g, rng, pos: policy(x, rng)
 
     def per_image(self, aug, size, fill):
         return [self.reference(aug)]
@@ -155,7 +187,7 @@ class Erasing(Op):
         return bool(aug.erasing)
 
     def batched(self, aug, fill):
-        return lambda x, g, rng: T.random_erasing(x, aug.erasing, aug.erasing_scale, aug.erasing_ratio, fill, g)
+        return lambda x, g, rng, pos: T.random_erasing(x, aug.erasing, aug.erasing_scale, aug.erasing_ratio, fill, g)
 
     def per_image(self, aug, size, fill):
         return [
@@ -173,7 +205,7 @@ class Cutout(Op):
         return bool(aug.cutout)
 
     def batched(self, aug, fill):
-        return lambda x, g, rng: T.cutout(x, aug.cutout, fill, g)
+        return lambda x, g, rng, pos: T.cutout(x, aug.cutout, fill, g)
 
     def per_image(self, aug, size, fill):
         return [_CutoutImage(aug.cutout, fill)]
@@ -220,13 +252,17 @@ class BatchAugment:
     def active(self) -> bool:
         return bool(self._ops)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator, position: Position | None = None
+    ) -> torch.Tensor:
+        """`position`: where the batch comes from (the device loader passes it; None: indices 0..B-1, epoch 0)."""
+        position = position or Position()
         if self._device != x.device:  # once: the fill goes to the device (a copy per batch would sync)
             self._device = x.device
             fill = self.fill.to(x.device)
             self._steps = [op.batched(self.aug, fill) for op in self._ops]
         for step in self._steps:
-            x = step(x, generator, rng)
+            x = step(x, generator, rng, position)
         return x
 
 

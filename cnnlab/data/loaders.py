@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cnnlab.data.augment import Position
 from cnnlab.data.datasets import FileList, read_image
 from cnnlab.data.sharding import Shard
 from cnnlab.data.transforms import Normalise
@@ -175,7 +176,8 @@ class DeviceLoader(_Loader):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             x, y = self.images.index_select(0, order[sl]), self.labels.index_select(0, order[sl])
         if self.train and self.augment is not None:
-            x = self.augment(x, g, rng)
+            where = Position(order[sl] if order is not None else None, self.epoch, self.seed)
+            x = self.augment(x, g, rng, where)
         return self._finish(x, y, rng)
 
 

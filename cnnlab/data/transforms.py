@@ -38,21 +38,53 @@ def _randint_below(high: torch.Tensor, generator: torch.Generator | None) -> tor
     return (u * high).long().clamp_max(high - 1)
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None, flip: float = 0.0) -> torch.Tensor:
-    """Zero-pad by `padding` and crop back to the input size at a random offset per image; with `flip` > 0,
-    also mirror each image with that probability (fused: one gather does both)."""
+def _reflect(k: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices k in [-n + 1, 2n - 2] mirrored into [0, n) as reflect padding does (the edge not repeated)."""
+    k = torch.where(k < 0, -k, k)
+    return torch.where(k > n - 1, 2 * (n - 1) - k, k)
+
+
+def random_crop(
+    x: torch.Tensor,
+    padding: int,
+    generator: torch.Generator | None,
+    flip: float = 0.0,
+    *,
+    reflect: bool = False,
+    mirrored: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pad by `padding` (zeros, or `reflect`ed) and crop back to the input size at a random offset per image;
+    with `flip` > 0, also mirror each image with that probability, or those where `mirrored` (a bool per image)
+    holds (fused: one gather does all of it; reflect padding is read through mirrored indices, never built)."""
     b, c, h, w = x.shape
-    pw = w + 2 * padding
-    padded = F.pad(x, (padding, padding, padding, padding))
     span = torch.full((b,), 2 * padding + 1, device=x.device)
     dy, dx = _randint_below(span, generator), _randint_below(span, generator)
     cols = torch.arange(w, device=x.device).expand(b, w)
-    if flip > 0:
+    if mirrored is None and flip > 0:
         mirrored = _uniform(b, 0.0, 1.0, generator, x.device) < flip
+    if mirrored is not None:
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # (b, h)
-    index = (rows[:, :, None] * pw + (dx[:, None] + cols)[:, None, :]).view(b, 1, h * w)  # flat, per image
-    return padded.view(b, c, -1).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (b, h), in padded coordinates
+    cols = dx[:, None] + cols
+    if reflect:
+        source, pw = x.reshape(b, c, -1), w
+        rows, cols = _reflect(rows - padding, h), _reflect(cols - padding, w)
+    else:
+        pw = w + 2 * padding
+        source = F.pad(x, (padding, padding, padding, padding)).view(b, c, -1)
+    index = (rows[:, :, None] * pw + cols[:, None, :]).view(b, 1, h * w)  # flat, per image
+    return source.gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
+
+
+def alternating_flips(index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """airbench's alternating flip, per image: mirrored in even epochs for a fixed random half of the images
+    (a hash of (index, seed)), in odd epochs for the other half; so each image is seen both ways every two
+    epochs. A bool per entry of `index` (dataset indices), computed on their device."""
+    h = (index.long() * 0x9E3779B1 + ((seed * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+    h = ((h ^ (h >> 12)) * 0x297A2D39) & 0xFFFFFFFF
+    h = h ^ (h >> 15)
+    return ((h >> 7) & 1).bool() ^ bool(epoch % 2)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None, p: float = 0.5) -> torch.Tensor:

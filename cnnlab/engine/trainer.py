@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from cnnlab.analysis.tta import with_tta
 from cnnlab.engine import checkpoint, distributed
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
 from cnnlab.engine.callbacks import Callbacks
@@ -615,7 +616,8 @@ class Trainer:
             best = checkpoint.load(self.ckpt_dir / "best.pt")
             model.load_state_dict(best.get("ema") or best["model"])  # the weights that were validated
         distributed.broadcast_module(model)  # the other ranks need no shared filesystem
-        test = evaluate(model, self._eval_loader(data.test), spec.num_classes, self.autocast, self.memory_format)
+        tested = with_tta(model, self.cfg.tta)  # trainer.tta: the test split only (validation stays plain)
+        test = evaluate(tested, self._eval_loader(data.test), spec.num_classes, self.autocast, self.memory_format)
         best_val = next(h for h in p.history if h["epoch"] == p.best_epoch)
         last = p.history[-1]
         metrics = {
@@ -625,6 +627,7 @@ class Trainer:
             "test_acc": test["top1"],
             "test_top5": test["top5"],
             "test_loss": test["loss"],
+            "test_tta": self.cfg.tta,
             "final_train_loss": last["train_loss"],
             "final_train_acc": last["train_acc"],
             "epochs": len(p.history),

@@ -1,8 +1,11 @@
 """A CIFAR speedrun-style network (after Keller Jordan's airbench): a small VGG-like net that trains fast.
 
 Ideas kept: a 2x2 patch-whitening stem whose filters are the eigenvectors of the data's patch covariance
-(fitted to one training batch before training starts, then frozen), conv-pool-BN-GELU blocks, a
-max-pooled head with a temperature, and flip test-time augmentation in eval mode.
+(fitted before training starts, then frozen), conv-pool-BN-GELU blocks, a max-pooled head with a
+temperature, and flip test-time augmentation in eval mode. airbench94's other ingredients are knobs
+(defaults: off): the stem fitted on the first `whiten_images` clean training images with its bias trained
+for the first `whiten_bias_epochs` epochs only, frozen BatchNorm weights, `bn_momentum`, identity (dirac)
+initialised convs, a head rescaled to `head_std` and logits scaled by `scale` (null: 1 / the head's width).
 
 The fit happens once, outside the training step: `init_from_batch(x)` is the data-dependent initialisation
 hook (cnnlab.engine.data_init.DataDependentInit calls it on the first training batch in on_fit_start). A
@@ -25,9 +28,18 @@ class WhiteningStem(nn.Module):
     they are buffers afterwards, saved in the state dict, never trained. Until then the filters are zero.
     """
 
-    def __init__(self, in_channels: int, kernel_size: int = 2, eps: float = 5e-4):
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int = 2,
+        eps: float = 5e-4,
+        fit_images: int | None = None,
+        bias_epochs: int | None = None,
+    ):
         super().__init__()
         self.kernel_size, self.eps = kernel_size, eps
+        self.fit_images = fit_images  # data_init: fit on the first n clean training images (None: the first batch)
+        self.bias_epochs = bias_epochs
         n = in_channels * kernel_size * kernel_size
         self.out_channels = 2 * n
         self.register_buffer("weight", torch.zeros(self.out_channels, in_channels, kernel_size, kernel_size))
@@ -51,21 +63,43 @@ class WhiteningStem(nn.Module):
         if not bool(self.fitted):
             self.fit(x)
 
+    def set_epoch(self, epoch: int) -> None:
+        """data_init calls this before each epoch (from 0): the bias trains only in the first bias_epochs."""
+        if self.bias_epochs is not None:
+            self.bias.requires_grad_(epoch < self.bias_epochs)  # no grad: the optimizer leaves it alone
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
 
 
 class ConvGroup(nn.Module):
-    """conv3x3 - maxpool2 - BN - act - conv3x3 - BN - act (act: GELU as in airbench)."""
+    """conv3x3 - maxpool2 - BN - act - conv3x3 - BN - act (act: GELU as in airbench).
 
-    def __init__(self, cin: int, cout: int, act: str = "gelu"):
+    bn_momentum is torch's (the weight of each new batch's statistics): 0.4 is airbench's "momentum=0.6".
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        act: str = "gelu",
+        bn_momentum: float = 0.4,
+        freeze_bn_weight: bool = False,
+        dirac_init: bool = False,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = nn.BatchNorm2d(cout, momentum=0.4)
+        self.norm1 = nn.BatchNorm2d(cout, momentum=bn_momentum)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding="same", bias=False)
-        self.norm2 = nn.BatchNorm2d(cout, momentum=0.4)
+        self.norm2 = nn.BatchNorm2d(cout, momentum=bn_momentum)
         self.act = make_act(act)
+        for norm in (self.norm1, self.norm2):
+            norm.weight.requires_grad_(not freeze_bn_weight)  # frozen at 1: only the bias (shift) trains
+        if dirac_init:  # airbench: the first `in` filters of each conv start as the identity
+            with torch.no_grad():
+                for conv in (self.conv1, self.conv2):
+                    nn.init.dirac_(conv.weight[: conv.in_channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -78,20 +112,31 @@ class SpeedrunNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         widths: tuple[int, int, int] = (64, 256, 256),
-        scale: float = 1 / 9,
+        scale: float | None = 1 / 9,
         tta_flip: bool = True,
         act: str = "gelu",
+        bn_momentum: float = 0.4,
+        freeze_bn_weight: bool = False,
+        dirac_init: bool = False,
+        head_std: float | None = None,
+        whiten_images: int | None = None,
+        whiten_bias_epochs: int | None = None,
     ):
         super().__init__()
-        self.whiten = WhiteningStem(in_channels)
+        _check_knobs(bn_momentum, head_std, scale, whiten_images, whiten_bias_epochs)
+        self.whiten = WhiteningStem(in_channels, fit_images=whiten_images, bias_epochs=whiten_bias_epochs)
         self.stem_act = make_act(act)
         groups, cin = [], self.whiten.out_channels
         for width in widths:
-            groups.append(ConvGroup(cin, width, act))
+            groups.append(ConvGroup(cin, width, act, bn_momentum, freeze_bn_weight, dirac_init))
             cin = width
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(cin, num_classes, bias=False)
-        self.scale, self.tta_flip = scale, tta_flip
+        if head_std is not None:  # airbench: head weights rescaled to std 1 (then logits / width)
+            with torch.no_grad():
+                self.head.weight.mul_(head_std / self.head.weight.std())
+        self.scale = 1.0 / cin if scale is None else scale
+        self.tta_flip = tta_flip
 
     def fit(self, x: torch.Tensor) -> None:
         """Fit the whitening stem to a batch of (normalised) training images: do this once before training."""
@@ -105,3 +150,21 @@ class SpeedrunNet(nn.Module):
         if self.training or not self.tta_flip:
             return self.logits(x)
         return 0.5 * (self.logits(x) + self.logits(x.flip(3)))  # test-time augmentation: image + its mirror
+
+
+def _check_knobs(bn_momentum, head_std, scale, whiten_images, whiten_bias_epochs) -> None:
+    """The model's own ranges, one line each (a model YAML value is user input)."""
+    from cnnlab.errors import CnnlabError
+
+    def bad(key, value, rule):
+        raise CnnlabError(f"model.{key} must be {rule}, got {value!r}")
+
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum <= 1:
+        bad("bn_momentum", bn_momentum, "a number in [0, 1] (torch's: the weight of each new batch)")
+    for key, value in (("head_std", head_std), ("scale", scale)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            bad(key, value, "null or a number > 0")
+    for key, value in (("whiten_images", whiten_images), ("whiten_bias_epochs", whiten_bias_epochs)):
+        low = 1 if key == "whiten_images" else 0
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            bad(key, value, f"null or an integer >= {low}")
