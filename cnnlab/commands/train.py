@@ -22,7 +22,7 @@ from cnnlab.engine.progress import make_console, say
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments.cost import ModelCost
-from cnnlab.experiments.hparams import hparams_of
+from cnnlab.experiments.hparams import session_of
 from cnnlab.experiments.report import objective as best_monitored
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.finetune import prepare as finetune_prepare
@@ -142,7 +142,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
         device,
         seed=cfg.seed,
         config=config,
-        hparams=hparams_of(cfg, run_dir),
+        hparams=session_of(cfg, run_dir),
         finetune=finetune,
         callbacks=callbacks_for(cfg),
         resume_hint=resume_command(run_dir),

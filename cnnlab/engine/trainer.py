@@ -36,7 +36,7 @@ from cnnlab.engine.ema import EMA
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
 from cnnlab.engine.signals import StopSignals
-from cnnlab.engine.tensorboard import TensorBoard
+from cnnlab.engine.tensorboard import Session, TensorBoard
 from cnnlab.errors import CnnlabError
 
 log = logging.getLogger("cnnlab")
@@ -188,14 +188,14 @@ class Trainer:
         *,
         seed: int = 0,
         config: dict | None = None,
-        hparams: dict | None = None,
+        hparams: Session | None = None,
         finetune=None,
         callbacks=(),
         resume_hint: str = "",
     ):
         self.cfg, self.run_dir, self.device, self.seed = cfg, Path(run_dir), device, seed
         self.config = config or {}  # the resolved run config, stored in every checkpoint
-        self.hparams = hparams or {}
+        self.hparams = hparams  # what the HParams tab shows of this run
         self.finetune = finetune if finetune is not None and finetune.active else None
         self.callbacks = Callbacks(callbacks)
         self.resume_hint = resume_hint  # the command that continues this run (printed when it is stopped)
@@ -658,6 +658,7 @@ class Trainer:
             {
                 "hparam/best_val_acc": metrics["best_val_acc"],
                 "hparam/test_acc": metrics["test_acc"],
+                "hparam/test_top5": metrics["test_top5"],
                 "hparam/test_loss": metrics["test_loss"],
             },
         )
