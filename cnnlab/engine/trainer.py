@@ -159,6 +159,7 @@ RESUME_FIXED = (
     "trainer.ema_decay",
     "data.name",
     "data.batch_size",
+    "data.eval_subset",
 )
 
 
@@ -645,6 +646,9 @@ class Trainer:
             "stop_reason": p.stop_reason or "epochs",
             "skipped_batches": p.skipped_batches,
             "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "val_images": len(data.val.labels),
+            "test_images": len(data.test.labels),
             "world_size": distributed.world_size(),
             "global_batch": data.train.batch_size * distributed.world_size() * self.cfg.accumulate,
             "history": p.history,
