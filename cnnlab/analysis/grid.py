@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from matplotlib.patches import Rectangle
 
 from cnnlab.analysis.figures import DPI, new_figure, to_tensor
 
@@ -85,6 +84,8 @@ def grid_figure(
         y, x = r * cell_h, c * cell_w + gap // 2
         mosaic[y : y + th, x : x + tw] = img.permute(1, 2, 0).numpy()
     head = 48 if title else 6  # pixels above the mosaic for the title
+    from matplotlib.patches import Rectangle
+
     fig = new_figure(mosaic.shape[1] / DPI, (mosaic.shape[0] + head) / DPI, layout=None)
     ax = fig.add_axes((0, 0, 1, mosaic.shape[0] / (mosaic.shape[0] + head)))
     ax.imshow(mosaic, interpolation="nearest")
