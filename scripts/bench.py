@@ -14,6 +14,9 @@ the load average before and after, so that a result taken on a busy machine says
   per-image v2 policy on the same batch.
 - time_to_accuracy: from process start, the textbook loops against the recipes: MNIST LeNet-5 to 99.0%,
   CIFAR-10 to 80% (experiment=cifar10_cpu_fast against the chapters' SimpleCNN loop). Long on a CPU.
+- startup: wall seconds of `cnnlab --help`, `cnnlab train --help` and, for the default `cnnlab train`, from
+  process start to its first finished training step (the CNNLAB_FIRST_BATCH_FILE hook); the median of
+  --startup-repeats fresh processes each (targets: help under 1 s, first step within 3 s on 2 quiet cores).
 - gpu: on CUDA only (skipped cleanly elsewhere): the overhead section on the GPU in bf16, and ResNet-18
   CIFAR images/s with and without channels_last, bf16 and torch.compile.
 """
@@ -537,12 +540,62 @@ def section_gpu(args) -> dict:
     return {"rows": rows}
 
 
+# ----------------------------------------------------------------------------------------------- startup
+def cnnlab_process(args: list[str], cwd: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CNNLAB_DATA_ROOT": data_root(), **(env or {})}
+    command = [sys.executable, "-m", "cnnlab", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def help_seconds(args: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.time()
+        proc = cnnlab_process(args, tmp)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cnnlab {' '.join(args)} failed: {err.decode()[-500:]}")
+        return time.time() - start
+
+
+def first_step_seconds() -> float:
+    """From starting `cnnlab train` (its defaults) to the end of its first training step; then it is stopped."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stamp = Path(tmp) / "first_step"
+        start = time.time()
+        proc = cnnlab_process(["train", f"hydra.run.dir={tmp}/run"], tmp, {"CNNLAB_FIRST_BATCH_FILE": str(stamp)})
+        while not stamp.is_file() or not stamp.read_text():
+            if proc.poll() is not None or time.time() - start > 300:
+                proc.kill()
+                raise RuntimeError(f"cnnlab train ended before its first step: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.01)
+        seconds = float(stamp.read_text()) - start
+        proc.terminate()  # a clean stop (last.pt is written into the temporary run dir)
+        proc.wait(timeout=120)
+        return seconds
+
+
+def section_startup(args) -> dict:
+    rows = []
+    for name, measure, target in (
+        ("cnnlab --help", lambda: help_seconds(["--help"]), 1.0),
+        ("cnnlab train --help", lambda: help_seconds(["train", "--help"]), 1.0),
+        ("cnnlab train: process start to first step", first_step_seconds, 3.0),
+    ):
+        times = [measure() for _ in range(args.startup_repeats)]
+        row = {"row": name, "median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2)}
+        row.update(target_s=target, times_s=[round(t, 2) for t in times])
+        print(f"  {name}: median {row['median_s']} s, min {row['min_s']} s (target {target} s)", flush=True)
+        rows.append(row)
+    return {"rows": rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
 # ---------------------------------------------------------------------------------------------- reports
 SECTIONS = {
     "overhead": section_overhead,
     "data": section_data,
     "time_to_accuracy": section_time_to_accuracy,
     "gpu": section_gpu,
+    "startup": section_startup,
 }
 
 
@@ -580,6 +633,7 @@ def main() -> None:
     parser.add_argument("--policy-batches", type=int, default=3, help="data: batches per timing of a batched policy")
     parser.add_argument("--policy-repeats", type=int, default=5, help="data: alternated timings per policy (best)")
     parser.add_argument("--tta-max-seconds", type=float, default=1800, help="time_to_accuracy: textbook loop limit")
+    parser.add_argument("--startup-repeats", type=int, default=5, help="startup: fresh processes per row")
     parser.add_argument("--gpu-steps", type=int, default=50, help="gpu: timed ResNet-18 steps per variant")
     parser.add_argument("--textbook", choices=["mnist", "cifar"], help=argparse.SUPPRESS)
     args = parser.parse_args()
