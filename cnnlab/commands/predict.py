@@ -1,4 +1,5 @@
-"""`cnnlab predict checkpoint=PATH inputs=FILE|DIR|GLOB`: classify image files with a trained model.
+"""`cnnlab predict checkpoint=PATH inputs=FILE|DIR|GLOB`: classify image files with a trained model, from its
+checkpoint or from an ONNX export (checkpoint=model.onnx: the preprocessing stored in it, commands/exported.py).
 
 Each file is preprocessed with the checkpoint's own data spec (size, channels, normalisation) and the files
 run in batches. A file that is not an image gets one line and an `error` entry; the others go on.
@@ -17,6 +18,7 @@ from rich.text import Text
 
 from cnnlab.analysis.grid import class_name
 from cnnlab.checks import number
+from cnnlab.commands.exported import is_onnx, load_onnx, refuse_torchscript
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
 from cnnlab.config import PredictSchema, check_keys
 from cnnlab.engine.device import resolve_device
@@ -59,7 +61,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     number(cfg, "batch_size", low=1, integer=True)
     files = find_files(cfg.inputs)
     device = resolve_device(cfg.device)
-    trained = load_trained(cfg.checkpoint, device)
+    if is_onnx(cfg.checkpoint):
+        trained = load_onnx(cfg.checkpoint)
+    else:
+        refuse_torchscript(Path(cfg.checkpoint).expanduser())
+        trained = load_trained(cfg.checkpoint, device)
     console = make_console()
     entries = predict_files(
         trained, files, cfg.topk, cfg.batch_size, device, warn=lambda line: console.print(Text(line, style="yellow"))
