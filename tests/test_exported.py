@@ -111,3 +111,17 @@ def test_onnx_with_damaged_metadata_is_one_clear_error(exported, tmp_path, damag
     not_onnx.write_bytes(b"\x00junk")
     with pytest.raises(CnnlabError, match="is not a model onnxruntime can read"):
         predict.run(compose("predict", f"checkpoint={not_onnx}", f"inputs={folder}"), tmp_path)
+
+
+def test_predict_table_shows_whole_file_names_at_80_columns(exported, tmp_path, monkeypatch, capsys):
+    _, files, folder = exported
+    deep = tmp_path / "a" / "rather" / "long" / "folder" / "of" / "images" / "from" / "a" / "camera"
+    deep.mkdir(parents=True)
+    for i in range(3):
+        (deep / f"a_long_image_file_name_{i}.png").write_bytes((folder / f"img_{i}.png").read_bytes())
+    monkeypatch.setenv("COLUMNS", "80")
+    predict.run(compose("predict", f"checkpoint={files['onnx']}", f"inputs={tmp_path / 'a'}"), tmp_path)
+    out = capsys.readouterr().out
+    assert f"3 image(s) in {deep}" in " ".join(out.split()) or str(deep) in out.replace("\n", "")
+    for i in range(3):
+        assert f"a_long_image_file_name_{i}.png" in out  # one line each, not cut with an ellipsis

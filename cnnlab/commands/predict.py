@@ -8,6 +8,7 @@ run in batches. A file that is not an image gets one line and an `error` entry; 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -92,17 +93,20 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 
-    table = Table(title=f"{trained.name} ({trained.path.name}): {len(done)} image(s)")
-    table.add_column("file")
+    # the files relative to the folder they share, folded rather than cut: a narrow console shows every name
+    common = Path(os.path.commonpath([str(Path(e["file"]).parent) for e in entries]))
+    table = Table(title=f"{trained.name} ({trained.path.name}): {len(done)} image(s) in {common}")
+    names = [os.path.relpath(e["file"], common) for e in entries]
+    table.add_column("file", overflow="fold", min_width=min(40, max(len(n) for n in names)))
     table.add_column("prediction")
     table.add_column("prob", justify="right")
     table.add_column(f"top-{min(cfg.topk, trained.spec.num_classes)}")
-    for e in entries:
+    for e, name in zip(entries, names):
         if "error" in e:
-            table.add_row(Text(e["file"]), Text("not an image", style="red"), "", "")
+            table.add_row(Text(name), Text("not an image", style="red"), "", "")
         else:
             table.add_row(
-                Text(e["file"]),
+                Text(name),
                 Text(e["class"]),
                 f"{e['prob']:.3f}",
                 Text(", ".join(f"{r['class']} {r['prob']:.2f}" for r in e["topk"])),
