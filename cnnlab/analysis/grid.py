@@ -11,7 +11,13 @@ import torch
 from cnnlab.analysis.figures import DPI, new_figure, to_tensor
 
 RIGHT, WRONG, NEUTRAL = "#1a7f37", "#c62828", "#222222"
-LEGEND = "caption: true class -> predicted class (probability); red: wrong; green: right (the class once)"
+
+
+def legend(colours: Sequence[str]) -> str:
+    """The caption key, naming only the colours the grid shows (a grid of mistakes has no green)."""
+    keys = ((WRONG, "red: wrong"), (RIGHT, "green: right (the class once)"))
+    shown = [text for colour, text in keys if colour in colours]
+    return "; ".join(["caption: true class -> predicted class (probability)", *shown])
 
 
 def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -132,7 +138,7 @@ def prediction_figure(
     """Images captioned "true -> pred (p)" (green when right, red when wrong); returns a Figure."""
     captions = [caption(t, p, classes, None if probs is None else probs[i]) for i, (t, p) in enumerate(zip(true, pred))]
     colours = [RIGHT if t == p else WRONG for t, p in zip(true, pred)]
-    title = f"{title}\n{LEGEND}" if title else LEGEND
+    title = f"{title}\n{legend(colours)}" if title else legend(colours)
     return grid_figure(images, captions, colours, title, columns)
 
 
