@@ -16,7 +16,8 @@ the load average before and after, so that a result taken on a busy machine says
   CIFAR-10 to 80% (experiment=cifar10_cpu_fast against the chapters' SimpleCNN loop). Long on a CPU.
 - startup: wall seconds of `cnnlab --help`, `cnnlab train --help` and, for the default `cnnlab train`, from
   process start to its first finished training step (the CNNLAB_FIRST_BATCH_FILE hook); the median of
-  --startup-repeats fresh processes each (targets: help under 1 s, first step within 3 s on 2 quiet cores).
+  --startup-repeats fresh processes each (targets: help under 1 s, first step within 3 s on 2 quiet cores),
+  and the CPU seconds the training process had used by then (what a loaded machine cannot inflate much).
 - gpu: on CUDA only (skipped cleanly elsewhere): the overhead section on the GPU in bf16, and ResNet-18
   CIFAR images/s with and without channels_last, bf16 and torch.compile.
 """
@@ -557,6 +558,19 @@ def help_seconds(args: list[str]) -> float:
         return time.time() - start
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc; None elsewhere): on a loaded machine
+    this is close to what the wall time would be on a quiet one, for a process that mostly uses one core."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+FIRST_STEP_CPU: list[float] = []  # the CPU seconds of each first_step_seconds() process, for the report
+
+
 def first_step_seconds() -> float:
     """From starting `cnnlab train` (its defaults) to the end of its first training step; then it is stopped."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -569,6 +583,9 @@ def first_step_seconds() -> float:
                 raise RuntimeError(f"cnnlab train ended before its first step: {proc.stderr.read().decode()[-500:]}")
             time.sleep(0.01)
         seconds = float(stamp.read_text()) - start
+        cpu = cpu_seconds(proc.pid)
+        if cpu is not None:
+            FIRST_STEP_CPU.append(round(cpu, 2))
         proc.terminate()  # a clean stop (last.pt is written into the temporary run dir)
         proc.wait(timeout=120)
         return seconds
@@ -586,6 +603,9 @@ def section_startup(args) -> dict:
         row.update(target_s=target, times_s=[round(t, 2) for t in times])
         print(f"  {name}: median {row['median_s']} s, min {row['min_s']} s (target {target} s)", flush=True)
         rows.append(row)
+    if FIRST_STEP_CPU:  # read a moment after the step ended: an upper bound of the CPU time it took
+        rows[-1]["cpu_s_median"] = round(statistics.median(FIRST_STEP_CPU), 2)
+        rows[-1]["cpu_s"] = list(FIRST_STEP_CPU)
     return {"rows": rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
