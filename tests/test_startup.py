@@ -3,9 +3,11 @@ they are used, and `cnnlab <command> --help` imports no torch at all. (scripts/b
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, cli
 
 HEAVY = ("torchvision", "matplotlib", "onnx", "onnxruntime")
@@ -45,3 +47,21 @@ def test_a_small_digits_run_needs_no_torchvision_and_reports_its_first_step(tmp_
     )
     assert not _modules_after(code, tmp_path) & {"torchvision", "onnx"}
     assert float(stamp.read_text()) > 0  # the wall time of the first finished step, for bench.py
+
+
+@pytest.mark.slow
+def test_bench_startup_section_writes_its_rows(tmp_path):
+    bench = [sys.executable, str(REPO / "scripts" / "bench.py")]
+    done = subprocess.run(
+        [*bench, "startup", "--startup-repeats", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "startup.json").read_text())
+    rows = {r["row"]: r for r in result["rows"]}
+    assert {"cnnlab --help", "cnnlab train --help", "cnnlab train: process start to first step"} <= set(rows)
+    first = rows["cnnlab train: process start to first step"]
+    assert 0 < first["cpu_s_median"] and 0 < first["median_s"] < 300
+    assert "load_average" in result["machine_before"] and isinstance(result["loaded"], bool)
