@@ -170,6 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     from cnnlab.errors import CnnlabError
 
     register()
+    if {"-h", "--help"} & set(rest):  # answered here: Hydra's own help takes seconds (cnnlab/help.py)
+        from cnnlab.help import command_help
+
+        try:
+            print(command_help(command, rest, config_dir()))
+        except (HydraException, CnnlabError) as ex:
+            _fail(_one_line(ex))
+        return
     # Make Hydra re-raise instead of printing its own multi-line report, so that we can print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"  # whatever the user's environment says
     from cnnlab import launch

@@ -34,6 +34,7 @@ class DataConfig:
     num_classes: Optional[int] = None
     num_samples: int = 1024  # synthetic only
     subset: Optional[int] = None  # keep at most n training images per class
+    eval_subset: Optional[int] = None  # evaluate val and test on their first n images only (cheap small runs)
     loader: str = "auto"  # auto | device | dataloader (auto: device, but dataloader for large image files)
     val_fraction: float = 0.1  # imagefolder without a val/ folder: held out per class as the test split
     download_url: Optional[str] = None  # imagefolder: an archive to fetch into data.root when it is missing
@@ -73,6 +74,7 @@ class AugmentConfig:
 class TrainerConfig:
     epochs: int = 15
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: Optional[int] = None  # torch's CPU threads (null: torch's choice, which follows OMP_NUM_THREADS)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; only on CUDA)
     resume: Optional[str] = None  # PATH to a checkpoint, or auto
     label_smoothing: float = 0.0
@@ -306,6 +308,7 @@ def validate_train(cfg: DictConfig) -> None:
     choice(cfg, "trainer.nan_policy", ("stop", "skip_batch"))
     choice(cfg, "trainer.tta", ("none", "flip", "flip_translate"))
     number(cfg, "trainer.grad_clip", low=0, low_open=True)
+    number(cfg, "trainer.threads", low=1, integer=True)
     number(cfg, "trainer.accumulate", low=1, integer=True)
     number(cfg, "trainer.ema_decay", low=0, low_open=True, high=0.999999)
     number(cfg, "trainer.early_stopping_patience", low=1, integer=True)
@@ -323,6 +326,7 @@ def validate_train(cfg: DictConfig) -> None:
     number(cfg, "data.num_workers", low=0, integer=True)
     number(cfg, "data.image_size", low=1, integer=True)
     number(cfg, "data.subset", low=1, integer=True)
+    number(cfg, "data.eval_subset", low=1, integer=True)
     number(cfg, "data.num_samples", low=1, integer=True)
     number(cfg, "data.channels", low=1, integer=True)  # null, not 0, means "the dataset's own"
     number(cfg, "data.num_classes", low=1, integer=True)

@@ -14,6 +14,10 @@ the load average before and after, so that a result taken on a busy machine says
   per-image v2 policy on the same batch.
 - time_to_accuracy: from process start, the textbook loops against the recipes: MNIST LeNet-5 to 99.0%,
   CIFAR-10 to 80% (experiment=cifar10_cpu_fast against the chapters' SimpleCNN loop). Long on a CPU.
+- startup: wall seconds of `cnnlab --help`, `cnnlab train --help` and, for the default `cnnlab train`, from
+  process start to its first finished training step (the CNNLAB_FIRST_BATCH_FILE hook); the median of
+  --startup-repeats fresh processes each (targets: help under 1 s, first step within 3 s on 2 quiet cores),
+  and the CPU seconds the training process had used by then (what a loaded machine cannot inflate much).
 - gpu: on CUDA only (skipped cleanly elsewhere): the overhead section on the GPU in bf16, and ResNet-18
   CIFAR images/s with and without channels_last, bf16 and torch.compile.
 """
@@ -537,12 +541,100 @@ def section_gpu(args) -> dict:
     return {"rows": rows}
 
 
+# ----------------------------------------------------------------------------------------------- startup
+def cnnlab_process(args: list[str], cwd: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CNNLAB_DATA_ROOT": data_root(), **(env or {})}
+    command = [sys.executable, "-m", "cnnlab", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def help_seconds(args: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.time()
+        proc = cnnlab_process(args, tmp)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cnnlab {' '.join(args)} failed: {err.decode()[-500:]}")
+        return time.time() - start
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc; None elsewhere): on a loaded machine
+    this is close to what the wall time would be on a quiet one, for a process that mostly uses one core."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+FIRST_STEP_CPU: list[float] = []  # the CPU seconds of each first_step_seconds() process, for the report
+
+
+def first_step_seconds() -> float:
+    """From starting `cnnlab train` (its defaults) to the end of its first training step; then it is stopped."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stamp = Path(tmp) / "first_step"
+        start = time.time()
+        proc = cnnlab_process(["train", f"hydra.run.dir={tmp}/run"], tmp, {"CNNLAB_FIRST_BATCH_FILE": str(stamp)})
+        while not stamp.is_file() or not stamp.read_text():
+            if proc.poll() is not None or time.time() - start > 300:
+                proc.kill()
+                raise RuntimeError(f"cnnlab train ended before its first step: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.01)
+        seconds = float(stamp.read_text()) - start
+        cpu = cpu_seconds(proc.pid)
+        if cpu is not None:
+            FIRST_STEP_CPU.append(round(cpu, 2))
+        proc.terminate()  # a clean stop (last.pt is written into the temporary run dir)
+        proc.wait(timeout=120)
+        return seconds
+
+
+FLOOR = "import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)])"
+
+
+def floor_seconds() -> float:
+    """What any PyTorch training script pays before its first step: importing torch and making an optimiser
+    (which imports torch._dynamo); its CPU seconds go to FLOOR_CPU."""
+    import resource
+
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    subprocess.run([sys.executable, "-c", FLOOR], check=True, timeout=300)
+    seconds, after = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    FLOOR_CPU.append(round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2))
+    return seconds
+
+
+FLOOR_CPU: list[float] = []
+
+
+def section_startup(args) -> dict:
+    rows = []
+    for name, measure, target in (
+        ("cnnlab --help", lambda: help_seconds(["--help"]), 1.0),
+        ("cnnlab train --help", lambda: help_seconds(["train", "--help"]), 1.0),
+        ("cnnlab train: process start to first step", first_step_seconds, 3.0),
+        (f"floor, python -c '{FLOOR}'", floor_seconds, None),
+    ):
+        times = [measure() for _ in range(args.startup_repeats)]
+        row = {"row": name, "median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2)}
+        row.update(target_s=target, times_s=[round(t, 2) for t in times])
+        print(f"  {name}: median {row['median_s']} s, min {row['min_s']} s (target {target} s)", flush=True)
+        rows.append(row)
+    for row, cpu in ((rows[2], FIRST_STEP_CPU), (rows[3], FLOOR_CPU)):
+        if cpu:  # first step: read a moment after the step ended, an upper bound of the CPU time it took
+            row.update(cpu_s_median=round(statistics.median(cpu), 2), cpu_s=list(cpu))
+    return {"rows": rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
 # ---------------------------------------------------------------------------------------------- reports
 SECTIONS = {
     "overhead": section_overhead,
     "data": section_data,
     "time_to_accuracy": section_time_to_accuracy,
     "gpu": section_gpu,
+    "startup": section_startup,
 }
 
 
@@ -580,6 +672,7 @@ def main() -> None:
     parser.add_argument("--policy-batches", type=int, default=3, help="data: batches per timing of a batched policy")
     parser.add_argument("--policy-repeats", type=int, default=5, help="data: alternated timings per policy (best)")
     parser.add_argument("--tta-max-seconds", type=float, default=1800, help="time_to_accuracy: textbook loop limit")
+    parser.add_argument("--startup-repeats", type=int, default=5, help="startup: fresh processes per row")
     parser.add_argument("--gpu-steps", type=int, default=50, help="gpu: timed ResNet-18 steps per variant")
     parser.add_argument("--textbook", choices=["mnist", "cifar"], help=argparse.SUPPRESS)
     args = parser.parse_args()

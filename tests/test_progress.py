@@ -109,9 +109,14 @@ def test_rich_mode_updates_the_bar(clock):
     out = console(terminal=True)
     display = ProgressDisplay("rich", 2, out, device="cpu")
     try:
-        run_epoch(display, clock, 20, 0.5)
+        display.start_epoch(1, 20)
+        clock.t += progress.FIRST_LOOK
+        assert display.due()
+        display.update(9, 1.0, 50.0, 100.0)
         task = display._progress.tasks[-1]
-        assert task.completed >= 18 and "img/s" in task.fields["info"] and "eta" in task.fields["info"]
+        assert task.completed == 9 and "img/s" in task.fields["info"] and "eta" in task.fields["info"]
+        display.end_epoch(1, "epoch 1/2 | done")
+        assert task.completed == 20 and task.fields["info"] == ""  # the epoch's bar ends full, no stale ETA
     finally:
         display.close()
 

@@ -87,9 +87,9 @@ def test_tensorboard_has_scalars_hparams_and_image_grid(default_run):
     plugin_events = PluginEventAccumulator(str(default_run / "tb"))
     plugin_events.Reload()
     hparams = plugin_events.PluginTagToContent("hparams")
-    assert "_hparams_/session_start_info" in hparams  # the experiment is derived from all runs (test_experiments)
+    assert "_hparams_/session_start_info" in hparams and "_hparams_/experiment" in hparams  # test_dashboard.py
     assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
-    assert "val/test_acc" in tags["scalars"]
+    assert "~final/test_acc" in tags["scalars"]
     lrs = [e.value for e in events.Scalars("train/lr")]
     assert lrs[0] > lrs[-1]  # cosine schedule decays
 

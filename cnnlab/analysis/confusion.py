@@ -65,6 +65,15 @@ def most_confused(cm: torch.Tensor, classes: Sequence[str], k: int = 10) -> list
     return pairs
 
 
+def _share_text(v: float) -> str:
+    """A percentage in a cell: whole numbers, but never "0" or "100" for a share that is neither."""
+    if 0 < v < 1:
+        return "<1"
+    if 99 < v < 100:
+        return ">99"
+    return f"{v:.0f}"
+
+
 def confusion_figure(cm: torch.Tensor, classes: Sequence[str], title: str = ""):
     """Two panels, counts and row-normalised (each true class sums to 100%), with full class names."""
     cm = cm.detach().cpu().long()
@@ -101,7 +110,7 @@ def confusion_figure(cm: torch.Tensor, classes: Sequence[str], title: str = ""):
             high = 0.6 * vmax  # white text on the dark end of the colour map
             for (t, p), v in np.ndenumerate(values):
                 if v > 0 or values is not share:
-                    text = "<1" if values is share and 0 < v < 0.5 else format(v, fmt)
+                    text = _share_text(v) if values is share else format(v, fmt)
                     ax.text(
                         p,
                         t,

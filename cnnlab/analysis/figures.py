@@ -7,17 +7,23 @@ inside notebooks and on machines without a display.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 
 
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     """A figure of width x height inches (at DPI pixels per inch) with its own Agg canvas."""
+    # matplotlib is imported here, when a picture is drawn: importing it costs start-up time of every command
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig

@@ -7,12 +7,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from matplotlib.patches import Rectangle
 
 from cnnlab.analysis.figures import DPI, new_figure
 
 RIGHT, WRONG, NEUTRAL = "#1a7f37", "#c62828", "#222222"
-LEGEND = "caption: true class -> predicted class (probability); red: wrong; green: right (the class once)"
+
+
+def legend(colours: Sequence[str]) -> str:
+    """The caption key, naming only the colours the grid shows (a grid of mistakes has no green)."""
+    keys = ((WRONG, "red: wrong"), (RIGHT, "green: right (the class once)"))
+    shown = [text for colour, text in keys if colour in colours]
+    return "; ".join(["caption: true class -> predicted class (probability)", *shown])
 
 
 def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -85,6 +90,8 @@ def grid_figure(
         y, x = r * cell_h, c * cell_w + gap // 2
         mosaic[y : y + th, x : x + tw] = img.permute(1, 2, 0).numpy()
     head = 48 if title else 6  # pixels above the mosaic for the title
+    from matplotlib.patches import Rectangle
+
     fig = new_figure(mosaic.shape[1] / DPI, (mosaic.shape[0] + head) / DPI, layout=None)
     ax = fig.add_axes((0, 0, 1, mosaic.shape[0] / (mosaic.shape[0] + head)))
     ax.imshow(mosaic, interpolation="nearest")
@@ -131,5 +138,5 @@ def prediction_figure(
     """Images captioned "true -> pred (p)" (green when right, red when wrong); returns a Figure."""
     captions = [caption(t, p, classes, None if probs is None else probs[i]) for i, (t, p) in enumerate(zip(true, pred))]
     colours = [RIGHT if t == p else WRONG for t, p in zip(true, pred)]
-    title = f"{title}\n{LEGEND}" if title else LEGEND
+    title = f"{title}\n{legend(colours)}" if title else legend(colours)
     return grid_figure(images, captions, colours, title, columns)

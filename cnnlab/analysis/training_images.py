@@ -17,6 +17,7 @@ class TrainingImages(Callback):
     def __init__(self, grid: int, every: int):
         self.grid, self.every = grid, every  # images per grid (0: no grids); epochs between prediction grids
         self.batch_logged = False
+        self.first_batch = None  # (images, captions, epoch) kept at the first step, drawn at the epoch's end
 
     def on_fit_start(self, trainer, model, data) -> None:
         self.batch_logged = False
@@ -24,19 +25,22 @@ class TrainingImages(Callback):
     def on_train_batch(self, trainer, x, y, batch: int) -> None:
         if self.batch_logged or trainer.tb is None or not self.grid:
             return
-        self.batch_logged = True  # once per fit: one host copy of a few images
+        self.batch_logged = True  # once per fit: one host copy of a few images; drawn later, off the first step
         spec, epoch = trainer.spec, trainer.state.progress.epoch + 1
         images = denormalise(x[: self.grid].detach(), spec.mean, spec.std)
-        fig = grid_figure(
-            images,
-            label_captions(y[: self.grid].detach().cpu(), spec.classes),
-            title=f"first training batch of epoch {epoch}, as the model sees it (augmented)",
-        )
-        trainer.tb.image("train/augmented_batch", to_tensor(fig), epoch)
+        self.first_batch = images, label_captions(y[: self.grid].detach().cpu(), spec.classes), epoch
+
+    def _draw_first_batch(self, trainer) -> None:
+        images, captions, epoch = self.first_batch
+        self.first_batch = None
+        title = f"first training batch of epoch {epoch}, as the model sees it (augmented)"
+        trainer.tb.image("train/augmented_batch", to_tensor(grid_figure(images, captions, title=title)), epoch)
 
     @torch.no_grad()
     def on_epoch_end(self, trainer, model, data, row: dict) -> None:
         epoch = row["epoch"]
+        if self.first_batch is not None and trainer.tb is not None:
+            self._draw_first_batch(trainer)
         if (
             trainer.tb is None
             or not self.grid

@@ -3,11 +3,14 @@
 The exported file is run on real images (a batch of the checkpoint's test split, or `inputs=` files) and its
 logits compared with PyTorch's: the max abs difference is printed, and beyond `tolerance` the export fails
 and nothing is left behind. ONNX goes through torch.onnx (needs the `cnnlab[export]` extra: onnx,
-onnxscript, and onnxruntime for the check); the batch dimension stays dynamic.
+onnxscript, and onnxruntime for the check); the batch dimension stays dynamic. Both formats carry the model's
+preprocessing (class names, mean/std, input size and channels; commands/exported.py): ONNX as metadata_props,
+TorchScript as the extra file preprocessing.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from cnnlab import data as data_lib
 from cnnlab.checks import choice, number
+from cnnlab.commands.exported import EXTRA_FILE, add_onnx_metadata, preprocessing
 from cnnlab.commands.trained import Trained, find_files, load_image, load_trained, normalise
 from cnnlab.config import ExportSchema, check_keys
 from cnnlab.engine.progress import make_console, say
@@ -90,10 +94,10 @@ def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
 
 
-def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
     with warnings.catch_warnings():  # torch.jit says it is deprecated; it is still what TorchScript users load
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
-        torch.jit.trace(model, example).save(str(path))
+        torch.jit.trace(model, example).save(str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
 def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +122,7 @@ def run(cfg: DictConfig) -> dict:
         raise CnnlabError(f"output={out} is the checkpoint itself: choose another file")
     x = parity_batch(cfg, trained)
     model = trained.model
+    meta = preprocessing(trained.spec, trained.name)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,9 +130,10 @@ def run(cfg: DictConfig) -> dict:
             expected = model(x).float()
             if cfg.format == "onnx":
                 export_onnx(model, x[:2], tmp, cfg.opset)
+                add_onnx_metadata(tmp, meta)
                 got = run_onnx(tmp, x)
             else:
-                export_torchscript(model, x[:2], tmp)
+                export_torchscript(model, x[:2], tmp, meta)
                 got = run_torchscript(tmp, x)
         diff = float((got.float() - expected).abs().max())
         agree = float((got.argmax(1) == expected.argmax(1)).float().mean()) * 100
@@ -146,7 +152,8 @@ def run(cfg: DictConfig) -> dict:
     say(
         console,
         f"{trained.name} ({trained.path}) -> {out}: {cfg.format}, input images N x {trained.spec.channels} "
-        f"x {size} x {size} (N dynamic), output logits N x {trained.spec.num_classes}",
+        f"x {size} x {size} (N dynamic), output logits N x {trained.spec.num_classes}; with its preprocessing "
+        f"(classes, mean/std, input size) as {'metadata_props' if cfg.format == 'onnx' else EXTRA_FILE}",
     )
     say(
         console,

@@ -1,4 +1,5 @@
-"""`cnnlab predict checkpoint=PATH inputs=FILE|DIR|GLOB`: classify image files with a trained model.
+"""`cnnlab predict checkpoint=PATH inputs=FILE|DIR|GLOB`: classify image files with a trained model, from its
+checkpoint or from an ONNX export (checkpoint=model.onnx: the preprocessing stored in it, commands/exported.py).
 
 Each file is preprocessed with the checkpoint's own data spec (size, channels, normalisation) and the files
 run in batches. A file that is not an image gets one line and an `error` entry; the others go on.
@@ -7,6 +8,7 @@ run in batches. A file that is not an image gets one line and an `error` entry; 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from rich.text import Text
 
 from cnnlab.analysis.grid import class_name
 from cnnlab.checks import number
+from cnnlab.commands.exported import is_onnx, load_onnx, refuse_torchscript
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
 from cnnlab.config import PredictSchema, check_keys
 from cnnlab.engine.device import resolve_device
@@ -59,7 +62,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     number(cfg, "batch_size", low=1, integer=True)
     files = find_files(cfg.inputs)
     device = resolve_device(cfg.device)
-    trained = load_trained(cfg.checkpoint, device)
+    if is_onnx(cfg.checkpoint):
+        trained = load_onnx(cfg.checkpoint)
+    else:
+        refuse_torchscript(Path(cfg.checkpoint).expanduser())
+        trained = load_trained(cfg.checkpoint, device)
     console = make_console()
     entries = predict_files(
         trained, files, cfg.topk, cfg.batch_size, device, warn=lambda line: console.print(Text(line, style="yellow"))
@@ -86,17 +93,20 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 
-    table = Table(title=f"{trained.name} ({trained.path.name}): {len(done)} image(s)")
-    table.add_column("file")
+    # the files relative to the folder they share, folded rather than cut: a narrow console shows every name
+    common = Path(os.path.commonpath([str(Path(e["file"]).parent) for e in entries]))
+    table = Table(title=f"{trained.name} ({trained.path.name}): {len(done)} image(s) in {common}")
+    names = [os.path.relpath(e["file"], common) for e in entries]
+    table.add_column("file", overflow="fold", min_width=min(40, max(len(n) for n in names)))
     table.add_column("prediction")
     table.add_column("prob", justify="right")
     table.add_column(f"top-{min(cfg.topk, trained.spec.num_classes)}")
-    for e in entries:
+    for e, name in zip(entries, names):
         if "error" in e:
-            table.add_row(Text(e["file"]), Text("not an image", style="red"), "", "")
+            table.add_row(Text(name), Text("not an image", style="red"), "", "")
         else:
             table.add_row(
-                Text(e["file"]),
+                Text(name),
                 Text(e["class"]),
                 f"{e['prob']:.3f}",
                 Text(", ".join(f"{r['class']} {r['prob']:.2f}" for r in e["topk"])),

@@ -3,6 +3,7 @@ loader makes them (first batch of epoch 1, same seed), so an augmentation can be
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -19,13 +20,20 @@ from cnnlab.data.augment import check as check_augment
 from cnnlab.engine.progress import make_console, say
 
 
+def mixing(loader) -> bool:
+    return getattr(loader, "mixer", None) is not None
+
+
 def augmented_batch(loader, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` images (still normalised) and labels of the loader's first epoch-1 batches."""
+    """The first `count` images (still normalised) and labels of the loader's first epoch-1 batches. With
+    MixUp/CutMix, which draw one lambda per batch, as few per batch as fill the grid from the whole epoch: one
+    batch alone may show no visible mixing (Beta(0.2, 0.2) draws mostly near 0 or 1)."""
     loader.set_epoch(1)
+    per = math.ceil(count / max(1, len(loader))) if mixing(loader) else count
     xs, ys, have = [], [], 0
     for x, y in loader:
-        xs.append(x[: count - have])
-        ys.append(y[: count - have])
+        xs.append(x[: min(per, count - have)])
+        ys.append(y[: min(per, count - have)])
         have += len(xs[-1])
         if have >= count:
             break
@@ -49,6 +57,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     x, y = augmented_batch(data.train, cfg.count)
     images = denormalise(x, data.spec.mean, data.spec.std)
     title = f"{cfg.data.name} training images, augmented: {describe(cfg.augment)} (seed {cfg.seed}, epoch 1)"
+    if mixing(data.train):
+        title += "\nfrom successive batches: each batch draws its own mixing lambda"
     fig = grid_figure(images, label_captions(y, data.spec.classes), title=title, columns=cfg.columns)
     out = (
         Path(cfg.output).expanduser()

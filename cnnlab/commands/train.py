@@ -23,7 +23,7 @@ from cnnlab.engine.progress import make_console, say
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments.cost import ModelCost
-from cnnlab.experiments.hparams import hparams_of
+from cnnlab.experiments.hparams import session_of
 from cnnlab.experiments.runs import objective as best_monitored
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.finetune import prepare as finetune_prepare
@@ -123,6 +123,8 @@ def _claim(cfg: DictConfig, run_dir: Path) -> rundir.Claim:
 
 def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     torch.manual_seed(cfg.seed)
+    if cfg.trainer.threads:  # on busy shared cores fewer threads can be many times faster
+        torch.set_num_threads(cfg.trainer.threads)
     device = distributed.device_for(resolve_device(cfg.trainer.device))
     data = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
     model = models.build(cfg.model, data.spec)
@@ -149,7 +151,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
         device,
         seed=cfg.seed,
         config=config,
-        hparams=hparams_of(cfg, run_dir),
+        hparams=session_of(cfg, run_dir),
         finetune=finetune,
         callbacks=callbacks_for(cfg),
         resume_hint=resume_command(run_dir),

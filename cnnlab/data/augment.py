@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchvision.transforms import v2
 
 from cnnlab.checks import choice, number
 from cnnlab.data import transforms as T
-from cnnlab.data.policies import BatchedPolicy, reference_policy
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 
 @dataclass
@@ -90,6 +91,8 @@ class ResizedCrop(Op):
         return lambda x, g, rng, pos: T.random_resized_crop(x, aug.crop_scale, aug.crop_ratio, g)
 
     def per_image(self, aug, size, fill):
+        from torchvision.transforms import v2
+
         return [v2.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio), antialias=True)]
 
 
@@ -116,6 +119,8 @@ class PaddedCrop(Op):
         return lambda x, g, rng, pos: T.random_crop(x, aug.crop_padding, g, flip=flip, reflect=reflect)
 
     def per_image(self, aug, size, fill):
+        from torchvision.transforms import v2
+
         mode = "reflect" if aug.crop_pad_mode == "reflect" else "constant"
         return [v2.RandomCrop(size, padding=aug.crop_padding, padding_mode=mode)]
 
@@ -132,6 +137,8 @@ class Flip(Op):
         return lambda x, g, rng, pos: T.random_flip(x, g)
 
     def per_image(self, aug, size, fill):
+        from torchvision.transforms import v2
+
         return [v2.RandomHorizontalFlip()]  # flip_mode=alternate too: per image, the epoch is not known
 
 
@@ -147,6 +154,8 @@ class ColorJitter(Op):
         return lambda x, g, rng, pos: T.color_jitter(x, aug.color_jitter, aug.hue, rng.permutation(4).tolist(), g)
 
     def per_image(self, aug, size, fill):
+        from torchvision.transforms import v2
+
         s = aug.color_jitter
         return [v2.ColorJitter(brightness=s or None, contrast=s or None, saturation=s or None, hue=aug.hue or None)]
 
@@ -167,9 +176,13 @@ class Policy(Op):
         return bool(aug.policy)
 
     def reference(self, aug) -> v2.Transform:
+        from cnnlab.data.policies import reference_policy  # torchvision: only when a policy is used
+
         return reference_policy(aug.policy, aug.autoaugment_policy, aug.randaugment_n, aug.randaugment_m)
 
     def batched(self, aug, fill):
+        from cnnlab.data.policies import BatchedPolicy
+
         policy = BatchedPolicy(self.reference(aug))
         return lambda x, g, rng, pos: policy(x, rng)
 
@@ -190,6 +203,8 @@ class Erasing(Op):
         return lambda x, g, rng, pos: T.random_erasing(x, aug.erasing, aug.erasing_scale, aug.erasing_ratio, fill, g)
 
     def per_image(self, aug, size, fill):
+        from torchvision.transforms import v2
+
         return [
             v2.RandomErasing(
                 aug.erasing, scale=tuple(aug.erasing_scale), ratio=tuple(aug.erasing_ratio), value=list(fill)
@@ -266,12 +281,20 @@ class BatchAugment:
         return x
 
 
+def _unchanged(image):
+    return image
+
+
 def image_transform(aug: DictConfig | None, size: int, fill: tuple[int, ...], *, from_files: bool) -> v2.Compose:
     """The per-image v2 pipeline on uint8 (C, H, W) tensors; `aug` None: evaluation (no augmentation).
 
     Files (any size) are first brought to size x size: a random resized crop of the whole image when
     training with `resized_crop`, else resize the short side and centre-crop.
     """
+    if not from_files and (aug is None or not any(op.active(aug) for op in STEPS)):
+        return _unchanged  # arrays, nothing to do: no torchvision to import
+    from torchvision.transforms import v2
+
     steps = []
     if from_files:
         steps.append(v2.PILToTensor())

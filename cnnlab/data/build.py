@@ -111,15 +111,23 @@ def split_train_val(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, t
 
 
 def split(arrays: ArrayDataset, data_cfg: DictConfig, seed: int) -> Splits:
-    """data.subset (per class), then data.val_split: a held-out fraction of the training set, or "test"."""
+    """data.subset (per class), then data.val_split: a held-out fraction of the training set, or "test"; then
+    data.eval_subset: val and test cut to their first n images (a cheap run's evaluation)."""
     train_x, train_y = arrays.train_x, arrays.train_y
     if data_cfg.subset:
         keep = subset_per_class(train_y, data_cfg.subset)
         train_x, train_y = train_x[keep], train_y[keep]
     if data_cfg.val_split == "test":
-        return Splits(train_x, train_y, arrays.test_x, arrays.test_y, arrays.test_x, arrays.test_y, True)
-    tr, va = split_train_val(len(train_y), float(data_cfg.val_split), seed)
-    return Splits(train_x[tr], train_y[tr], train_x[va], train_y[va], arrays.test_x, arrays.test_y)
+        splits = Splits(train_x, train_y, arrays.test_x, arrays.test_y, arrays.test_x, arrays.test_y, True)
+    else:
+        tr, va = split_train_val(len(train_y), float(data_cfg.val_split), seed)
+        splits = Splits(train_x[tr], train_y[tr], train_x[va], train_y[va], arrays.test_x, arrays.test_y)
+    n = data_cfg.get("eval_subset")
+    if n:
+        first = torch.arange(min(n, len(splits.val_y))), torch.arange(min(n, len(splits.test_y)))
+        splits.val_x, splits.val_y = splits.val_x[first[0]], splits.val_y[first[0]]
+        splits.test_x, splits.test_y = splits.test_x[first[1]], splits.test_y[first[1]]
+    return splits
 
 
 # ------------------------------------------------------------------------------------------------ the spec

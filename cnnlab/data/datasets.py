@@ -96,12 +96,11 @@ def ensure_files(
     except CnnlabError:  # a refused or unextractable archive already says what is wrong
         raise
     except Exception as ex:  # URLError, HTTPError, RuntimeError (md5), OSError ...
-        by_hand = f"download {url} by hand and unpack or copy it there, or " if url else ""
+        get = f"download {url} by hand into it (archives unpacked)" if url else "copy them in"
         detail = " ".join(str(ex).split())
         raise CnnlabError(
             f"{what} not found under {root} and the download failed ({type(ex).__name__}: {detail}); "
-            f"expected {', '.join(expected)} there: {by_hand}copy them in, or point data.root / CNNLAB_DATA_ROOT "
-            "at them"
+            f"expected {', '.join(expected)} there: {get}, or point data.root / CNNLAB_DATA_ROOT at them"
         ) from None
     still = [name for name in expected if not (root / name).exists()]
     if still:

@@ -23,6 +23,14 @@ def _split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+def _urls(urls: list[str]) -> str:
+    """Several files from one place, said once: "https://host/dir/ (a.mat, b.mat)"."""
+    base = urls[0].rsplit("/", 1)[0] + "/"
+    if not all(u.startswith(base) for u in urls):
+        return " and ".join(urls)
+    return f"{base} ({', '.join(u.removeprefix(base) for u in urls)})"
+
+
 def load_svhn(root: Path, download: bool) -> ArrayDataset:
     from torchvision.datasets import SVHN
     from torchvision.datasets.utils import download_url
@@ -40,7 +48,7 @@ def load_svhn(root: Path, download: bool) -> ArrayDataset:
         [f"{FOLDER}/{filename}" for _, filename, _ in splits.values()],
         download,
         fetch,
-        url=" and ".join(url for url, _, _ in splits.values()),
+        url=_urls([url for url, _, _ in splits.values()]),
     )
     train_x, train_y = _split(root / FOLDER / splits["train"][1])
     test_x, test_y = _split(root / FOLDER / splits["test"][1])

@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 
 class Normalise:
@@ -130,6 +129,8 @@ def random_resized_crop(x: torch.Tensor, scale, ratio, generator, size: int | No
     top = torch.where(found, _randint_below(h - bh + 1, generator), (h - bh) // 2)
     left = torch.where(found, _randint_below(w - bw + 1, generator), (w - bw) // 2)
     boxes = torch.stack([torch.arange(b, device=x.device), left, top, left + bw, top + bh], 1).float()
+    from torchvision.ops import roi_align  # imported here: torchvision takes seconds to import
+
     out = roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 

@@ -9,6 +9,7 @@ moves, and a run without a terminal prints a line inside long epochs instead of 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -24,6 +25,7 @@ RICH_REFRESH = 2.0  # seconds between progress updates on a terminal
 PLAIN_REFRESH = 30.0  # seconds between progress lines without a terminal (and in train.log)
 FIRST_LOOK = 1.0  # seconds into an epoch before the first update: the first rate and ETA
 LONG_EPOCH = 300.0  # an epoch estimated longer than this gets one warning with the estimate
+FIRST_BATCH_FILE = "CNNLAB_FIRST_BATCH_FILE"  # env: a file that gets the wall time of the first step (bench.py)
 
 
 def _now() -> float:
@@ -89,6 +91,7 @@ class ProgressDisplay:
         self.epoch, self.num_batches = 0, 0
         self._epoch_start = self._next = self._next_line = self._next_log = 0.0
         self._warned = False
+        self._first_step = os.environ.get(FIRST_BATCH_FILE)  # start-up time: the bench reads when training began
         self._progress = None
         if mode == "rich":
             self._progress = Progress(
@@ -121,6 +124,10 @@ class ProgressDisplay:
 
     def due(self) -> bool:
         """Whether an update is wanted now: one clock comparison, cheap enough for every step."""
+        if self._first_step:
+            with open(self._first_step, "w") as f:
+                f.write(repr(time.time()))
+            self._first_step = None
         return _now() >= self._next
 
     def update(self, batch: int, loss: float, acc: float, images_per_sec: float) -> None:
@@ -150,6 +157,8 @@ class ProgressDisplay:
             return
         if self._progress is not None:
             self._progress.update(self._epoch_task, completed=epoch, info=short)
+            if self._batch_task is not None:  # the epoch is over: its bar ends full, with no stale ETA
+                self._progress.update(self._batch_task, completed=self.num_batches, info="")
         say(self.console, line)
 
     def close(self) -> None:

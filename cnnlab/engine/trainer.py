@@ -37,7 +37,7 @@ from cnnlab.engine.ema import EMA
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
 from cnnlab.engine.signals import StopSignals
-from cnnlab.engine.tensorboard import TensorBoard
+from cnnlab.engine.tensorboard import Session, TensorBoard
 from cnnlab.errors import CnnlabError
 
 log = logging.getLogger("cnnlab")
@@ -155,6 +155,7 @@ RESUME_FIXED = (
     "trainer.ema_decay",
     "data.name",
     "data.batch_size",
+    "data.eval_subset",
 )
 
 
@@ -184,14 +185,14 @@ class Trainer:
         *,
         seed: int = 0,
         config: dict | None = None,
-        hparams: dict | None = None,
+        hparams: Session | None = None,
         finetune=None,
         callbacks=(),
         resume_hint: str = "",
     ):
         self.cfg, self.run_dir, self.device, self.seed = cfg, Path(run_dir), device, seed
         self.config = config or {}  # the resolved run config, stored in every checkpoint
-        self.hparams = hparams or {}
+        self.hparams = hparams  # what the HParams tab shows of this run
         self.finetune = finetune if finetune is not None and finetune.active else None
         self.callbacks = Callbacks(callbacks)
         self.resume_hint = resume_hint  # the command that continues this run (printed when it is stopped)
@@ -643,6 +644,9 @@ class Trainer:
             "stop_reason": p.stop_reason or "epochs",
             "skipped_batches": p.skipped_batches,
             "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "val_images": len(data.val.labels),
+            "test_images": len(data.test.labels),
             "world_size": distributed.world_size(),
             "global_batch": data.train.batch_size * distributed.world_size() * self.cfg.accumulate,
             "history": p.history,
@@ -656,6 +660,7 @@ class Trainer:
             {
                 "hparam/best_val_acc": metrics["best_val_acc"],
                 "hparam/test_acc": metrics["test_acc"],
+                "hparam/test_top5": metrics["test_top5"],
                 "hparam/test_loss": metrics["test_loss"],
             },
         )

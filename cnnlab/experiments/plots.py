@@ -33,9 +33,14 @@ def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
         title="train-val gap (over 0: fits train better than val)",
     )
     gap_ax.axhline(0, color="grey", lw=0.8)
+    first = min(h["epoch"] for r, _ in runs for h in r.history)
+    last = max(h["epoch"] for r, _ in runs for h in r.history)
     for ax in (acc_ax, gap_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        if last - first < 2:  # one or two epochs: whole epochs half a step apart, not 0.96 ... 1.04
+            ax.set_xlim(first - 0.5, last + 0.5)
+            ax.set_xticks(range(first, last + 1))
     fig.legend(
         loc="outside lower center",
         ncols=min(3, len(runs)),
@@ -52,25 +57,36 @@ def accuracy_vs_params(report: Report, path: str | Path, title: str = "") -> Pat
     points = [
         (row, lab) for run, row, lab in zip(report.runs, report.rows, report.labels()) if run.ok and row.get("params")
     ]
-    if not points:
+    if len({row["params"] for row, _ in points}) < 2:  # one size: a vertical strip says nothing (the table does)
         return None
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
     fig = new_figure(9, 6)
     ax = fig.subplots()
+    sizes = [row["params"] for row, _ in points]
+    middle = (min(sizes) * max(sizes)) ** 0.5  # the middle of the log axis
     for (row, lab), color in zip(points, _colors(len(points))):
         ax.scatter(row["params"], row["best val acc"], color=color, s=50, zorder=3)
         if row.get("test acc") is not None:
             ax.scatter(row["params"], row["test acc"], facecolors="none", edgecolors=color, s=50, zorder=3)
-        ax.annotate(lab, (row["params"], row["best val acc"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        right = row["params"] > middle  # labels point inwards, so they stay inside the axes
+        ax.annotate(
+            lab,
+            (row["params"], row["best val acc"]),
+            textcoords="offset points",
+            xytext=(-6 if right else 6, 4),
+            ha="right" if right else "left",
+            fontsize=8,
+        )
     ax.set_xscale("log")
-    from matplotlib.ticker import EngFormatter
-
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5 per decade: labelled, never crowded
     ax.xaxis.set_major_formatter(EngFormatter())  # 1.2M, not 1.2 x 10^6
-    ax.xaxis.set_minor_formatter(EngFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="parameters (log scale)", ylabel="accuracy (%)", title=title or "accuracy vs parameters")
     ax.scatter([], [], color="black", label="best val acc")
     ax.scatter([], [], facecolors="none", edgecolors="black", label="test acc (best.pt)")
     ax.legend(loc="best", fontsize=9)
-    ax.margins(x=0.25, y=0.12)
+    ax.margins(x=0.15, y=0.12)
     ax.grid(alpha=0.3, which="both")
     return save(fig, path)
 

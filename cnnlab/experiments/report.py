@@ -31,6 +31,7 @@ COLUMNS = [
     "best val acc",
     "best epoch",
     "test acc",
+    "test images",
     "train-val gap",
     "s/epoch",
     "total s",
@@ -60,6 +61,7 @@ def row_of(run: Run, keys: list[str]) -> dict:
             "best val acc": m.get("best_val_acc"),
             "best epoch": m.get("best_epoch"),
             "test acc": m.get("test_acc"),
+            "test images": m.get("test_images"),  # fewer than the test split with data.eval_subset
             "train-val gap": gap,
             "s/epoch": m.get("seconds_per_epoch"),
             "total s": m.get("total_seconds"),

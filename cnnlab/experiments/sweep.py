@@ -94,6 +94,10 @@ class SweepSummary(Callback):
 
             made += plots.write(report, sweep_dir, title=f"{name} ({sweep_dir})" if name != "None" else str(sweep_dir))
         links = link_tensorboard(report, sweep_dir) if self.tensorboard_links else None
+        if links is not None:
+            from cnnlab.experiments.hparams import write_sweep_experiment
+
+            write_sweep_experiment(report, links)
         print("wrote " + ", ".join(str(p) for p in made))
         if links is not None:
             print(f"TensorBoard, runs named by their varied keys: tensorboard --logdir {links}")

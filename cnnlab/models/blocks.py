@@ -7,11 +7,15 @@ from __future__ import annotations
 import math
 from functools import partial
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.knobs import ACTIVATIONS, NORMS, check_choice
+
+if TYPE_CHECKING:  # torchvision is imported where a block is built: a LeNet run needs none of it (start-up time)
+    from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 
 def make_act(name: str) -> nn.Module:
@@ -68,6 +72,8 @@ def conv_norm_act(
 
     torchvision's Conv2dNormActivation with our knobs by name (its state_dict keys: 0 conv, 1 norm).
     """
+    from torchvision.ops import Conv2dNormActivation
+
     check_choice("norm", norm, NORMS)
     return Conv2dNormActivation(
         cin,
@@ -85,6 +91,8 @@ def conv_norm_act(
 
 def squeeze_excite(channels: int, squeeze: int, act: str = "relu", gate: str = "sigmoid") -> SqueezeExcitation:
     """Squeeze-and-excitation (Hu et al., 2018): global pool -> 1x1 reduce -> act -> 1x1 expand -> gate."""
+    from torchvision.ops import SqueezeExcitation
+
     return SqueezeExcitation(
         channels, squeeze, partial(make_act, act), nn.Hardsigmoid if gate == "hardsigmoid" else nn.Sigmoid
     )
@@ -171,6 +179,8 @@ class InvertedResidual(nn.Module):
         layers.append(conv_norm_act(expanded, cout, 1, norm=norm, act=None, eps=eps))
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
+        from torchvision.ops import StochasticDepth
+
         self.drop_path = StochasticDepth(drop_path, "row") if self.residual and drop_path else nn.Identity()
 
     def forward(self, x):
