@@ -399,7 +399,7 @@ def test_alternating_flip_depends_on_the_seed_not_the_batch_order():
 )
 def test_translate_and_flip_modes_are_checked(key, value, message):
     cfg = cnnlab.compose(["augment=airbench"])
-    validate_train(cfg)
+    validate(cfg)
     cfg.augment[key] = value
     with pytest.raises(CnnlabError, match=message):
-        validate_train(cfg)
+        validate(cfg)
