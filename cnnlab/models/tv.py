@@ -7,12 +7,12 @@ pretrained RGB filters for 1-channel input), so transfer learning works on any d
 from __future__ import annotations
 
 import urllib.error
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from cnnlab.checks import regular_file
 from cnnlab.errors import CnnlabError
 
 AUX_HEADS = ("googlenet", "inception_v3")  # their auxiliary classifiers change what forward returns
@@ -90,7 +90,7 @@ def TorchvisionModel(
             ) from None
     else:
         model = torchvision.models.get_model(name, **extra)
-        path = Path(weights_path).expanduser()
+        path = regular_file(weights_path, "model.weights_path:")  # a FIFO would block the read for ever
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
