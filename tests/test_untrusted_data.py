@@ -672,6 +672,26 @@ def test_new_checkpoints_name_the_model_by_registry_name(trained_checkpoint):
     assert config["model"]["_target_"] == "cnnlab.models.lenet.LeNet5"  # the record resume compares
 
 
+def test_training_stores_weight_sources_as_null():
+    """The weights are in the checkpoint, so what eval reads downloads nothing; googlenet and inception_v3 are the
+    exception: torchvision builds them differently with weights, so their checkpoints are refused, not rebuilt."""
+    from cnnlab.engine.checkpoint import stored_model
+
+    tv = {
+        "_target_": "cnnlab.models.tv.TorchvisionModel",
+        "name": "resnet18",
+        "weights": "DEFAULT",
+        "weights_path": None,
+    }
+    assert stored_model(tv) == ("TorchvisionModel", {**tv, "weights": None})
+    assert stored_model({**tv, "weights": None, "weights_path": "r.pth"}) == (
+        "TorchvisionModel",
+        {**tv, "weights": None},
+    )
+    assert stored_model({**tv, "name": "googlenet"}) == ("TorchvisionModel", {**tv, "name": "googlenet"})
+    assert stored_model({"_target_": "my.Net", "weights": "x"}) == (None, {"_target_": "my.Net", "weights": "x"})
+
+
 def test_every_configured_model_is_in_the_registry():
     from cnnlab import models
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab import models
 from cnnlab.checks import regular_file
 from cnnlab.errors import CnnlabError
+from cnnlab.models import tv
 
 FORMAT_VERSION = 2  # 2: epochs numbered from 1 (history, best_epoch, epoch)
 SLOW_SAVE_ENV = "CNNLAB_TEST_SLOW_SAVE"  # test hook: seconds to pause inside a checkpoint write (crash tests)
@@ -161,6 +162,8 @@ def stored_model(model: dict) -> tuple[str | None, dict]:
     """What the trainer stores for a live model config: its registry name (None for a user's own class) and the
     config with the weight sources nulled (the weights are in the checkpoint, so reading it downloads nothing)."""
     name = models.registry_name(model.get("_target_"))
+    if name == "TorchvisionModel" and model.get("name") in tv.AUX_HEADS and model.get("weights") is not None:
+        return name, model  # torchvision builds these differently with weights (transform_input): eval refuses them
     return name, {k: (None if k in WEIGHT_SOURCES and name else v) for k, v in model.items()}
 
 
@@ -210,7 +213,7 @@ def run_config(state: dict, path: str | Path) -> DictConfig:
     for where, value in _weight_sources(config["model"]):
         raise CnnlabError(
             f"{path} asks for {where}={value!r}: a checkpoint may not download or read other files "
-            f"(its weights are in the checkpoint, so a cnnlab checkpoint stores {where}=null)"
+            f"(its weights are in the checkpoint: cnnlab's training stores {where}=null)"
         )
     cfg = OmegaConf.create(_escape({**config, "model_class": name}))
     with open_dict(cfg):

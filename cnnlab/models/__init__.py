@@ -14,10 +14,10 @@ missing key is a CnnlabError listing the keys the model accepts), and the shared
 (layers.check_knobs, for cnnlab's own models). An exception raised while building is then a bug and keeps
 its traceback.
 
-A new model: a class (or a factory decorated with layers.extends) in the family's file here, and one
-configs/model/<name>.yaml listing every keyword it takes (a variant: `defaults: [<base>, _self_]` plus the keys
-that differ). tests/test_models.py then builds it, trains a step at 28x28x1 and 32x32x3 and checks that its
-YAML lists every knob.
+A new model: a class (or a factory decorated with layers.extends) in the family's file here, its entry in
+REGISTRY, and one configs/model/<name>.yaml listing every keyword it takes (a variant: `defaults: [<base>,
+_self_]` plus the keys that differ). tests/test_models.py then builds it, trains a step at 28x28x1 and 32x32x3
+and checks that its YAML lists every knob.
 """
 
 from __future__ import annotations
