@@ -44,6 +44,6 @@ def regular_file(path: str | Path, what: str) -> Path:
     if not path.exists():
         raise CnnlabError(f"{what} {path} does not exist")
     if not path.is_file():
-        kind = "a directory, not a file" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        kind = "not a file (it is a directory)" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
         raise CnnlabError(f"{what} {path} is {kind}")
     return path

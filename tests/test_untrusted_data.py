@@ -776,7 +776,7 @@ def test_checkpoint_that_is_a_fifo_or_directory_is_one_line(tmp_path, monkeypatc
     os.mkfifo(tmp_path / "best.pt")
     assert "is not a regular file" in refused(command, tmp_path / "best.pt", tmp_path, monkeypatch, capsys)
     (tmp_path / "dir.pt").mkdir()
-    assert "is a directory" in refused(command, tmp_path / "dir.pt", tmp_path, monkeypatch, capsys)
+    assert "is not a file (it is a directory)" in refused(command, tmp_path / "dir.pt", tmp_path, monkeypatch, capsys)
 
 
 def test_predict_input_fifo_is_refused(trained_checkpoint, tmp_path, monkeypatch, capsys):
