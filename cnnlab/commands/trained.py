@@ -84,7 +84,8 @@ def load_trained(path: str | Path, device: torch.device) -> Trained:
     state = checkpoint.load(path)
     config = stored_config(state, path)
     spec = _spec(config, path)
-    knobs = {k: v for k, v in OmegaConf.to_container(config.model).items() if k != "_target_"}
+    knobs = OmegaConf.to_container(config.model, resolve=True)  # every ${...} in it was escaped: literal text
+    knobs.pop("_target_")
     model = models.build_registered(config.model_class, knobs, spec)  # by registry name: no code named by the file
     try:
         model.load_state_dict(state.get("ema") or state["model"])  # EMA weights are the ones that were validated
