@@ -4,7 +4,6 @@ schemas and the parts (augmentation ops, commands) that check their own keys, wi
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,14 +35,3 @@ def choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices:
         raise CnnlabError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def regular_file(path: str | Path, what: str) -> Path:
-    """`path` if it is a regular file (a FIFO would block the read forever, a device never ends), else one line."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CnnlabError(f"{what} {path} does not exist")
-    if not path.is_file():
-        kind = "not a file (it is a directory)" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
-        raise CnnlabError(f"{what} {path} is {kind}")
-    return path

@@ -771,6 +771,17 @@ def test_weights_path_fifo_is_refused_not_read(tmp_path):
     assert one_line(ex, fifo) == f"model.weights_path: {fifo} is not a regular file (a FIFO, socket or device)"
 
 
+def test_weights_path_pickle_is_refused_without_advising_weights_only_false(tmp_path):
+    from cnnlab.models.tv import TorchvisionModel
+
+    marker = tmp_path / "pwned"
+    torch.save({"conv1.weight": RunsCode(os.system, f"touch {marker}")}, tmp_path / "resnet18.pth")
+    with pytest.raises(CnnlabError) as ex:
+        TorchvisionModel("resnet18", num_classes=10, weights_path=str(tmp_path / "resnet18.pth"))
+    message = one_line(ex, tmp_path / "resnet18.pth", "GLOBAL posix.system", "never unpickles")
+    assert "weights_only" not in message and not marker.exists()
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_checkpoint_that_is_a_fifo_or_directory_is_one_line(tmp_path, monkeypatch, capsys, command):
     os.mkfifo(tmp_path / "best.pt")

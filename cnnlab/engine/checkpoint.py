@@ -16,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab import models
-from cnnlab.checks import regular_file
 from cnnlab.errors import CnnlabError
 from cnnlab.models import tv
+from cnnlab.untrusted import load_error, regular_file
 
 FORMAT_VERSION = 2  # 2: epochs numbered from 1 (history, best_epoch, epoch)
 SLOW_SAVE_ENV = "CNNLAB_TEST_SLOW_SAVE"  # test hook: seconds to pause inside a checkpoint write (crash tests)
@@ -58,18 +58,6 @@ def remove_stale_temp_files(directory: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _load_error(ex: Exception) -> str:
-    """What torch.load said, without its advice to retry with weights_only=False (that would run the file's code)."""
-    lines = [line.strip() for line in str(ex).splitlines() if line.strip()]
-    if lines and lines[0].startswith("Weights only load failed"):
-        lines = [line for line in lines[1:] if not line.startswith(("Please file an issue", "Check the documentation"))]
-        detail = lines[0].split(". ")[0].rstrip(".") if lines else "not plain tensors and data"
-        if "GLOBAL" in detail:
-            return f"{detail}: it names Python code to run, which cnnlab never unpickles"
-        return detail if "weights_only" not in detail else "not plain tensors and data"
-    return lines[0][:200] if lines else type(ex).__name__
-
-
 def _is_state_dict(value) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
@@ -80,7 +68,7 @@ def load(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as ex:  # truncated zip, pickle with foreign objects, not a torch file at all ...
-        raise CnnlabError(f"{path} is not a readable cnnlab checkpoint ({_load_error(ex)})") from None
+        raise CnnlabError(f"{path} is not a readable cnnlab checkpoint ({load_error(ex)})") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no format_version/model entries)")
     version = state["format_version"]

@@ -12,8 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnlab.checks import regular_file
 from cnnlab.errors import CnnlabError
+from cnnlab.untrusted import load_error, regular_file
 
 AUX_HEADS = ("googlenet", "inception_v3")  # their auxiliary classifiers change what forward returns
 
@@ -97,9 +97,8 @@ def TorchvisionModel(
         except FileNotFoundError:
             raise CnnlabError(f"model.weights_path: {path} does not exist") from None
         except Exception as ex:  # pickle, zip and shape errors all mean the same thing to the user
-            first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
             raise CnnlabError(
-                f"model.weights_path: {path} is not a state dict of torchvision's {name} ({first})"
+                f"model.weights_path: {path} is not a state dict of torchvision's {name} ({load_error(ex)})"
             ) from None
     if num_classes != 1000:
         _replace_head(model, num_classes)
