@@ -135,6 +135,19 @@ def test_feature_capture_and_first_conv():
     assert maps.shape[0] == filters.shape[0] == 3 and maps.dtype == torch.uint8
 
 
+def test_captured_conv_map_is_not_changed_by_an_in_place_relu():
+    """On the CPU `.float().cpu()` is the very tensor the next in-place ReLU overwrites: the map labelled Conv2d
+    must be the convolution's output (with its negative values), not the ReLU's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 36, 2))
+    x = torch.randn(1, 1, 6, 6)
+    with torch.no_grad():
+        expected = model[0](x)
+    outputs, _ = capture(model, x, {"0": model[0], "1": model[1]})
+    assert torch.equal(outputs["0"], expected) and outputs["0"].min() < 0
+    assert torch.equal(outputs["1"], expected.relu())
+
+
 def test_captions_are_full_names():
     names = ["T-shirt/top", "Trouser", "Ankle boot"]
     assert caption(2, 0, names, 0.613) == "Ankle boot -> T-shirt/top (0.61)"

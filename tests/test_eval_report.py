@@ -108,3 +108,21 @@ def test_bad_inputs(run_dir, tmp_path):
         cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate", cwd=tmp_path, env=ONE_THREAD)
     )
     assert line == "error: tta must be one of none, flip, flip_translate; got 'rotate'"
+
+
+def test_eval_runs_in_the_precision_the_run_trained_in(tmp_path):
+    """A bf16 run's test loss was measured under bf16 autocast: eval reproduces it by default; precision= overrides."""
+    run = train_in_process(tmp_path, "trainer.precision=bf16")
+    checkpoint = run / "checkpoints" / "best.pt"
+    stored = evaluate.run(compose("eval", f"checkpoint={checkpoint}", f"output_dir={tmp_path / 'stored'}"))
+    fp32 = evaluate.run(
+        compose("eval", f"checkpoint={checkpoint}", "precision=fp32", f"output_dir={tmp_path / 'fp32'}")
+    )
+    metrics = read_json(run / "metrics.json")
+    assert stored["precision"] == "bf16" and fp32["precision"] == "fp32"
+    assert stored["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+    assert fp32["loss"] != stored["loss"]  # bf16 autocast really changes the numbers, so the default matters
+    with pytest.raises(CnnlabError, match="precision=fp16 needs CUDA"):
+        evaluate.run(compose("eval", f"checkpoint={checkpoint}", "precision=fp16", f"output_dir={tmp_path / 'x'}"))
+    with pytest.raises(CnnlabError, match="precision must be one of"):
+        evaluate.run(compose("eval", f"checkpoint={checkpoint}", "precision=fp8"))

@@ -500,3 +500,304 @@ def test_truncated_or_garbled_images_are_one_line(tmp_path, recwarn):
             except CnnlabError as ex:
                 assert "\n" not in str(ex) and str(path) in str(ex), str(ex)
     assert not [w for w in recwarn if "PIL" in w.filename]
+
+
+# ------------------------------------------------------------------------------ checkpoints: code, network
+# A crafted checkpoint is the real trained one with a hostile stored config. eval, predict, features and export
+# must refuse it with one line (exit 2) before anything from it runs: no marker file, no connection attempt.
+COMMANDS = ("eval", "predict", "features", "export")
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    from trained_run import train_in_process
+
+    return train_in_process(tmp_path_factory.mktemp("trained")) / "checkpoints" / "best.pt"
+
+
+def command_line(command: str, checkpoint: Path, where: Path) -> list[str]:
+    image = where / "digit.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(image)
+    extra = {
+        "eval": [f"output_dir={where / 'eval'}", "data_root=/nonexistent"],
+        "predict": [f"inputs={image}", f"output={where / 'predictions.json'}"],
+        "features": [f"input={image}"],
+        "export": [f"output={where / 'model.onnx'}", f"inputs={image}"],
+    }[command]
+    return [command, f"checkpoint={checkpoint}", *extra]
+
+
+def refused(command: str, checkpoint: Path, where: Path, monkeypatch, capsys) -> str:
+    """Run `cnnlab COMMAND checkpoint=...` in-process; it must exit 2 with one `error:` line, which is returned."""
+    from cnnlab.cli import main
+
+    monkeypatch.chdir(where)
+    with pytest.raises(SystemExit) as exit_info:
+        main(command_line(command, checkpoint, where))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), (exit_info.value.code, err)
+    return err[0]
+
+
+def crafted(trained: Path, where: Path, change) -> Path:
+    """The trained checkpoint with `change(state)` applied, saved as where/crafted.pt."""
+    state = torch.load(trained, map_location="cpu", weights_only=True)
+    change(state)
+    path = where / "crafted.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt is recorded and fails (the tests run offline anyway: this makes it visible)."""
+    import socket
+
+    attempts = []
+
+    def connect(self, address, *args):
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    return attempts
+
+
+def _hostile_model(kind: str, where: Path, marker: Path) -> dict:
+    """A stored model config that, instantiated by Hydra, runs code or reaches the network."""
+    lenet = {"_target_": "cnnlab.models.lenet.LeNet5"}
+    if kind == "pickle_payload":  # Hydra walks attributes: cnnlab.models.pooling.torch.load is torch.load
+        payload = where / "payload.pt"
+        torch.save(RunsCode(os.system, f"touch {marker}"), payload)
+        loader = {"_target_": "cnnlab.models.pooling.torch.load", "f": str(payload), "weights_only": False}
+        return {**lenet, "pool_lambda": loader}  # a knob no value check looks at before Hydra builds it
+    if kind == "hub_local":  # torch.hub.load(source=local) imports the directory's hubconf.py
+        hub = where / "hub"
+        hub.mkdir()
+        (hub / "hubconf.py").write_text(
+            f"import pathlib\npathlib.Path({str(marker)!r}).touch()\ndef m(**kw):\n    pass\n"
+        )
+        return {
+            "_target_": "cnnlab.models.pooling.torch.hub.load",
+            "repo_or_dir": str(hub),
+            "model": "m",
+            "source": "local",
+        }
+    if kind == "url":
+        url = "http://127.0.0.1:9/w.pt"
+        return {
+            **lenet,
+            "pool_lambda": {"_target_": "cnnlab.models.pooling.torch.hub.load_state_dict_from_url", "url": url},
+        }
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("kind", ["pickle_payload", "hub_local", "url"])
+def test_checkpoint_config_that_would_run_code_or_fetch_is_refused(
+    trained_checkpoint, tmp_path, monkeypatch, capsys, no_network, command, kind
+):
+    marker = tmp_path / "pwned"
+    model = _hostile_model(kind, tmp_path, marker)
+    if kind == "pickle_payload":  # the payload really is harmful to a plain unpickler
+        torch.load(tmp_path / "payload.pt", weights_only=False)
+        assert marker.exists()
+        marker.unlink()
+
+    def change(state):
+        state["config"]["model"] = {**state["config"]["model"], **model}
+        state["config"].pop("model_class", None)  # an older checkpoint: only its _target_ names the model
+
+    try:
+        line = refused(command, crafted(trained_checkpoint, tmp_path, change), tmp_path, monkeypatch, capsys)
+    finally:  # checked first: what must not have happened, whatever the command did
+        assert not marker.exists() and no_network == []
+    assert "not one of cnnlab's models" in line and "crafted.pt" in line, line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_checkpoint_of_a_torchvision_model_with_weights_downloads_nothing(
+    trained_checkpoint, tmp_path, monkeypatch, capsys, no_network, command
+):
+    """A stored `weights: DEFAULT` would start a download of ImageNet weights: refused before any model is built."""
+    import torchvision
+
+    calls = []
+    monkeypatch.setattr(torchvision.models, "get_model", lambda *a, **kw: calls.append((a, kw)))
+
+    def change(state):
+        tv = {"_target_": "cnnlab.models.tv.TorchvisionModel", "name": "resnet18", "weights": "DEFAULT"}
+        state["config"]["model"] = {**tv, "weights_path": None}
+        state["config"]["model_class"] = "TorchvisionModel"
+
+    try:
+        line = refused(command, crafted(trained_checkpoint, tmp_path, change), tmp_path, monkeypatch, capsys)
+    finally:
+        assert calls == [] and no_network == []
+    assert "model.weights='DEFAULT'" in line and "may not download" in line, line
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"weights_path": "/etc/passwd"}, "model.weights_path='/etc/passwd'"),
+        ({"pretrained": True}, "model.pretrained=True"),
+        ({"fc": [{"_target_": "builtins.print"}, 84]}, "model.fc[0]._target_='builtins.print'"),
+        ({"_target_": "cnnlab.models.lenet.LeNet5.__init__"}, "not one of cnnlab's models"),
+        ({"_target_": "cnnlab.models.resnet.ResNet"}, "names two models"),
+    ],
+)
+def test_stored_config_refusals_name_the_key(trained_checkpoint, tmp_path, monkeypatch, capsys, model, message):
+    def change(state):
+        state["config"]["model"].update(model)
+
+    line = refused("eval", crafted(trained_checkpoint, tmp_path, change), tmp_path, monkeypatch, capsys)
+    assert message in line, line
+
+
+def test_a_target_anywhere_in_the_stored_config_is_refused(trained_checkpoint, tmp_path, monkeypatch, capsys):
+    def change(state):
+        state["config"]["data"]["root"] = {"_target_": "os.getcwd"}
+
+    line = refused("predict", crafted(trained_checkpoint, tmp_path, change), tmp_path, monkeypatch, capsys)
+    assert "data.root._target_='os.getcwd'" in line, line
+
+
+def test_new_checkpoints_name_the_model_by_registry_name(trained_checkpoint):
+    from cnnlab import models
+
+    config = torch.load(trained_checkpoint, weights_only=True)["config"]
+    assert config["model_class"] == "LeNet5" and models.REGISTRY["LeNet5"] is models.lenet.LeNet5
+    assert config["model"]["_target_"] == "cnnlab.models.lenet.LeNet5"  # the record resume compares
+
+
+def test_training_stores_weight_sources_as_null():
+    """The weights are in the checkpoint, so what eval reads downloads nothing; googlenet and inception_v3 are the
+    exception: torchvision builds them differently with weights, so their checkpoints are refused, not rebuilt."""
+    from cnnlab.engine.checkpoint import stored_model
+
+    tv = {
+        "_target_": "cnnlab.models.tv.TorchvisionModel",
+        "name": "resnet18",
+        "weights": "DEFAULT",
+        "weights_path": None,
+    }
+    assert stored_model(tv) == ("TorchvisionModel", {**tv, "weights": None})
+    assert stored_model({**tv, "weights": None, "weights_path": "r.pth"}) == (
+        "TorchvisionModel",
+        {**tv, "weights": None},
+    )
+    assert stored_model({**tv, "name": "googlenet"}) == ("TorchvisionModel", {**tv, "name": "googlenet"})
+    assert stored_model({"_target_": "my.Net", "weights": "x"}) == (None, {"_target_": "my.Net", "weights": "x"})
+
+
+def test_every_configured_model_is_in_the_registry():
+    from cnnlab import models
+
+    for path in sorted((Path(__file__).parent.parent / "configs" / "model").glob("*.yaml")):
+        assert models.registry_name(models.load_yaml(path)._target_) is not None, path.name
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_pickle_checkpoint_is_refused_without_advising_weights_only_false(tmp_path, monkeypatch, capsys, command):
+    marker = tmp_path / "pwned"
+    torch.save({"format_version": 2, "model": RunsCode(os.system, f"touch {marker}")}, tmp_path / "evil.pt")
+    line = refused(command, tmp_path / "evil.pt", tmp_path, monkeypatch, capsys)
+    assert "GLOBAL posix.system" in line and "never unpickles" in line and "weights_only" not in line, line
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------ checkpoints: wrong results
+def _set_spec(key, value):
+    def change(state):
+        state["config"]["data_spec"][key] = value
+
+    return change
+
+
+def _poison_weight(value):
+    def change(state):
+        for entry in ("model", "ema"):
+            if state.get(entry):
+                next(iter(state[entry].values())).view(-1)[0] = value
+
+    return change
+
+
+WRONG_RESULTS = {
+    "nan_weight": (_poison_weight(float("nan")), "NaN or inf"),
+    "inf_weight": (_poison_weight(float("inf")), "NaN or inf"),
+    "nan_mean": (_set_spec("mean", [float("nan")]), "mean must be 1 finite numbers"),
+    "inf_std": (_set_spec("std", [float("inf")]), "std must be 1 positive numbers"),
+    "zero_std": (_set_spec("std", [0.0]), "std must be 1 positive numbers"),
+    "negative_std": (_set_spec("std", [-0.3]), "std must be 1 positive numbers"),
+    "fewer_classes": (_set_spec("classes", [str(i) for i in range(9)]), "9 class names for a model with 10 outputs"),
+    "more_classes": (_set_spec("classes", [str(i) for i in range(11)]), "11 class names for a model with 10 outputs"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("case", sorted(WRONG_RESULTS))
+def test_checkpoint_that_would_give_wrong_results_is_one_line(
+    trained_checkpoint, tmp_path, monkeypatch, capsys, command, case
+):
+    change, message = WRONG_RESULTS[case]
+    line = refused(command, crafted(trained_checkpoint, tmp_path, change), tmp_path, monkeypatch, capsys)
+    assert message in line and "crafted.pt" in line, line
+
+
+# ---------------------------------------------------------------------- paths that are not regular files
+def test_weights_path_fifo_is_refused_not_read(tmp_path):
+    """Reading a FIFO blocks until someone writes to it: `model.weights_path=<fifo>` hung for ever."""
+    import signal
+
+    from cnnlab.models.tv import TorchvisionModel
+
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)
+
+    def hung(*_):
+        raise TimeoutError("TorchvisionModel blocked reading the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(CnnlabError) as ex:
+            TorchvisionModel("resnet18", num_classes=10, weights_path=str(fifo))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert one_line(ex, fifo) == f"model.weights_path: {fifo} is not a regular file (a FIFO, socket or device)"
+
+
+def test_weights_path_pickle_is_refused_without_advising_weights_only_false(tmp_path):
+    from cnnlab.models.tv import TorchvisionModel
+
+    marker = tmp_path / "pwned"
+    torch.save({"conv1.weight": RunsCode(os.system, f"touch {marker}")}, tmp_path / "resnet18.pth")
+    with pytest.raises(CnnlabError) as ex:
+        TorchvisionModel("resnet18", num_classes=10, weights_path=str(tmp_path / "resnet18.pth"))
+    message = one_line(ex, tmp_path / "resnet18.pth", "GLOBAL posix.system", "never unpickles")
+    assert "weights_only" not in message and not marker.exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_checkpoint_that_is_a_fifo_or_directory_is_one_line(tmp_path, monkeypatch, capsys, command):
+    os.mkfifo(tmp_path / "best.pt")
+    assert "is not a regular file" in refused(command, tmp_path / "best.pt", tmp_path, monkeypatch, capsys)
+    (tmp_path / "dir.pt").mkdir()
+    assert "is not a file (it is a directory)" in refused(command, tmp_path / "dir.pt", tmp_path, monkeypatch, capsys)
+
+
+def test_predict_input_fifo_is_refused(trained_checkpoint, tmp_path, monkeypatch, capsys):
+    from cnnlab.cli import main
+
+    os.mkfifo(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", f"checkpoint={trained_checkpoint}", f"inputs={tmp_path / 'photo.png'}", "output=p.json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err == [
+        f"error: input {tmp_path / 'photo.png'} is not a regular file (a FIFO, socket or device)"
+    ]

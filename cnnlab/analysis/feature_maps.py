@@ -19,7 +19,9 @@ def capture(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module]) -> 
         def hook(_module, _inputs, out, name=name):
             first = out[0] if isinstance(out, (tuple, list)) else out
             if isinstance(first, torch.Tensor):
-                outputs[name] = first.detach().float().cpu()
+                # a copy: an in-place op after this layer (ReLU(inplace=True)) would change it, and on the CPU
+                # .float().cpu() is the same tensor
+                outputs[name] = first.detach().to("cpu", torch.float32, copy=True)
 
         handles.append(module.register_forward_hook(hook))
     try:

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.table import Table
 
 from cnnlab import data as data_lib
@@ -57,6 +57,18 @@ def report_dir(cfg: DictConfig, trained: Trained) -> Path:
     return trained.run_dir / "eval" / (name + (f"-tta_{cfg.tta}" if cfg.tta != "none" else ""))
 
 
+def eval_precision(cfg: DictConfig, run_cfg: DictConfig, device: torch.device) -> str:
+    """`precision=`, else the precision the run trained and validated in (fp16 is CUDA-only: fp32 elsewhere)."""
+    if cfg.precision is not None:
+        if cfg.precision == "fp16" and device.type != "cuda":
+            raise CnnlabError(f"precision=fp16 needs CUDA (device is {device}); use bf16 or fp32")
+        return cfg.precision
+    stored = OmegaConf.select(run_cfg, "trainer.precision", default="auto")
+    if stored not in ("auto", "fp32", "bf16", "fp16"):
+        raise CnnlabError(f"{cfg.checkpoint} stores trainer.precision={stored!r}; set precision=auto|fp32|bf16|fp16")
+    return "fp32" if stored == "fp16" and device.type != "cuda" else stored
+
+
 def run(cfg: DictConfig) -> dict:
     validate_eval(cfg)
     device = resolve_device(cfg.device)
@@ -81,8 +93,9 @@ def run(cfg: DictConfig) -> dict:
     loader = data.train.evaluation_mode() if cfg.split == "train" else {"test": data.test, "val": data.val}[cfg.split]
     model = with_tta(trained.model, cfg.tta)
     mistakes = ConfidentMistakes(cfg.grid)
+    precision = eval_precision(cfg, run_cfg, device)
     result = evaluate(
-        model, loader, spec.num_classes, autocast_for(device, resolve_precision("auto", device)), on_batch=mistakes
+        model, loader, spec.num_classes, autocast_for(device, resolve_precision(precision, device)), on_batch=mistakes
     )
     cm, classes = result["confusion"], spec.classes
     scores = class_scores(cm)
@@ -98,6 +111,7 @@ def run(cfg: DictConfig) -> dict:
         "split": cfg.split,
         "epoch": trained.state.get("epoch"),
         "tta": cfg.tta,
+        "precision": precision,
         "loss": result["loss"],
         "top1": result["top1"],
         "top5": result["top5"],

@@ -15,7 +15,7 @@ from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
 from cnnlab.data.augment import check as check_augment
-from cnnlab.engine import distributed, rundir
+from cnnlab.engine import checkpoint, distributed, rundir
 from cnnlab.engine.data_init import DataDependentInit
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.gradients import GradientFlow
@@ -136,6 +136,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     steps_per_epoch, total_steps = planned_steps(cfg.trainer, len(data.train))
     optimizer, scheduler = optim.build(opt_cfg, cfg.scheduler, model, steps_per_epoch, total_steps)
     config = OmegaConf.to_container(cfg, resolve=True)
+    config["model_class"], config["model"] = checkpoint.stored_model(config["model"])  # eval builds by this name
     config["data_spec"] = data.spec.as_dict()
     ranks = f" x {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
     if distributed.is_main():

@@ -5,11 +5,12 @@ way the model was trained."""
 from __future__ import annotations
 
 import glob
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
@@ -45,18 +46,33 @@ class Trained:
 
 
 def _spec(config: DictConfig, path: Path) -> DataSpec:
-    """The stored data spec, type-checked (a checkpoint is untrusted input)."""
-    s = config.data_spec
+    """The stored data spec, checked (a checkpoint is untrusted input): wrong kinds, NaN/inf or a non-positive std
+    and a class list that does not match the outputs would give wrong results with exit 0."""
+    s = OmegaConf.to_container(config.data_spec)
     counts = [s[k] for k in ("num_classes", "channels", "image_size")]
-    stats = [list(s.mean), list(s.std)]
-    if (
-        not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in counts)
-        or not all(len(v) == s.channels and all(isinstance(x, (int, float)) for x in v) for v in stats)
-        or any(x <= 0 for x in stats[1])
-        or not all(isinstance(c, str) for c in s.classes)
-    ):
-        raise CnnlabError(f"{path} has a damaged data_spec (sizes, classes, mean or std of the wrong kind)")
-    return DataSpec(s.num_classes, s.channels, s.image_size, list(s.classes), tuple(stats[0]), tuple(stats[1]))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in counts):
+        raise CnnlabError(f"{path} has a damaged data_spec (num_classes, channels, image_size: not positive integers)")
+    for key in ("mean", "std"):
+        values = s[key]
+        if (
+            not isinstance(values, list)
+            or len(values) != s["channels"]
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values)
+            or (key == "std" and any(x <= 0 for x in values))
+        ):
+            need = "positive" if key == "std" else "finite"
+            raise CnnlabError(
+                f"{path} has a damaged data_spec: {key} must be {s['channels']} {need} numbers, one per channel; "
+                f"got {values!r}"
+            )
+    classes = s["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CnnlabError(f"{path} has a damaged data_spec: classes must be a list of names")
+    if len(classes) != s["num_classes"]:
+        raise CnnlabError(
+            f"{path} has a damaged data_spec: {len(classes)} class names for a model with {s['num_classes']} outputs"
+        )
+    return DataSpec(s["num_classes"], s["channels"], s["image_size"], classes, tuple(s["mean"]), tuple(s["std"]))
 
 
 def load_trained(path: str | Path, device: torch.device) -> Trained:
@@ -64,7 +80,9 @@ def load_trained(path: str | Path, device: torch.device) -> Trained:
     state = checkpoint.load(path)
     config = checkpoint.run_config(state, path)  # plain, validated data
     spec = _spec(config, path)
-    model = models.build(config.model, spec)
+    knobs = OmegaConf.to_container(config.model, resolve=True)  # every ${...} in it was escaped: literal text
+    knobs.pop("_target_")
+    model = models.build_registered(config.model_class, knobs, spec)  # by registry name: no code named by the file
     try:
         model.load_state_dict(state.get("ema") or state["model"])  # EMA weights are the ones that were validated
     except RuntimeError as ex:
@@ -87,6 +105,8 @@ def find_files(inputs) -> list[Path]:
             found += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         elif glob.has_magic(item):
             found += sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        elif path.exists():  # a FIFO or device: reading it would block or never end
+            raise CnnlabError(f"input {item} is not a regular file (a FIFO, socket or device)")
         else:
             raise CnnlabError(f"input {item} does not exist")
     if not found:

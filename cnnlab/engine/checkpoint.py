@@ -1,7 +1,8 @@
 """Checkpoints: one plain dict, written atomically, read with weights_only=True and checked before use.
 
-A checkpoint is untrusted input: its entries are checked for type before anything uses them, and its stored
-run config is read as plain data (`run_config`): no interpolation, no code named by it, no downloads.
+A checkpoint is untrusted input: its entries are checked for type (and its weights for NaN/inf) before anything
+uses them, and its stored run config is read as plain data (`run_config`): no interpolation, the model named by
+cnnlab's registry only (no `_target_` below a section's top, none outside the registry), no downloads.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cnnlab import models
 from cnnlab.errors import CnnlabError
+from cnnlab.models import tv
+from cnnlab.untrusted import load_error, regular_file
 
 FORMAT_VERSION = 2  # 2: epochs numbered from 1 (history, best_epoch, epoch)
 SLOW_SAVE_ENV = "CNNLAB_TEST_SLOW_SAVE"  # test hook: seconds to pause inside a checkpoint write (crash tests)
-MODEL_PACKAGE = "cnnlab.models."  # the only code a stored config may name
+# Model keys that would fetch weights from elsewhere (a download, another file): the checkpoint holds the weights,
+# so a stored config must have them null (the trainer stores them so, see stored_model).
+WEIGHT_SOURCES = ("weights", "weights_path", "pretrained", "url", "weights_url", "download", "download_url")
 
 
 def save(path: Path, state: dict) -> None:
@@ -58,14 +64,11 @@ def _is_state_dict(value) -> bool:
 
 def load(path: str | Path) -> dict:
     """Read and check the envelope: format version and model weights. Upgrades format 1 in memory."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CnnlabError(f"checkpoint {path} does not exist" if not path.exists() else f"{path} is not a file")
+    path = regular_file(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as ex:  # truncated zip, pickle with foreign objects, not a torch file at all ...
-        first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-        raise CnnlabError(f"{path} is not a readable cnnlab checkpoint ({first[:200]})") from None
+        raise CnnlabError(f"{path} is not a readable cnnlab checkpoint ({load_error(ex)})") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no format_version/model entries)")
     version = state["format_version"]
@@ -78,6 +81,9 @@ def load(path: str | Path) -> dict:
     for key in ("model", "ema"):
         if state.get(key) is not None and not _is_state_dict(state[key]):
             raise CnnlabError(f"{path} is damaged: its '{key}' entry is not a dict of tensors")
+        for name, tensor in (state.get(key) or {}).items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CnnlabError(f"{path} is damaged: its '{key}' weights hold NaN or inf (in {name})")
     if version == 1:
         _upgrade_from_1(state)
     return state
@@ -115,7 +121,7 @@ def _escape(value):
     return value
 
 
-def _targets(value, where: str = "model"):
+def _targets(value, where: str):
     """Every `_target_` in a config subtree, with its dotted location."""
     if isinstance(value, dict):
         for k, v in value.items():
@@ -128,9 +134,50 @@ def _targets(value, where: str = "model"):
             yield from _targets(v, f"{where}[{i}]")
 
 
+def _weight_sources(value, where: str = "model"):
+    """Every key in the model subtree that would fetch weights from elsewhere, with a value that asks for it."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in WEIGHT_SOURCES and v is not None and v is not False:
+                yield f"{where}.{k}", v
+            yield from _weight_sources(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _weight_sources(v, f"{where}[{i}]")
+
+
+def stored_model(model: dict) -> tuple[str | None, dict]:
+    """What the trainer stores for a live model config: its registry name (None for a user's own class) and the
+    config with the weight sources nulled (the weights are in the checkpoint, so reading it downloads nothing)."""
+    name = models.registry_name(model.get("_target_"))
+    if name == "TorchvisionModel" and model.get("name") in tv.AUX_HEADS and model.get("weights") is not None:
+        return name, model  # torchvision builds these differently with weights (transform_input): eval refuses them
+    return name, {k: (None if k in WEIGHT_SOURCES and name else v) for k, v in model.items()}
+
+
+def _model_name(config: dict, path) -> str:
+    """The registry name of the stored model: `model_class` (new checkpoints) or, in older ones, a `_target_` that
+    is exactly a registered class path. Anything else is refused: a checkpoint may not choose code to run."""
+    name, target = config.get("model_class"), config["model"].get("_target_")
+    if name is not None and (not isinstance(name, str) or name not in models.REGISTRY):
+        raise CnnlabError(f"{path} names model_class={name!r}, which is not one of cnnlab's models")
+    from_target = models.registry_name(target) if isinstance(target, str) else None
+    if target is not None and from_target is None:
+        raise CnnlabError(
+            f"{path} names model._target_={target!r}, which is not one of cnnlab's models: "
+            f"a checkpoint may not choose code to run"
+        )
+    if name is not None and from_target is not None and name != from_target:
+        raise CnnlabError(f"{path} names two models: model_class={name!r} and model._target_={target!r}")
+    if name is None and from_target is None:
+        raise CnnlabError(f"{path} names no model (neither model_class nor model._target_)")
+    return name or from_target
+
+
 def run_config(state: dict, path: str | Path) -> DictConfig:
-    """The run config stored in a checkpoint, as plain data: interpolations stay literal text, the model may
-    only name cnnlab's own classes, and nothing is downloaded because of it."""
+    """The run config stored in a checkpoint, as plain data: interpolations stay literal text, the model is one
+    of cnnlab's registered models (set as `model_class`, with `model._target_` its class path), no other
+    `_target_` and no weight source is set in it, and nothing is downloaded because of it."""
     config = state.get("config")
     if (
         not isinstance(config, dict)
@@ -142,14 +189,23 @@ def run_config(state: dict, path: str | Path) -> DictConfig:
     needed = ("num_classes", "channels", "image_size", "classes", "mean", "std")
     if not isinstance(spec, dict) or any(k not in spec for k in needed):
         raise CnnlabError(f"{path} has no complete data_spec (image size, channels, classes, mean, std)")
-    for where, target in _targets(config["model"]):
-        if not isinstance(target, str) or not target.startswith(MODEL_PACKAGE):
+    sections = {f"config.{k}" for k in config}
+    for where, target in _targets(config, "config"):
+        if where not in sections:  # a section's own _target_ (model, optimizer) is a record; anywhere else: code
+            where = where.removeprefix("config.")
             raise CnnlabError(
                 f"{path} names {where}._target_={target!r}, which is not one of cnnlab's models: "
                 f"a checkpoint may not choose code to run"
             )
-    cfg = OmegaConf.create(_escape(config))
+    name = _model_name(config, path)
+    for where, value in _weight_sources(config["model"]):
+        raise CnnlabError(
+            f"{path} asks for {where}={value!r}: a checkpoint may not download or read other files "
+            f"(its weights are in the checkpoint: cnnlab's training stores {where}=null)"
+        )
+    cfg = OmegaConf.create(_escape({**config, "model_class": name}))
     with open_dict(cfg):
+        cfg.model._target_ = models.class_path(name)
         cfg.data.download = False
         cfg.data.download_url = None
     return cfg

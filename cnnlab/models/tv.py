@@ -7,13 +7,13 @@ pretrained RGB filters for 1-channel input), so transfer learning works on any d
 from __future__ import annotations
 
 import urllib.error
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.untrusted import load_error, regular_file
 
 AUX_HEADS = ("googlenet", "inception_v3")  # their auxiliary classifiers change what forward returns
 
@@ -90,16 +90,15 @@ def TorchvisionModel(
             ) from None
     else:
         model = torchvision.models.get_model(name, **extra)
-        path = Path(weights_path).expanduser()
+        path = regular_file(weights_path, "model.weights_path:")  # a FIFO would block the read for ever
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except FileNotFoundError:
             raise CnnlabError(f"model.weights_path: {path} does not exist") from None
         except Exception as ex:  # pickle, zip and shape errors all mean the same thing to the user
-            first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
             raise CnnlabError(
-                f"model.weights_path: {path} is not a state dict of torchvision's {name} ({first})"
+                f"model.weights_path: {path} is not a state dict of torchvision's {name} ({load_error(ex)})"
             ) from None
     if num_classes != 1000:
         _replace_head(model, num_classes)
