@@ -25,6 +25,7 @@ from cnnlab.config import PredictSchema, check_keys
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
+from cnnlab.untrusted import regular_file
 
 
 @torch.no_grad()
@@ -62,6 +63,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     number(cfg, "batch_size", low=1, integer=True)
     files = find_files(cfg.inputs)
     device = resolve_device(cfg.device)
+    regular_file(cfg.checkpoint, "checkpoint")  # before any read: a FIFO would block the first open forever
     if is_onnx(cfg.checkpoint):
         trained = load_onnx(cfg.checkpoint)
     else:

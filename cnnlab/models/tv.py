@@ -9,7 +9,6 @@ from __future__ import annotations
 import urllib.error
 
 import torch
-import torchvision
 from torch import nn
 
 from cnnlab.errors import CnnlabError
@@ -65,6 +64,8 @@ def TorchvisionModel(
     weights: str | None = None,
     weights_path: str | None = None,
 ) -> nn.Module:
+    import torchvision  # here, not at the top: a LeNet run never pays torchvision's import (start-up time)
+
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise CnnlabError(
