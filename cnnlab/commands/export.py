@@ -19,6 +19,7 @@ from cnnlab import data as data_lib
 from cnnlab.checks import choice, number
 from cnnlab.commands.trained import Trained, find_files, load_image, load_trained, normalise
 from cnnlab.config import ExportSchema, check_keys
+from cnnlab.engine import outputs
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
 
@@ -108,6 +109,8 @@ def run(cfg: DictConfig) -> dict:
     number(cfg, "tolerance", low=0)
     number(cfg, "batch_size", low=1, integer=True)
     number(cfg, "opset", low=7, integer=True)
+    if cfg.output:  # checked before anything is read or written: never into a run's files, never a checkpoint
+        outputs.check(cfg.output)
     trained = load_trained(cfg.checkpoint, torch.device("cpu"))  # export on the CPU, in fp32
     out = (
         Path(cfg.output).expanduser()

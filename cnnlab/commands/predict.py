@@ -19,6 +19,7 @@ from cnnlab.analysis.grid import class_name
 from cnnlab.checks import number
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
 from cnnlab.config import PredictSchema, check_keys
+from cnnlab.engine import outputs
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
@@ -57,6 +58,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     check_keys(cfg, PredictSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     number(cfg, "topk", low=1, integer=True)
     number(cfg, "batch_size", low=1, integer=True)
+    out = outputs.check(  # checked before anything is read or written
+        cfg.output or Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
+    )
     files = find_files(cfg.inputs)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)
@@ -69,11 +73,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         raise CnnlabError(
             f"none of the {len(files)} input file(s) is an image this model can read (first: {entries[0]['error']})"
         )
-    out = (
-        Path(cfg.output).expanduser()
-        if cfg.output
-        else Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
-    )
     report = {
         "checkpoint": str(trained.path.resolve()),
         "model": trained.name,
@@ -83,7 +82,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "skipped": len(entries) - len(done),
         "predictions": entries,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
+    outputs.make_dir(out.parent)
     out.write_text(json.dumps(report, indent=2))
 
     table = Table(title=f"{trained.name} ({trained.path.name}): {len(done)} image(s)")

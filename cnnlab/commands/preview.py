@@ -15,6 +15,7 @@ from cnnlab.analysis.figures import save
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions
 from cnnlab.checks import number
 from cnnlab.config import AugmentConfig, PreviewSchema, _augment_ranges, check_keys
+from cnnlab.engine import outputs
 from cnnlab.engine.progress import make_console, say
 
 
@@ -44,16 +45,15 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     number(cfg, "count", low=1, integer=True)
     number(cfg, "columns", low=1, integer=True)
     _augment_ranges(cfg)
+    out = outputs.check(  # checked before anything is read or written
+        cfg.output or Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"
+    )
     data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=cfg.seed)
     x, y = augmented_batch(data.train, cfg.count)
     images = denormalise(x, data.spec.mean, data.spec.std)
     title = f"{cfg.data.name} training images, augmented: {describe(cfg.augment)} (seed {cfg.seed}, epoch 1)"
     fig = grid_figure(images, label_captions(y, data.spec.classes), title=title, columns=cfg.columns)
-    out = (
-        Path(cfg.output).expanduser()
-        if cfg.output
-        else Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"
-    )
+    outputs.make_dir(out.parent)
     save(fig, out)
     say(make_console(), f"{len(images)} augmented {cfg.data.name} images -> {escape(str(out))}")
     return {"output": str(out), "count": len(images)}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +105,73 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
     except BaseException:
         os.close(fd)
         raise
+
+
+def is_write_failure(ex: RuntimeError) -> str | None:
+    """What torch.save's RuntimeError says when the disk is full or a file size limit is hit, else None (a bug)."""
+    text = str(ex)
+    if "No space left" in text or "Disk quota exceeded" in text:
+        return "no space left on the device"
+    if "file write failed" in text or "failed writing file" in text or "File too large" in text:
+        return "a file write failed (the disk is full, or over a quota or file size limit)"
+    return None
+
+
+@dataclass
+class JobDir:
+    """The dir Hydra made for this job (None outside a Hydra job) and whether this start made it: a refused start
+    removes a dir it made, and writes its error line into the log of a dir that was there before."""
+
+    path: Path | None
+    made_now: bool
+
+    @classmethod
+    def of_this_job(cls) -> JobDir:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized() or os.environ.get("RANK", "0") != "0":
+            return cls(None, False)
+        hydra = HydraConfig.get()
+        path = Path(hydra.runtime.output_dir)
+        log = f"{hydra.job.name}.log"
+        try:  # Hydra made the dir and opened its (empty) log just before this job: nothing else is in it
+            made_now = all(e.name in (log, ".hydra") and _untouched(e) for e in os.scandir(path))
+        except OSError:
+            made_now = False
+        return cls(path, made_now)
+
+    def refused(self, message: str) -> None:
+        if self.path is None:
+            return
+        if self.discard_if_unused():
+            return
+        record = logging.LogRecord("cnnlab", logging.ERROR, __file__, 0, "error: %s", (message,), None)
+        for handler in self._log_handlers():  # the job's own log file only: the console already has the line
+            handler.handle(record)
+
+    def discard_if_unused(self) -> bool:
+        """Remove the dir when this start made it and nothing of a run is in it; True when removed."""
+        if self.path is None or not self.made_now or not self.path.is_dir():
+            return False
+        if (self.path / "checkpoints").exists() or (self.path / "metrics.json").exists():
+            return False
+        for handler in self._log_handlers():  # Hydra's log file in it: close it first
+            handler.close()
+            logging.root.removeHandler(handler)
+        shutil.rmtree(self.path, ignore_errors=True)
+        parent = self.path.parent  # outputs/<date>/ of the default layout, when this was its first run
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+        return True
+
+    def _log_handlers(self) -> list[logging.FileHandler]:
+        return [
+            h
+            for h in logging.root.handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == self.path.absolute()
+        ]
+
+
+def _untouched(entry: os.DirEntry) -> bool:
+    """An empty log file, or the .hydra/ Hydra wrote for this job (predict, features, preview keep it)."""
+    return entry.is_dir() if entry.name == ".hydra" else entry.stat().st_size == 0
