@@ -19,9 +19,9 @@ from cnnlab.analysis.grid import class_name, denormalise, prediction_figure
 from cnnlab.analysis.tta import FlipAverage
 from cnnlab.commands.trained import Trained, load_trained
 from cnnlab.config import validate_eval
+from cnnlab.engine import outputs
 from cnnlab.engine.device import autocast_for, resolve_device, resolve_precision
 from cnnlab.engine.metrics import evaluate
-from cnnlab.engine import outputs
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
 

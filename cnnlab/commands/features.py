@@ -24,7 +24,7 @@ from cnnlab.analysis.grid import class_name
 from cnnlab.checks import number
 from cnnlab.commands.trained import load_image, load_trained, normalise
 from cnnlab.config import FeaturesSchema, check_keys
-from cnnlab.engine import outputs
+from cnnlab.engine import outputs as output_paths
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
@@ -53,7 +53,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, FeaturesSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     number(cfg, "max_maps", low=1, integer=True)
-    run_dir = outputs.check(run_dir or HydraConfig.get().runtime.output_dir, "hydra.run.dir", directory=True)
+    run_dir = output_paths.check(run_dir or HydraConfig.get().runtime.output_dir, "hydra.run.dir", directory=True)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)
     model, spec = trained.model, trained.spec
@@ -68,7 +68,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     pred = int(probs.argmax())
     pred_text = f"{class_name(spec.classes, pred)} (p={float(probs[pred]):.2f})"
 
-    outputs.make_dir(run_dir, "hydra.run.dir")
+    output_paths.make_dir(run_dir, "hydra.run.dir")
     report = {
         "checkpoint": str(trained.path.resolve()),
         "model": trained.name,
