@@ -58,6 +58,7 @@ USER_OS_ERRORS = (
     errno.EPERM,
     errno.EROFS,
     errno.ENOSPC,
+    errno.EFBIG,
     errno.EDQUOT,
     errno.ENAMETOOLONG,
     errno.ENOTDIR,

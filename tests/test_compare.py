@@ -66,7 +66,7 @@ def test_compare_default_output_and_no_plots(runs, tmp_path, monkeypatch):
     "args, message",
     [
         (["nowhere"], "error: nowhere does not exist"),
-        ([], "error: paths is required: add paths=..."),
+        ([], "error: cnnlab compare needs run or sweep dirs: cnnlab compare outputs/"),
         (["EMPTY"], "error: no runs in "),
         (["RUN", "plot=maybe"], "error: plot must be true or false, got 'maybe'"),
     ],

@@ -112,7 +112,7 @@ def is_write_failure(ex: RuntimeError) -> str | None:
     text = str(ex)
     if "No space left" in text or "Disk quota exceeded" in text:
         return "no space left on the device"
-    if "file write failed" in text or "failed writing file" in text or "File too large" in text:
+    if any(s in text for s in ("file write failed", "PytorchStreamWriter", "inline_container", "File too large")):
         return "a file write failed (the disk is full, or over a quota or file size limit)"
     return None
 
