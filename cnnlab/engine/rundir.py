@@ -124,6 +124,7 @@ class JobDir:
 
     path: Path | None
     made_now: bool
+    new_log: Path | None = None  # the job's log file when Hydra just opened it empty (e.g. features.log in a run)
 
     @classmethod
     def of_this_job(cls) -> JobDir:
@@ -138,12 +139,17 @@ class JobDir:
             made_now = all(e.name in (log, ".hydra") and _untouched(e) for e in os.scandir(path))
         except OSError:
             made_now = False
-        return cls(path, made_now)
+        new_log = path / log if (path / log).is_file() and (path / log).stat().st_size == 0 else None
+        return cls(path, made_now, new_log)
 
     def refused(self, message: str) -> None:
         if self.path is None:
             return
         if self.discard_if_unused():
+            return
+        if self.new_log is not None and self.new_log.name != "train.log":  # not a run's log: remove it
+            self._close_logs()
+            self.new_log.unlink(missing_ok=True)
             return
         record = logging.LogRecord("cnnlab", logging.ERROR, __file__, 0, "error: %s", (message,), None)
         for handler in self._log_handlers():  # the job's own log file only: the console already has the line
@@ -155,14 +161,20 @@ class JobDir:
             return False
         if (self.path / "checkpoints").exists() or (self.path / "metrics.json").exists():
             return False
-        for handler in self._log_handlers():  # Hydra's log file in it: close it first
-            handler.close()
-            logging.root.removeHandler(handler)
+        self._close_logs()  # Hydra's log file in it
         shutil.rmtree(self.path, ignore_errors=True)
-        parent = self.path.parent  # outputs/<date>/ of the default layout, when this was its first run
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) and parent.is_dir() and not any(parent.iterdir()):
+        for parent in self.path.parents:  # outputs/[<command>/]<date>/ of the default layout, when now empty
+            if not (parent.name in _DEFAULT_LAYOUT or re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name)):
+                break
+            if any(parent.iterdir()):
+                break
             parent.rmdir()
         return True
+
+    def _close_logs(self) -> None:
+        for handler in self._log_handlers():
+            handler.close()
+            logging.root.removeHandler(handler)
 
     def _log_handlers(self) -> list[logging.FileHandler]:
         return [
@@ -170,6 +182,9 @@ class JobDir:
             for h in logging.root.handlers
             if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == self.path.absolute()
         ]
+
+
+_DEFAULT_LAYOUT = ("outputs", "multirun", "predict", "features", "preview")  # folders of the default dirs
 
 
 def _untouched(entry: os.DirEntry) -> bool:
