@@ -49,11 +49,13 @@ class SweepSummary(Callback):
         if resume == "auto" or not sweep_dir.is_dir():
             return
         finished = sorted(sweep_dir.glob("*/metrics.json"))
-        if finished:
-            raise CnnlabError(
-                f"hydra.sweep.dir={sweep_dir} already holds {len(finished)} finished job(s): choose another "
-                f"hydra.sweep.dir, or add trainer.resume=auto to run only the jobs that did not finish"
+        if finished:  # Hydra turns a callback's exception into a warning: say it and exit here (cli.py's format)
+            print(
+                f"error: hydra.sweep.dir={sweep_dir} already holds {len(finished)} finished job(s): choose another "
+                f"hydra.sweep.dir, or add trainer.resume=auto to run only the jobs that did not finish",
+                file=sys.stderr,
             )
+            sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
