@@ -628,3 +628,14 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert_nothing_resumable(tmp_path)
+
+
+def test_the_continue_hint_for_a_path_with_spaces_can_be_pasted(run_main, tmp_path, finished_run):
+    import shlex
+
+    run = tmp_path / "my runs" / "it's here"
+    shutil.copytree(finished_run / "checkpoints", run / "checkpoints")  # last.pt without metrics.json: unfinished
+    code, err = run_main("train", *TINY, f"hydra.run.dir={run}")
+    assert_one_error_line(code, err, "already holds an unfinished run (continue it with ")
+    hint = err.split("continue it with ", 1)[1].split(" trainer.resume=auto)", 1)[0]
+    assert shlex.split(hint) == [f"hydra.run.dir={run}"]

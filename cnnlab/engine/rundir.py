@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,12 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
                 return Claim(run_dir, path, checkpoint.load(path), fresh=False, _lock_fd=fd)
         earlier = last.is_file() or (ckpt_dir / "best.pt").is_file() or finished_marker
         if earlier and not overwrite:
-            what = "a finished run" if finished_marker else "an unfinished run (continue it with trainer.resume=auto)"
+            again = shlex.quote(f"hydra.run.dir={run_dir}")  # pasteable, also with spaces in the path
+            what = (
+                "a finished run"
+                if finished_marker
+                else f"an unfinished run (continue it with {again} trainer.resume=auto)"
+            )
             raise CnnlabError(
                 f"{run_dir} already holds {what}; trainer.overwrite=true replaces it, or choose another hydra.run.dir"
             )
