@@ -633,7 +633,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
 def test_the_continue_hint_for_a_path_with_spaces_can_be_pasted(run_main, tmp_path, finished_run):
     import shlex
 
-    run = tmp_path / "my runs" / "it's here"
+    run = tmp_path / "my runs" / "run 1"
     shutil.copytree(finished_run / "checkpoints", run / "checkpoints")  # last.pt without metrics.json: unfinished
     code, err = run_main("train", *TINY, f"hydra.run.dir={run}")
     assert_one_error_line(code, err, "already holds an unfinished run (continue it with ")
