@@ -642,3 +642,10 @@ def test_the_continue_hint_for_a_path_with_spaces_can_be_pasted(run_main, tmp_pa
     assert_one_error_line(code, err, "already holds an unfinished run (continue it with ")
     hint = err.split("continue it with ", 1)[1].split(" trainer.resume=auto)", 1)[0]
     assert shlex.split(hint) == [f"hydra.run.dir={run}"]
+
+
+def test_a_refused_command_that_writes_into_the_working_dir_keeps_it(run_main, tmp_path):
+    """eval and export run with hydra.run.dir=. : a refused start removes nothing there, even when it is empty."""
+    code, err = run_main("eval", "checkpoint=/nonexistent/best.pt")
+    assert_one_error_line(code, err, "does not exist")
+    assert tmp_path.is_dir() and Path.cwd() == tmp_path

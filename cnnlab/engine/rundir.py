@@ -142,7 +142,10 @@ class JobDir:
         path = Path(hydra.runtime.output_dir)
         log = f"{hydra.job.name}.log"
         try:  # Hydra made the dir and opened its (empty) log just before this job: nothing else is in it
-            made_now = all(e.name in (log, ".hydra") and _untouched(e) for e in os.scandir(path))
+            cwd = Path.cwd().resolve()  # eval and export run in `.`: never the working dir or above it
+            made_now = path.resolve() not in (cwd, *cwd.parents) and all(
+                e.name in (log, ".hydra") and _untouched(e) for e in os.scandir(path)
+            )
         except OSError:
             made_now = False
         new_log = path / log if (path / log).is_file() and (path / log).stat().st_size == 0 else None
