@@ -649,3 +649,9 @@ def test_a_refused_command_that_writes_into_the_working_dir_keeps_it(run_main, t
     code, err = run_main("eval", "checkpoint=/nonexistent/best.pt")
     assert_one_error_line(code, err, "does not exist")
     assert tmp_path.is_dir() and Path.cwd() == tmp_path
+
+
+@pytest.mark.parametrize("sweep_dir", ["afile/sweep", "afile"])
+def test_a_sweep_dir_that_cannot_be_created_is_one_line(run_main, tmp_path, sweep_dir):
+    (tmp_path / "afile").write_text("not a directory")
+    check(run_main, tmp_path, ["train", "-m", *TINY, f"hydra.sweep.dir={tmp_path / sweep_dir}"], "cannot write")
