@@ -82,6 +82,8 @@ def _fail_job(message: str, cfg, job=None) -> None:
         if job is not None:
             job.refused(message)
         _fail(message)
+    if job is not None:  # a sweep job: failed.json marks its row, and its log says why
+        job.log_error(message)
     print(f"error: {message}", file=sys.stderr)
 
 

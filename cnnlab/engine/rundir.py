@@ -144,7 +144,7 @@ class JobDir:
         try:  # Hydra made the dir and opened its (empty) log just before this job: nothing else is in it
             cwd = Path.cwd().resolve()  # eval and export run in `.`: never the working dir or above it
             made_now = path.resolve() not in (cwd, *cwd.parents) and all(
-                e.name in (log, ".hydra") and _untouched(e) for e in os.scandir(path)
+                e.name == log and e.is_file() and e.stat().st_size == 0 for e in os.scandir(path)
             )
         except OSError:
             made_now = False
@@ -160,8 +160,12 @@ class JobDir:
             self._close_logs()
             self.new_log.unlink(missing_ok=True)
             return
+        self.log_error(message)
+
+    def log_error(self, message: str) -> None:
+        """The `error:` line into the job's own log file only (the console already has it)."""
         record = logging.LogRecord("cnnlab", logging.ERROR, __file__, 0, "error: %s", (message,), None)
-        for handler in self._log_handlers():  # the job's own log file only: the console already has the line
+        for handler in self._log_handlers() if self.path is not None else ():
             handler.handle(record)
 
     def discard_if_unused(self) -> bool:
@@ -194,8 +198,3 @@ class JobDir:
 
 
 _DEFAULT_LAYOUT = ("outputs", "multirun", "predict", "features", "preview")  # folders of the default dirs
-
-
-def _untouched(entry: os.DirEntry) -> bool:
-    """An empty log file, or the .hydra/ Hydra wrote for this job (predict, features, preview keep it)."""
-    return entry.is_dir() if entry.name == ".hydra" else entry.stat().st_size == 0
