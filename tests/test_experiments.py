@@ -121,6 +121,22 @@ def test_rerun_into_a_finished_sweep_dir_is_refused_and_keeps_every_row(sweep, m
     assert after == before  # no failed.json in the good jobs, summary.csv as it was
 
 
+def test_rerun_with_resume_auto_skips_the_finished_jobs_and_keeps_their_rows(sweep, monkeypatch, capsys):
+    sweep_dir, _ = sweep
+    files = [p for p in sorted(sweep_dir.glob("[02]/**/*")) if p.is_file() and p.suffix not in (".log", ".lock")]
+    kept = {p: p.read_bytes() for p in files}  # everything but the lock (it holds the pid) and the log
+    monkeypatch.chdir(sweep_dir.parent)
+    argv = ["train", "-m", "optimizer.lr=0.01,-1,0.002", *TINY, "trainer.resume=auto", f"hydra.sweep.dir={sweep_dir}"]
+    with pytest.raises(SystemExit) as exit_info:  # job 1 fails again: the sweep exits 1 at the end
+        main(argv)
+    assert exit_info.value.code == 1
+    assert {p: p.read_bytes() for p in kept} == kept  # the finished jobs: untouched, no failed.json
+    assert not (sweep_dir / "0" / "failed.json").exists() and not (sweep_dir / "2" / "failed.json").exists()
+    rows = {r["optimizer.lr"]: r["status"] for r in csv.DictReader((sweep_dir / "summary.csv").open())}
+    assert rows == {"0.01": "ok", "0.002": "ok", "-1": "failed: optimizer.lr must be > 0, got -1"}
+    assert "nothing to resume" in capsys.readouterr().out
+
+
 CRASHY = """
 import torch.nn as nn
 
