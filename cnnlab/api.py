@@ -12,7 +12,7 @@ No live Hydra job is needed: `compose` uses Hydra's compose API (with cnnlab's s
 
 from __future__ import annotations
 
-import time
+import shutil
 import weakref
 from pathlib import Path
 
@@ -55,12 +55,16 @@ def _composed(cfg: DictConfig) -> tuple[list[str], dict]:
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train in this process; returns the metrics dict (also written to <run_dir>/metrics.json).
 
-    `run_dir` defaults to outputs/<date>/<time>, as on the command line."""
+    `run_dir` defaults to a new outputs/<date>/<time>-<id>, as on the command line. A refused start (a bad value,
+    a finished or locked run) removes the dir again when this call made it."""
     from hydra.core.hydra_config import HydraConfig
 
     from cnnlab.commands import train as train_command
+    from cnnlab.engine import outputs
+    from cnnlab.errors import CnnlabError
 
-    run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+    made = run_dir is None or not Path(run_dir).exists()
+    run_dir = Path(run_dir) if run_dir is not None else outputs.new_dir("outputs")
     hydra_dir = run_dir / ".hydra"
     if not (hydra_dir / "config.yaml").is_file():  # a fresh run dir: what `cnnlab train` would have written
         hydra_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +79,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     outer, hydra.cfg = hydra.cfg, None
     try:
         return train_command.run(cfg, run_dir=run_dir)
+    except CnnlabError as ex:
+        if made and not (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise CnnlabError(str(ex).replace("hydra.run.dir", "run_dir")) from None  # the API's name for it
     finally:
         hydra.cfg = outer
 

@@ -50,6 +50,7 @@ USER_OS_ERRORS = (
     errno.EPERM,
     errno.EROFS,
     errno.ENOSPC,
+    errno.EFBIG,
     errno.EDQUOT,
     errno.ENAMETOOLONG,
     errno.ENOTDIR,
@@ -63,14 +64,33 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _fail_job(message: str, cfg) -> None:
+def _fail_job(message: str, cfg, job=None) -> None:
     """A job's user error: one line and exit 2, except in a -m sweep, where the job is recorded as failed
-    (failed.json, shown in the sweep's summary) and the sweep goes on; it exits 1 at the end."""
+    (failed.json, shown in the sweep's summary) and the sweep goes on; it exits 1 at the end. The job's dir
+    is removed when this start made it, else the line goes into its log too (a cluster job says why it failed)."""
     from cnnlab.experiments.sweep import record_failed_job
 
     if not record_failed_job(message, cfg):
+        if job is not None:
+            job.refused(message)
         _fail(message)
+    if job is not None:  # a sweep job: failed.json marks its row, and its log says why
+        job.log_error(message)
     print(f"error: {message}", file=sys.stderr)
+
+
+def _crashed_job(ex: Exception, cfg) -> bool:
+    """In a -m sweep, a job that crashed on a bug: its traceback is printed, failed.json marks its row, the sweep
+    goes on (and exits 1 at the end). Outside a sweep: False, the exception propagates as usual."""
+    import traceback
+
+    from cnnlab.experiments.sweep import record_failed_job
+
+    first = (str(ex).strip().splitlines() or [""])[0][:200]
+    if not record_failed_job(f"crashed: {type(ex).__name__}: {first}", cfg):
+        return False
+    traceback.print_exc()
+    return True
 
 
 def _one_line(ex: BaseException) -> str:
@@ -114,16 +134,26 @@ def _unknown_model_key(ex: BaseException, command: str, overrides: list[str]) ->
     return unknown_knob_message(target, key.split(".", 1)[1])
 
 
+def _unknown_key(ex: BaseException, command: str) -> str | None:
+    """Hydra's "Key 'epoch' not in 'TrainerConfig'" for trainer.epoch=2, with the nearest key of the schema."""
+    from cnnlab.config import unknown_key_message
+
+    key = str(getattr(ex.__cause__, "full_key", None) or "")
+    return unknown_key_message(command, key) if key else None
+
+
 def _task(module_name: str):
     def task(cfg) -> None:
         from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
         from cnnlab import launch
+        from cnnlab.engine import rundir
         from cnnlab.engine.trainer import Interrupted
         from cnnlab.errors import CnnlabError
 
         # Caught here, inside the job, because Hydra logs its own multi-line report for errors that escape it.
 
+        job = rundir.JobDir.of_this_job()  # what Hydra made for this job: a refused start removes it again
         try:
             launch.enter_job(cfg)  # several ranks: torchrun's others run this job too, submitit's join the group
             module = importlib.import_module(module_name)
@@ -135,16 +165,38 @@ def _task(module_name: str):
                 print(str(ex), file=sys.stderr)
             sys.exit(128 + ex.signum)
         except CnnlabError as ex:
-            _fail_job(str(ex), cfg)
+            _fail_job(str(ex), cfg, job)
         except InterpolationResolutionError as ex:  # e.g. an unset ${oc.env:VAR} in the user's config
-            _fail_job(f"cannot resolve {ex.full_key}: {str(ex).strip().splitlines()[0]}", cfg)
+            _fail_job(f"cannot resolve {ex.full_key}: {str(ex).strip().splitlines()[0]}", cfg, job)
         except MissingMandatoryValue as ex:  # a `???` value the user did not give
-            _fail_job(f"{ex.full_key} is required: add {ex.full_key}=...", cfg)
+            _fail_job(f"{ex.full_key} is required: add {ex.full_key}=...", cfg, job)
+        except OSError as ex:  # a full disk, a read-only dir, no permission: the user's to fix
+            if ex.errno not in USER_OS_ERRORS:
+                raise
+            _fail_job(f"cannot write {ex.filename or job.path}: {ex.strerror}", cfg, job)
+        except RuntimeError as ex:  # torch.save on a full disk raises RuntimeError, not OSError
+            if not rundir.is_write_failure(ex):
+                raise
+            _fail_job(f"cannot write into {job.path}: {rundir.is_write_failure(ex)}", cfg, job)
+        except KeyboardInterrupt:  # Ctrl-C before training started: nothing to keep
+            job.discard_if_unused()
+            raise
+        except Exception as ex:  # a bug: it keeps its traceback, but a sweep records the job and goes on
+            if not _crashed_job(ex, cfg):
+                raise
 
     return task
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C during start-up (imports, loading data, building): nothing to save
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     listing = "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -160,11 +212,16 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"unknown command '{command}'; choose from: {', '.join(COMMANDS)}")
     if command == "compare":  # `cnnlab compare DIR... [key=value]`: the directories become paths=[...]
         from cnnlab.commands.compare import paths_override
+        from cnnlab.errors import CnnlabError
 
-        rest = paths_override(rest)
+        try:
+            rest = paths_override(rest)
+        except CnnlabError as ex:
+            _fail(str(ex))
 
     import hydra
     from hydra.errors import HydraException
+    from omegaconf.errors import InterpolationResolutionError
 
     from cnnlab.config import register
     from cnnlab.errors import CnnlabError
@@ -193,10 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run()
     except (HydraException, CnnlabError) as ex:  # composition errors: the user's overrides
-        _fail(_unknown_model_key(ex, command, rest) or _one_line(ex))
-    except KeyboardInterrupt:  # Ctrl-C before training started (loading data, building): nothing to save
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail(_unknown_model_key(ex, command, rest) or _unknown_key(ex, command) or _one_line(ex))
+    except InterpolationResolutionError as ex:  # `--cfg job --resolve` with an interpolation that fails
+        _fail(f"cannot resolve {ex.full_key or 'the config'}: {str(ex).strip().splitlines()[0]}")
     except OSError as ex:  # Hydra creating the run dir or its log file: read-only, full, name too long
         if ex.errno not in USER_OS_ERRORS:
             raise

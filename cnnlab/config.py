@@ -214,6 +214,34 @@ def _unknown(key: str, known: list[str], where: str) -> CnnlabError:
     return CnnlabError(f"unknown key {key} ({where}; {hint})")
 
 
+SCHEMAS = {
+    "train": TrainSchema,
+    "eval": EvalSchema,
+    "predict": PredictSchema,
+    "features": FeaturesSchema,
+    "export": ExportSchema,
+    "preview": PreviewSchema,
+}
+
+
+def unknown_key_message(command: str, key: str) -> str | None:
+    """Hydra's "Key 'epoch' not in 'TrainerConfig'" for `trainer.epoch=2` as one line with the nearest key of the
+    command's schema (None where the schema does not close that part of the config)."""
+    import dataclasses
+    import typing
+
+    schema = SCHEMAS.get(command)
+    *path, name = key.split(".")
+    for part in path:
+        if schema is None or not dataclasses.is_dataclass(schema):
+            return None
+        schema = typing.get_type_hints(schema).get(part)
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return None
+    known = [f.name for f in dataclasses.fields(schema)]
+    return None if name in known else str(_unknown(key, known, "not in the config schema"))
+
+
 def check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
     """Every key of `cfg` must be a field of the dataclass `schema` (recursively for dataclass fields).
 

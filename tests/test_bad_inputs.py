@@ -431,3 +431,227 @@ def test_hostile_cifar_in_a_real_subprocess(tmp_path):
     assert not marker.exists()
     assert_nothing_resumable(tmp_path)
     shutil.rmtree(tmp_path / "root")
+
+
+# ------------------------------------------------------------------- output paths: never into a run's files
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A real finished run dir (one step of lenet5 on synthetic data), trained in-process."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    argv, cwd = list(sys.argv), os.getcwd()
+    try:
+        main(["train", *TINY, f"hydra.run.dir={run_dir}"])
+    except SystemExit as ex:
+        assert ex.code in (0, None)
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv[:] = argv
+        os.chdir(cwd)
+    return run_dir
+
+
+def snapshot(root: Path) -> dict:
+    """Every file below `root` with its bytes: a refused command must leave it exactly as it was."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+OUTPUT_CASES = [
+    # (command line with RUN for the finished run and TMP for the test's dir, what the line must say)
+    (["eval", "checkpoint=RUN/checkpoints/best.pt", "output=RUN/metrics.json"], "would write into the training run"),
+    (["eval", "checkpoint=RUN/checkpoints/best.pt", "output=RUN/eval.json"], "would write into the training run"),
+    (["eval", "checkpoint=RUN/checkpoints/best.pt", "output=TMP/adir"], "output=TMP/adir is a directory"),
+    (["eval", "checkpoint=RUN/checkpoints/best.pt", "output_dir=RUN"], "would write into the training run"),
+    (["eval", "checkpoint=RUN/checkpoints/best.pt", "output_dir=RUN/tb"], "would write into the training run"),
+    (["predict", "checkpoint=RUN/checkpoints/best.pt", "inputs=TMP", "output=RUN/checkpoints/best.pt"], "training run"),
+    (["predict", "checkpoint=RUN/checkpoints/best.pt", "inputs=TMP", "output=TMP/adir"], "is a directory"),
+    (["predict", "checkpoint=RUN/checkpoints/best.pt", "inputs=TMP", "output=TMP/afile/p.json"], "afile is a file"),
+    (["export", "checkpoint=RUN/checkpoints/best.pt", "output=RUN/checkpoints/last.pt"], "training run"),
+    (["export", "checkpoint=RUN/checkpoints/best.pt", "output=TMP/copy.pt"], "is a checkpoint"),
+    (["export", "checkpoint=RUN/checkpoints/best.pt", "output=TMP/adir"], "is a directory"),
+    (["preview", "output=RUN/.hydra/grid.png"], "would write into the training run"),
+    (["preview", "output=TMP/afile/grid.png"], "afile is a file"),
+    (["features", "checkpoint=RUN/checkpoints/best.pt", "input=x.png", "hydra.run.dir=RUN"], "training run"),
+    (["compare", "RUN", "output=RUN"], "would write into the training run"),
+    (["compare", "RUN", "output=TMP/afile"], "is a file"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", OUTPUT_CASES, ids=[" ".join(a[:1] + a[2:]) for a, _ in OUTPUT_CASES])
+def test_output_never_replaces_or_deletes_a_runs_files(run_main, tmp_path, finished_run, argv, expected):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("not a directory")
+    shutil.copy(finished_run / "checkpoints" / "best.pt", tmp_path / "copy.pt")  # a checkpoint outside any run
+    before, copy = snapshot(finished_run), (tmp_path / "copy.pt").read_bytes()
+    argv = [a.replace("RUN", str(finished_run)).replace("TMP", str(tmp_path)) for a in argv]
+    code, err = run_main(*argv)
+    assert_one_error_line(code, err, expected.replace("TMP", str(tmp_path)))
+    assert snapshot(finished_run) == before  # nothing replaced, nothing deleted
+    assert (tmp_path / "copy.pt").read_bytes() == copy and list((tmp_path / "adir").iterdir()) == []
+    assert not (tmp_path / "outputs").exists()  # and no output dir left behind
+
+
+def test_eval_report_in_a_subfolder_of_the_run_keeps_its_files(run_main, tmp_path, finished_run):
+    """The default report dir (<run>/eval/test/) is allowed; it writes PNGs and eval.json only, no tb/ events."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    code, err = run_main("eval", f"checkpoint={run}/checkpoints/best.pt")
+    assert code == 0, err
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if k.parts[0] != "eval"} == before
+    assert {p.name for p in (run / "eval" / "test").iterdir()} == {
+        "eval.json",
+        "confusion_matrix.png",
+        "misclassified.png",
+    }
+
+
+def test_default_output_dirs_are_unique(tmp_path, monkeypatch):
+    """Two commands started in the same second never share a folder: the API's run dir and compare's report."""
+    from cnnlab.engine import outputs
+
+    monkeypatch.chdir(tmp_path)
+    made = {outputs.new_dir("outputs/compare") for _ in range(20)}
+    assert len(made) == 20 and all(p.is_dir() for p in made)
+    for command in ("predict", "features", "preview"):  # Hydra's run dir for them ends in the per-process id
+        text = (Path(__file__).parent.parent / "configs" / f"{command}.yaml").read_text()
+        assert "${now:%H-%M-%S}-${cnnlab.run_id:}" in text, command
+
+
+def test_api_default_run_dirs_are_unique_and_a_refused_start_leaves_nothing(tmp_path, monkeypatch):
+    import cnnlab
+    from cnnlab.errors import CnnlabError
+
+    monkeypatch.chdir(tmp_path)
+    cfg = cnnlab.compose([*TINY, "trainer.image_grid=0"])
+    first, second = cnnlab.train(cfg), cnnlab.train(cfg)
+    runs = sorted((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs), runs
+    assert first["finished"] and second["finished"]
+    with pytest.raises(CnnlabError, match="seed must be >= 0"):
+        cnnlab.train(cnnlab.compose([*TINY, "seed=-1"]))
+    assert sorted((tmp_path / "outputs").glob("*/*")) == runs  # the refused start left no dir
+    with pytest.raises(CnnlabError) as info:  # the API's name for the dir is run_dir
+        cnnlab.train(cfg, run_dir=runs[0])
+    assert "choose another run_dir" in str(info.value) and "hydra.run.dir" not in str(info.value)
+
+
+# ---------------------------------------------------------------- refused starts leave nothing behind
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", *TINY, "seed=-1"],
+        ["train", *TINY, "data.root=/nonexistent/root", "data=mnist", "data.download=false"],
+        ["predict", "checkpoint=/nonexistent.pt", "inputs=x.png"],
+        ["preview", "count=0"],
+        ["features", "checkpoint=/nonexistent.pt", "input=x.png"],
+    ],
+    ids=["bad value", "missing data", "predict", "preview", "features"],
+)
+def test_refused_start_leaves_no_dir(run_main, tmp_path, argv):
+    code, err = run_main(*argv)
+    assert code == 2 and "Traceback" not in err, err
+    assert not (tmp_path / "outputs").exists(), list((tmp_path / "outputs").rglob("*"))
+
+
+def test_refused_start_into_an_existing_run_says_why_in_its_log(run_main, tmp_path, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    code, err = run_main("train", *TINY, f"hydra.run.dir={run}")
+    assert_one_error_line(code, err, "already holds a finished run")
+    log = (run / "train.log").read_text()
+    assert log.startswith(before[Path("train.log")].decode())  # appended to, nothing else touched
+    assert log.rstrip().endswith(err.strip())  # the cluster job's run dir says why it failed
+    assert {k: v for k, v in snapshot(run).items() if k.name != "train.log"} == {
+        k: v for k, v in before.items() if k.name != "train.log"
+    }
+
+
+def test_resuming_a_finished_run_into_a_new_dir_with_nothing_left_says_so(run_main, tmp_path, finished_run):
+    last = finished_run / "checkpoints" / "last.pt"
+    code, err = run_main("train", *TINY, f"trainer.resume={last}", f"hydra.run.dir={tmp_path}/new")
+    assert_one_error_line(code, err, "has nothing left to train: it trained 1 epochs and trainer.epochs=1")
+    assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------- one line instead of a traceback
+def test_unknown_key_without_plus_gets_a_suggestion(run_main, tmp_path):
+    check(run_main, tmp_path, ["train", "trainer.epoch=2"], "unknown key trainer.epoch")
+    check(run_main, tmp_path, ["train", "trainer.epoch=2"], "did you mean trainer.epochs?")
+    check(run_main, tmp_path, ["eval", "spilt=val", "checkpoint=x.pt"], "did you mean split?")
+
+
+def test_print_resolved_config_with_a_bad_interpolation(run_main, tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # put back afterwards: the bad override stays here
+    argv = ["train", "optimizer.lr=${nowhere.key}", "--cfg", "job", "--resolve"]
+    check(run_main, tmp_path, argv, "Interpolation key 'nowhere.key' not found")
+
+
+def test_disk_full_while_saving_a_checkpoint_is_one_line(tmp_path):
+    """A real write failure: the file size limit (RLIMIT_FSIZE) stops torch.save part-way, as a full disk does;
+    torch raises RuntimeError, not OSError. The line reaches train.log too."""
+    import resource
+    import signal
+    import subprocess
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # lenet5's checkpoint is ~750 kB
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "cnnlab", "train", *TINY, "trainer.image_grid=0", "hydra.run.dir=run"]
+    result = subprocess.run(argv, cwd=tmp_path, env=env, preexec_fn=limit, capture_output=True, text=True)
+    assert_one_error_line(result.returncode, result.stderr, "a file write failed (the disk is full")
+    assert "error: cannot write" in (tmp_path / "run" / "train.log").read_text()
+    assert_nothing_resumable(tmp_path)
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "train", *TINY],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # importing hydra and torch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert_nothing_resumable(tmp_path)
+
+
+def test_the_continue_hint_for_a_path_with_spaces_can_be_pasted(run_main, tmp_path, finished_run):
+    import shlex
+
+    run = tmp_path / "my runs" / "run 1"
+    shutil.copytree(finished_run / "checkpoints", run / "checkpoints")  # last.pt without metrics.json: unfinished
+    code, err = run_main("train", *TINY, f"hydra.run.dir={run}")
+    assert_one_error_line(code, err, "already holds an unfinished run (continue it with ")
+    hint = err.split("continue it with ", 1)[1].split(" trainer.resume=auto)", 1)[0]
+    assert shlex.split(hint) == [f"hydra.run.dir={run}"]
+
+
+def test_a_refused_command_that_writes_into_the_working_dir_keeps_it(run_main, tmp_path):
+    """eval and export run with hydra.run.dir=. : a refused start removes nothing there, even when it is empty."""
+    code, err = run_main("eval", "checkpoint=/nonexistent/best.pt")
+    assert_one_error_line(code, err, "does not exist")
+    assert tmp_path.is_dir() and Path.cwd() == tmp_path
+
+
+@pytest.mark.parametrize("sweep_dir", ["afile/sweep", "afile"])
+def test_a_sweep_dir_that_cannot_be_created_is_one_line(run_main, tmp_path, sweep_dir):
+    (tmp_path / "afile").write_text("not a directory")
+    check(run_main, tmp_path, ["train", "-m", *TINY, f"hydra.sweep.dir={tmp_path / sweep_dir}"], "cannot write")

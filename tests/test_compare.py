@@ -66,7 +66,7 @@ def test_compare_default_output_and_no_plots(runs, tmp_path, monkeypatch):
     "args, message",
     [
         (["nowhere"], "error: nowhere does not exist"),
-        ([], "error: paths is required: add paths=..."),
+        ([], "error: cnnlab compare needs run or sweep dirs: cnnlab compare outputs/"),
         (["EMPTY"], "error: no runs in "),
         (["RUN", "plot=maybe"], "error: plot must be true or false, got 'maybe'"),
     ],
@@ -80,3 +80,26 @@ def test_compare_mistakes_are_one_line(runs, tmp_path, monkeypatch, capsys, args
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and len(err.strip().splitlines()) == 1
+
+
+def test_compare_lists_training_runs_only_and_says_what_it_skipped(runs, tmp_path, monkeypatch, capsys):
+    """outputs/ also holds what other commands wrote: a predict dir with Hydra's .hydra/ (as cnnlab wrote them
+    before), a preview dir, an eval report inside a run. None of them is a row."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    outputs = tmp_path / "outputs"
+    shutil.copytree(runs / "alone", outputs / "2026-01-01" / "12-00-00-abcd")
+    predict = outputs / "predict" / "2026-01-01" / "12-00-01"
+    (predict / ".hydra").mkdir(parents=True)
+    (predict / ".hydra" / "config.yaml").write_text("checkpoint: x.pt\ninputs: a.png\ntopk: 5\n")
+    (predict / "predict.log").write_text("")
+    (predict / "predictions.json").write_text("{}")
+    main(["preview", "count=4"])  # a real preview dir
+    main(["eval", f"checkpoint={outputs / '2026-01-01' / '12-00-00-abcd' / 'checkpoints' / 'best.pt'}"])
+    capsys.readouterr()
+    main(["compare", "outputs", "output=cmp"])
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "cmp" / "summary.csv").open()))
+    assert [r["model"] for r in rows] == ["mnist_cnn"]
+    assert f"skipped 1 dir(s) that are not training runs (other commands' outputs, e.g. {predict.resolve()})" in out

@@ -75,18 +75,18 @@ def test_sweep_writes_summary_csv_and_markdown_sorted_by_val_acc(sweep):
 
 
 def test_sweep_dashboard_names_runs_by_varied_keys_with_typed_hparams_and_metric_curves(sweep):
-    """TensorBoard's own HParams backend over <sweep>/tb: what the HParams tab shows."""
+    """TensorBoard's own HParams backend over the sweep dir: what the HParams tab shows, each job once."""
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
     from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 
     sweep_dir, _ = sweep
-    logdir = str(sweep_dir / "tb")
+    logdir = str(sweep_dir)
     mux = plugin_event_multiplexer.EventMultiplexer()
     mux.AddRunsFromDirectory(logdir)
     mux.Reload()
-    assert sorted(mux.Runs()) == [".", "optimizer.lr=0.002", "optimizer.lr=0.01"]  # ".": the sweep's experiment
+    assert sorted(mux.Runs()) == ["0/tb", "2/tb", "tb"]  # each job once (no links); "tb": the sweep's experiment
     tb = base_plugin.TBContext(
         logdir=logdir, multiplexer=mux, data_provider=data_provider.MultiplexerDataProvider(mux, logdir)
     )
@@ -108,12 +108,64 @@ def test_sweep_dashboard_names_runs_by_varied_keys_with_typed_hparams_and_metric
     groups = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "", request).run()
     # trials named by the swept value (not a hash, not the constant overrides typed once)
     assert sorted(g.name for g in groups.session_groups) == ["optimizer.lr=0.002", "optimizer.lr=0.01"]
-    events = EventAccumulator(str(sweep_dir / "tb" / "optimizer.lr=0.01"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(sweep_dir / "0" / "tb"), size_guidance={"scalars": 0})  # optimizer.lr=0.01
     events.Reload()
     assert [e.step for e in events.Scalars("val/acc")] == [1, 2]  # curves over epochs numbered from 1
     assert not [t for t in events.Tags()["scalars"] if t.startswith("hparam/")]
     groups = sorted({t.split("/")[0] for t in events.Tags()["scalars"]})
     assert groups[:2] == ["train", "val"] and groups[-1] == "~final"  # Time Series opens the first two groups
+
+
+def test_rerun_into_a_finished_sweep_dir_is_refused_and_keeps_every_row(sweep, monkeypatch, capsys):
+    sweep_dir, _ = sweep
+    before = {p: p.read_bytes() for p in sorted(sweep_dir.rglob("*")) if p.is_file()}
+    monkeypatch.chdir(sweep_dir.parent)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "-m", "optimizer.lr=0.01,-1,0.002", *TINY, f"hydra.sweep.dir={sweep_dir}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: hydra.sweep.dir=") and "holds 2 finished job(s)" in err and len(err.splitlines()) == 1
+    after = {p: p.read_bytes() for p in sorted(sweep_dir.rglob("*")) if p.is_file()}
+    assert after == before  # no failed.json in the good jobs, summary.csv as it was
+
+
+def test_rerun_with_resume_auto_skips_the_finished_jobs_and_keeps_their_rows(sweep, monkeypatch, capsys):
+    sweep_dir, _ = sweep
+    files = [p for p in sorted(sweep_dir.glob("[02]/**/*")) if p.is_file() and p.suffix not in (".log", ".lock")]
+    kept = {p: p.read_bytes() for p in files}  # everything but the lock (it holds the pid) and the log
+    monkeypatch.chdir(sweep_dir.parent)
+    argv = ["train", "-m", "optimizer.lr=0.01,-1,0.002", *TINY, "trainer.resume=auto", f"hydra.sweep.dir={sweep_dir}"]
+    with pytest.raises(SystemExit) as exit_info:  # job 1 fails again: the sweep exits 1 at the end
+        main(argv)
+    assert exit_info.value.code == 1
+    assert {p: p.read_bytes() for p in kept} == kept  # the finished jobs: untouched, no failed.json
+    assert not (sweep_dir / "0" / "failed.json").exists() and not (sweep_dir / "2" / "failed.json").exists()
+    rows = {r["optimizer.lr"]: r["status"] for r in csv.DictReader((sweep_dir / "summary.csv").open())}
+    assert rows == {"0.01": "ok", "0.002": "ok", "-1": "failed: optimizer.lr must be > 0, got -1"}
+    assert "nothing to resume" in capsys.readouterr().out
+
+
+CRASHY = """
+import torch.nn as nn
+
+
+class Net(nn.Sequential):  # a user's own model with a bug when fail=true
+    def __init__(self, num_classes, in_channels, image_size, fail=False, **knobs):
+        if fail:
+            raise ZeroDivisionError("a bug in the user's model")
+        super().__init__(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+"""
+
+
+def test_a_crashed_job_keeps_its_traceback_and_the_sweep_still_writes_its_summary(tmp_path):
+    (tmp_path / "crashy.py").write_text(CRASHY)
+    argv = ["train", "-m", "model._target_=crashy.Net", "+model.fail=true,false", *TINY, "hydra.sweep.dir=sweep"]
+    result = cli(*argv, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr  # a bug keeps its traceback
+    rows = {r["model.fail"]: r["status"] for r in csv.DictReader((tmp_path / "sweep" / "summary.csv").open())}
+    assert rows == {"False": "ok", "True": "failed: crashed: ZeroDivisionError: a bug in the user's model"}
+    assert "error: 1 of 2 jobs failed" in result.stderr
 
 
 def _main_fails(args: list[str], tmp_path, monkeypatch, capsys) -> str:

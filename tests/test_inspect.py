@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import cli
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trained_run import ONE_THREAD, compose, one_error_line, train_in_process
 
 from cnnlab.commands import features
@@ -56,9 +55,7 @@ def test_every_stage_filters_and_gradcam(setup, tmp_path):
     assert report["gradcam"]["class"] == report["prediction"]["class"]
     for name in ("filters.png", "gradcam.png", "feature_maps/00_features.0.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"
-    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
-    events.Reload()
-    assert set(events.Tags()["images"]) == {"features/00_features.0", "features/01_features.3", "filters", "gradcam"}
+    assert not (run / "tb").exists()  # PNGs only: TensorBoard over outputs/ lists training runs only
     assert "not a feature map" in result.stdout
 
 

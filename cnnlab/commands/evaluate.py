@@ -1,11 +1,11 @@
 """`cnnlab eval checkpoint=PATH`: rebuild data and model from the config stored in the checkpoint and report
 on one split: loss, top-1/top-5, per-class precision/recall/F1, the confusion matrix, the most-confused
-pairs and the most confident mistakes. Everything lands beside the evaluated run, in <run>/eval/<split>/."""
+pairs and the most confident mistakes. Everything lands beside the evaluated run, in <run>/eval/<split>/: PNGs and
+eval.json, no TensorBoard events (TensorBoard lists training runs only)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -14,15 +14,15 @@ from rich.table import Table
 
 from cnnlab import data as data_lib
 from cnnlab.analysis.confusion import class_scores, confusion_figure, most_confused
-from cnnlab.analysis.figures import save, to_tensor
+from cnnlab.analysis.figures import save
 from cnnlab.analysis.grid import class_name, denormalise, prediction_figure
 from cnnlab.analysis.tta import with_tta
 from cnnlab.commands.trained import Trained, load_trained
 from cnnlab.config import validate_eval
+from cnnlab.engine import outputs
 from cnnlab.engine.device import autocast_for, resolve_device, resolve_precision
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import make_console, say
-from cnnlab.engine.tensorboard import TensorBoard
 from cnnlab.errors import CnnlabError
 
 
@@ -50,11 +50,13 @@ class ConfidentMistakes:
 def report_dir(cfg: DictConfig, trained: Trained) -> Path:
     """output_dir, else beside `output`, else <run>/eval/<split>[-<checkpoint>][-tta_<level>]."""
     if cfg.output_dir:
-        return Path(cfg.output_dir).expanduser()
+        return outputs.check(cfg.output_dir, "output_dir", directory=True)
     if cfg.output:
-        return Path(cfg.output).expanduser().parent
+        return outputs.check(Path(cfg.output).expanduser().parent, "output", directory=True)
     name = cfg.split + ("" if trained.path.stem == "best" else f"-{trained.path.stem}")
-    return trained.run_dir / "eval" / (name + (f"-tta_{cfg.tta}" if cfg.tta != "none" else ""))
+    return outputs.check(
+        trained.run_dir / "eval" / (name + (f"-tta_{cfg.tta}" if cfg.tta != "none" else "")), directory=True
+    )
 
 
 def eval_precision(cfg: DictConfig, run_cfg: DictConfig, device: torch.device) -> str:
@@ -71,6 +73,10 @@ def eval_precision(cfg: DictConfig, run_cfg: DictConfig, device: torch.device) -
 
 def run(cfg: DictConfig) -> dict:
     validate_eval(cfg)
+    if cfg.output:  # checked before anything is read or written
+        outputs.check(cfg.output)
+    if cfg.output_dir:
+        outputs.check(cfg.output_dir, "output_dir", directory=True)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)
     run_cfg, spec = trained.config, trained.spec
@@ -85,10 +91,6 @@ def run(cfg: DictConfig) -> dict:
             f"{trained.path} was trained on {spec.num_classes} classes but its data now has {data.spec.num_classes}"
         )
     out_dir = report_dir(cfg, trained)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as ex:
-        raise CnnlabError(f"cannot write the report into {out_dir} ({ex.strerror}): set output_dir=DIR") from None
 
     loader = data.train.evaluation_mode() if cfg.split == "train" else {"test": data.test, "val": data.val}[cfg.split]
     model = with_tta(trained.model, cfg.tta)
@@ -139,14 +141,10 @@ def run(cfg: DictConfig) -> dict:
             mistakes.prob.tolist(),
             f"{title}: the {len(images)} most confident of {mistakes.wrong:,} mistakes",
         )
-    shutil.rmtree(out_dir / "tb", ignore_errors=True)  # a previous eval's events: this report replaces them
-    tb = TensorBoard(out_dir / "tb")
+    outputs.make_dir(out_dir, "output_dir")
     for name, fig in pictures.items():
         report["files"][name] = str(save(fig, out_dir / f"{name}.png"))
-        tb.image(f"eval/{cfg.split}/{name}", to_tensor(fig), report["epoch"] or 0)
-    tb.close()
     out = Path(cfg.output).expanduser() if cfg.output else out_dir / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     _print(report, title, out_dir, out)
     return report
@@ -189,4 +187,4 @@ def _print(report: dict, title: str, out_dir: Path, out: Path) -> None:
         f"loss {report['loss']:.4f}  top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
         f"macro F1 {macro['f1']:.2f}%",
     )
-    say(console, f"report: {out}; pictures and TensorBoard events in {out_dir}")
+    say(console, f"report: {out}; pictures in {out_dir}")

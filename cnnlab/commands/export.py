@@ -23,6 +23,7 @@ from cnnlab.checks import choice, number
 from cnnlab.commands.exported import EXTRA_FILE, add_onnx_metadata, preprocessing
 from cnnlab.commands.trained import Trained, find_files, load_image, load_trained, normalise
 from cnnlab.config import ExportSchema, check_keys
+from cnnlab.engine import outputs
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
 
@@ -112,6 +113,8 @@ def run(cfg: DictConfig) -> dict:
     number(cfg, "tolerance", low=0)
     number(cfg, "batch_size", low=1, integer=True)
     number(cfg, "opset", low=7, integer=True)
+    if cfg.output:  # checked before anything is read or written: never into a run's files, never a checkpoint
+        outputs.check(cfg.output)
     trained = load_trained(cfg.checkpoint, torch.device("cpu"))  # export on the CPU, in fp32
     out = (
         Path(cfg.output).expanduser()

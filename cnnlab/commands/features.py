@@ -1,6 +1,7 @@
 """`cnnlab features checkpoint=PATH input=IMAGE [layers=[...]]`: what a trained network does with one image.
 
-Writes into the command's run dir (and its tb/ for TensorBoard): a grid of feature maps per layer (default:
+Writes PNGs and features.json into the command's own dir (outputs/features/<date>/<time>-<id>/; no TensorBoard
+events, so that TensorBoard lists training runs only): a grid of feature maps per layer (default:
 the output of every stage, input to output), the first convolution's filters, and Grad-CAM for the
 predicted class overlaid on the input.
 """
@@ -17,15 +18,15 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnlab.analysis.feature_maps import capture, feature_map_figure, filter_figure, first_conv, last_feature_map
-from cnnlab.analysis.figures import save, to_tensor
+from cnnlab.analysis.figures import save
 from cnnlab.analysis.gradcam import grad_cam, overlay_figure
 from cnnlab.analysis.grid import class_name
 from cnnlab.checks import number
 from cnnlab.commands.trained import load_image, load_trained, normalise
 from cnnlab.config import FeaturesSchema, check_keys
+from cnnlab.engine import outputs as output_paths
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
-from cnnlab.engine.tensorboard import TensorBoard
 from cnnlab.errors import CnnlabError
 from cnnlab.optim import stage_modules
 
@@ -52,6 +53,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
     check_keys(cfg, FeaturesSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     number(cfg, "max_maps", low=1, integer=True)
+    run_dir = output_paths.check(run_dir or HydraConfig.get().runtime.output_dir, "hydra.run.dir", directory=True)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)
     model, spec = trained.model, trained.spec
@@ -66,8 +68,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     pred = int(probs.argmax())
     pred_text = f"{class_name(spec.classes, pred)} (p={float(probs[pred]):.2f})"
 
-    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
-    tb = TensorBoard(run_dir / "tb")
+    output_paths.make_dir(run_dir, "hydra.run.dir")
     report = {
         "checkpoint": str(trained.path.resolve()),
         "model": trained.name,
@@ -84,7 +85,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         if out is not None and out.dim() == 4:
             fig = feature_map_figure(out[0], f"{heading}\nlayer {name} ({type(module).__name__})", cfg.max_maps)
             row["file"] = str(save(fig, run_dir / "feature_maps" / _file_name(i, name)))
-            tb.image(f"features/{i:02d}_{name}", to_tensor(fig), 0)
         report["layers"].append(row)
     if (conv := first_conv(model)) is not None:
         name, module = conv
@@ -94,7 +94,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             "shape": list(module.weight.shape),
             "file": str(save(fig, run_dir / "filters.png")),
         }
-        tb.image("filters", to_tensor(fig), 0)
     # Grad-CAM at the deepest chosen layer with a map, by default at the network's last map (after its activation)
     maps = [(name, layers[name]) for name in layers if outputs.get(name) is not None and outputs[name].dim() == 4]
     target = last_feature_map(model, x) if not cfg.layers else maps[-1] if maps else None
@@ -109,8 +108,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             "map": cam["map"],
             "file": str(save(fig, run_dir / "gradcam.png")),
         }
-        tb.image("gradcam", to_tensor(fig), 0)
-    tb.close()
     (run_dir / "features.json").write_text(json.dumps(report, indent=2))
     _print(report, heading, run_dir)
     return report
@@ -128,4 +125,4 @@ def _print(report: dict, heading: str, run_dir: Path) -> None:
     console.print(table)
     if report["gradcam"] is None:
         say(console, "no layer outputs a spatial feature map: no Grad-CAM")
-    say(console, f"feature maps, filters.png, gradcam.png and TensorBoard events (tb/) in {run_dir}")
+    say(console, f"feature maps, filters.png and gradcam.png in {run_dir}")

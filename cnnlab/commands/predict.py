@@ -22,6 +22,7 @@ from cnnlab.checks import number
 from cnnlab.commands.exported import is_onnx, load_onnx, refuse_torchscript
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
 from cnnlab.config import PredictSchema, check_keys
+from cnnlab.engine import outputs
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
@@ -61,6 +62,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     check_keys(cfg, PredictSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
     number(cfg, "topk", low=1, integer=True)
     number(cfg, "batch_size", low=1, integer=True)
+    out = outputs.check(  # checked before anything is read or written
+        cfg.output or Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
+    )
     files = find_files(cfg.inputs)
     device = resolve_device(cfg.device)
     regular_file(cfg.checkpoint, "checkpoint")  # before any read: a FIFO would block the first open forever
@@ -78,11 +82,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         raise CnnlabError(
             f"none of the {len(files)} input file(s) is an image this model can read (first: {entries[0]['error']})"
         )
-    out = (
-        Path(cfg.output).expanduser()
-        if cfg.output
-        else Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
-    )
     report = {
         "checkpoint": str(trained.path.resolve()),
         "model": trained.name,
@@ -92,7 +91,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "skipped": len(entries) - len(done),
         "predictions": entries,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
+    outputs.make_dir(out.parent)
     out.write_text(json.dumps(report, indent=2))
 
     # the files relative to the folder they share, folded rather than cut: a narrow console shows every name

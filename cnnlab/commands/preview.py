@@ -17,6 +17,7 @@ from cnnlab.analysis.grid import denormalise, grid_figure, label_captions
 from cnnlab.checks import number
 from cnnlab.config import AugmentConfig, PreviewSchema, check_keys
 from cnnlab.data.augment import check as check_augment
+from cnnlab.engine import outputs
 from cnnlab.engine.progress import make_console, say
 
 
@@ -53,6 +54,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     number(cfg, "count", low=1, integer=True)
     number(cfg, "columns", low=1, integer=True)
     check_augment(cfg)
+    out = outputs.check(  # checked before anything is read or written
+        cfg.output or Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"
+    )
     data = data_lib.build(cfg.data, cfg.augment, torch.device("cpu"), seed=cfg.seed)
     x, y = augmented_batch(data.train, cfg.count)
     images = denormalise(x, data.spec.mean, data.spec.std)
@@ -60,11 +64,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if mixing(data.train):
         title += "\nfrom successive batches: each batch draws its own mixing lambda"
     fig = grid_figure(images, label_captions(y, data.spec.classes), title=title, columns=cfg.columns)
-    out = (
-        Path(cfg.output).expanduser()
-        if cfg.output
-        else Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"
-    )
+    outputs.make_dir(out.parent)
     save(fig, out)
     say(make_console(), f"{len(images)} augmented {cfg.data.name} images -> {escape(str(out))}")
     return {"output": str(out), "count": len(images)}

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +92,12 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
                 return Claim(run_dir, path, checkpoint.load(path), fresh=False, _lock_fd=fd)
         earlier = last.is_file() or (ckpt_dir / "best.pt").is_file() or finished_marker
         if earlier and not overwrite:
-            what = "a finished run" if finished_marker else "an unfinished run (continue it with trainer.resume=auto)"
+            again = shlex.quote(f"hydra.run.dir={run_dir}")  # pasteable, also with spaces in the path
+            what = (
+                "a finished run"
+                if finished_marker
+                else f"an unfinished run (continue it with {again} trainer.resume=auto)"
+            )
             raise CnnlabError(
                 f"{run_dir} already holds {what}; trainer.overwrite=true replaces it, or choose another hydra.run.dir"
             )
@@ -103,3 +111,90 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
     except BaseException:
         os.close(fd)
         raise
+
+
+def is_write_failure(ex: RuntimeError) -> str | None:
+    """What torch.save's RuntimeError says when the disk is full or a file size limit is hit, else None (a bug)."""
+    text = str(ex)
+    if "No space left" in text or "Disk quota exceeded" in text:
+        return "no space left on the device"
+    if any(s in text for s in ("file write failed", "PytorchStreamWriter", "inline_container", "File too large")):
+        return "a file write failed (the disk is full, or over a quota or file size limit)"
+    return None
+
+
+@dataclass
+class JobDir:
+    """The dir Hydra made for this job (None outside a Hydra job) and whether this start made it: a refused start
+    removes a dir it made, and writes its error line into the log of a dir that was there before."""
+
+    path: Path | None
+    made_now: bool
+    new_log: Path | None = None  # the job's log file when Hydra just opened it empty (e.g. features.log in a run)
+
+    @classmethod
+    def of_this_job(cls) -> JobDir:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized() or os.environ.get("RANK", "0") != "0":
+            return cls(None, False)
+        hydra = HydraConfig.get()
+        path = Path(hydra.runtime.output_dir)
+        log = f"{hydra.job.name}.log"
+        try:  # Hydra made the dir and opened its (empty) log just before this job: nothing else is in it
+            cwd = Path.cwd().resolve()  # eval and export run in `.`: never the working dir or above it
+            made_now = path.resolve() not in (cwd, *cwd.parents) and all(
+                e.name == log and e.is_file() and e.stat().st_size == 0 for e in os.scandir(path)
+            )
+        except OSError:
+            made_now = False
+        new_log = path / log if (path / log).is_file() and (path / log).stat().st_size == 0 else None
+        return cls(path, made_now, new_log)
+
+    def refused(self, message: str) -> None:
+        if self.path is None:
+            return
+        if self.discard_if_unused():
+            return
+        if self.new_log is not None and self.new_log.name != "train.log":  # not a run's log: remove it
+            self._close_logs()
+            self.new_log.unlink(missing_ok=True)
+            return
+        self.log_error(message)
+
+    def log_error(self, message: str) -> None:
+        """The `error:` line into the job's own log file only (the console already has it)."""
+        record = logging.LogRecord("cnnlab", logging.ERROR, __file__, 0, "error: %s", (message,), None)
+        for handler in self._log_handlers() if self.path is not None else ():
+            handler.handle(record)
+
+    def discard_if_unused(self) -> bool:
+        """Remove the dir when this start made it and nothing of a run is in it; True when removed."""
+        if self.path is None or not self.made_now or not self.path.is_dir():
+            return False
+        if (self.path / "checkpoints").exists() or (self.path / "metrics.json").exists():
+            return False
+        self._close_logs()  # Hydra's log file in it
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.path.parents:  # outputs/[<command>/]<date>/ of the default layout, when now empty
+            if not (parent.name in _DEFAULT_LAYOUT or re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name)):
+                break
+            if any(parent.iterdir()):
+                break
+            parent.rmdir()
+        return True
+
+    def _close_logs(self) -> None:
+        for handler in self._log_handlers():
+            handler.close()
+            logging.root.removeHandler(handler)
+
+    def _log_handlers(self) -> list[logging.FileHandler]:
+        return [
+            h
+            for h in logging.root.handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == self.path.absolute()
+        ]
+
+
+_DEFAULT_LAYOUT = ("outputs", "multirun", "predict", "features", "preview")  # folders of the default dirs
