@@ -12,14 +12,15 @@ from omegaconf import DictConfig, ListConfig
 from cnnlab.engine import outputs
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments import report as report_lib
+from cnnlab.experiments import runs as runs_lib
 
 USAGE = "cnnlab compare needs run or sweep dirs: cnnlab compare outputs/<date>/<time>-<id> outputs/multirun/..."
 
 
 def training_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
     """(training run dirs, other dirs) under `paths`: what predict, features, preview and compare write is not a run."""
-    found = report_lib.find_runs(paths)
-    runs = [p for p in found if outputs.is_training_run(p) or (p / report_lib.FAILED).is_file()]
+    found = runs_lib.find_runs(paths)
+    runs = [p for p in found if outputs.is_training_run(p) or (p / runs_lib.FAILED).is_file()]
     return runs, [p for p in found if p not in runs]
 
 
