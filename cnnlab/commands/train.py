@@ -14,7 +14,7 @@ from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
-from cnnlab.engine import distributed, rundir
+from cnnlab.engine import distributed, resume_checks, rundir
 from cnnlab.engine.data_init import DataDependentInit
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.gradients import GradientFlow
@@ -93,12 +93,17 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 def _claim(cfg: DictConfig, run_dir: Path) -> rundir.Claim:
     """Rank 0 claims the run dir (lock, resume decision) and sends the other ranks its decision, checkpoint
     included: they hold no lock, read no file and need no shared filesystem."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+
+    def accept(path, state, same_run):
+        resume_checks.check(path, state, current, same_run)
+
     if distributed.world_size() == 1:
-        return rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+        return rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite, accept)
     outcome = None
     if distributed.is_main():
         try:
-            claim = rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+            claim = rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite, accept)
             outcome = rundir.Claim(run_dir, claim.resume_from, claim.resume_state, claim.fresh)  # without the lock
         except (rundir.RunFinished, CnnlabError) as ex:
             outcome = ex

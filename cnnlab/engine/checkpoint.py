@@ -162,7 +162,23 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _generator_state(value, like: torch.Tensor) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == like.dtype and value.shape == like.shape
+
+
+def set_rng_state(state: dict, path: str | Path = "the checkpoint") -> None:
+    """Restore the RNG states `rng_state` saved; a malformed one (wrong type, size or dtype) is one line."""
+    if not _generator_state(state.get("torch"), torch.get_rng_state()):
+        raise CnnlabError(f"{path} cannot be used to resume: its rng.torch entry is not a CPU generator state")
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        current = torch.cuda.get_rng_state_all()
+        if not isinstance(cuda, (list, tuple)) or not all(_generator_state(t, current[0]) for t in cuda):
+            raise CnnlabError(f"{path} cannot be used to resume: its rng.cuda entry is not a list of CUDA states")
+        cuda = list(cuda)[: len(current)]
+    try:  # the right size but not a valid Mersenne Twister state
+        torch.set_rng_state(state["torch"])
+    except RuntimeError as ex:
+        raise CnnlabError(f"{path} cannot be used to resume: its rng.torch entry is invalid ({ex})") from None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -28,14 +31,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnlab.engine import checkpoint, distributed
+from cnnlab.engine import checkpoint, distributed, resume_checks
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
 from cnnlab.engine.callbacks import Callbacks
 from cnnlab.engine.device import autocast_for, resolve_precision, set_deterministic
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
-from cnnlab.engine.signals import StopSignals
+from cnnlab.engine.signals import STOP_SIGNALS, StopSignals
 from cnnlab.engine.tensorboard import TensorBoard
 from cnnlab.errors import CnnlabError
 
@@ -121,7 +124,9 @@ class TrainState:
             "config": self.config,
         }
 
-    def load_state_dict(self, state: dict, path) -> None:
+    def load_state_dict(self, state: dict, path, replan: bool = False) -> None:
+        """`replan`: this run is longer or shorter than the checkpoint's; its freshly planned schedule is
+        fast-forwarded instead of loaded (resume_checks.continue_schedule)."""
         checkpoint.require(state, path, {"optimizer": dict, "scheduler": dict, "fit": dict, "rng": dict}, "resume")
         if not isinstance(state["rng"].get("torch"), torch.Tensor):
             raise CnnlabError(f"{path} cannot be used to resume: its 'rng' entry holds no torch generator state")
@@ -129,7 +134,8 @@ class TrainState:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            if not replan:
+                self.scheduler.load_state_dict(state["scheduler"])
             if self.ema is not None:
                 self.ema.module.load_state_dict(state.get("ema") or state["model"])
                 self.ema.n_averaged.fill_(state.get("ema_updates", 0))
@@ -140,43 +146,12 @@ class TrainState:
             raise CnnlabError(
                 f"cannot resume from {path}: it does not match this model/optimizer ({first[:200]})"
             ) from None
-        checkpoint.set_rng_state(state["rng"])
-        progress.finished, progress.stop_reason = False, ""
+        if replan:
+            resume_checks.continue_schedule(self.scheduler, state["scheduler"], path)
+        checkpoint.set_rng_state(state["rng"], path)
+        if replan or not progress.finished:  # a finished one only lacks its test evaluation (metrics.json)
+            progress.finished, progress.stop_reason = False, ""
         self.progress = progress
-
-
-# Settings that must not change between a checkpoint and the run resuming from it: the optimizer state,
-# the schedule and the best metric would silently mean something else.
-RESUME_FIXED = (
-    "model._target_",
-    "optimizer._target_",
-    "optimizer.lr",
-    "optimizer.weight_decay",
-    "scheduler.name",
-    "trainer.monitor",
-    "trainer.precision",
-    "trainer.accumulate",
-    "trainer.ema_decay",
-    "data.name",
-    "data.batch_size",
-)
-
-
-def resume_conflicts(stored: dict, current: dict) -> list[str]:
-    """The RESUME_FIXED keys whose values differ between a checkpoint's config and this run's."""
-
-    def get(config, dotted):
-        for part in dotted.split("."):
-            if not isinstance(config, dict) or part not in config:
-                return None
-            config = config[part]
-        return config
-
-    return [
-        f"{key} was {get(stored, key)!r}, now {get(current, key)!r}"
-        for key in RESUME_FIXED
-        if get(stored, key) is not None and get(stored, key) != get(current, key)
-    ]
 
 
 class Trainer:
@@ -229,19 +204,23 @@ class Trainer:
         distributed.barrier()
 
     def _restore(self, path: Path, state: dict) -> None:
-        conflicts = resume_conflicts(state.get("config") or {}, self.config)
-        if conflicts:
-            raise CnnlabError(
-                f"cannot resume from {path}: {'; '.join(conflicts)}. Resume with the same settings, "
-                f"or start a new run from its weights (model.weights_path / finetune)"
-            )
-        self.state.load_state_dict(state, path)
+        """Continue from a checkpoint that resume_checks.check accepted (before anything was written)."""
+        stored = state.get("config") if isinstance(state.get("config"), dict) else {}
+        replan = resume_checks.replanned(stored, self.config)
+        self.state.load_state_dict(state, path, replan=replan)
         if distributed.rank():  # the checkpoint holds rank 0's RNG: the other ranks draw (dropout) from their own
             torch.manual_seed(self.seed + 1_000_003 * distributed.rank() + self.state.progress.step)
         self._adopt_best(path)
         p = self.state.progress
         where = f"epoch {p.epoch + 1}" + (f", batch {p.batch}" if p.batch else "")
-        self._say(f"resumed from {path} at {where} (step {p.step})")
+        longer = ""
+        if replan:
+            old = stored.get("trainer", {})
+            longer = (
+                f"; a new run of {self.cfg.epochs} epochs (the checkpoint's had {old.get('epochs')}): "
+                f"the {self.config.get('scheduler', {}).get('name', '')} schedule is re-planned for it"
+            )
+        self._say(f"resumed from {path} at {where} (step {p.step}){longer}")
 
     def _adopt_best(self, resumed_from: Path) -> None:
         """Resuming into another run directory: bring the source run's best.pt along (or pick a new best)."""
@@ -523,17 +502,26 @@ class Trainer:
                 self.tb.writer.flush()
         if p.stop_reason in ("time_limit", "interrupted"):
             return self._stopped_early()
-        p.finished = True
-        self._save("last.pt")
-        return self._finish(data)
+        # Training is complete, but the run is finished only once metrics.json is written: a stop from here on
+        # leaves last.pt as it is (or marked finished), and resume=auto runs the test evaluation again.
+        try:
+            with _StopRaises():
+                if distributed.any_rank(bool(self.signals.received)):  # came during the last validation
+                    raise _Stopped(self.signals.received or signal.SIGINT)
+                p.finished = True
+                self._save("last.pt")
+                return self._finish(data)
+        except _Stopped as ex:
+            p.finished, self.signals.received = True, ex.signum
+            return self._stopped_early(", before the test evaluation (training is complete)")
 
-    def _stopped_early(self) -> dict:
+    def _stopped_early(self, after: str = "") -> dict:
         p = self.state.progress
-        where = f"epoch {p.epoch + 1}, batch {p.batch}" if p.batch else f"the end of epoch {p.epoch}"
+        where = f"epoch {p.epoch + 1}, batch {p.batch}" if p.batch else f"the end of epoch {p.epoch}{after}"
         hint = self.resume_hint or "rerun with trainer.resume=auto (same run dir)"
         if self.tb is not None:
             self.tb.close()
-        if p.stop_reason == "interrupted":
+        if p.stop_reason == "interrupted" or p.finished:
             name = self.signals.name
             raise Interrupted(
                 self.signals.received,
@@ -652,7 +640,7 @@ class Trainer:
         self.callbacks.on_fit_end(self, model, data, metrics)
         if not self.is_main:
             return metrics
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_atomically(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))  # the finished mark
         self.tb.hparams(
             self.hparams,
             {
@@ -724,6 +712,36 @@ class _Kept:
     def restore_unless(self, keep_new: torch.Tensor) -> None:
         for t, old in zip(self.tensors, self.copies):
             t.copy_(torch.where(keep_new, t, old))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+class _StopRaises:
+    """SIGINT/SIGTERM raise _Stopped at once (the test evaluation has no step boundary to stop at)."""
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise _Stopped(signum)
 
 
 class _NoProfiler(nullcontext):
