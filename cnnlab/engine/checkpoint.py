@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from cnnlab.errors import CnnlabError
 FORMAT_VERSION = 2  # 2: epochs numbered from 1 (history, best_epoch, epoch)
 SLOW_SAVE_ENV = "CNNLAB_TEST_SLOW_SAVE"  # test hook: seconds to pause inside a checkpoint write (crash tests)
 MODEL_PACKAGE = "cnnlab.models."  # the only code a stored config may name
+# How torch.save reports a failed write (disk full, I/O error): a RuntimeError from its zip writer, not an OSError.
+TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
 
 
 def save(path: Path, state: dict) -> None:
@@ -40,6 +43,15 @@ def save(path: Path, state: dict) -> None:
         tmp.unlink(missing_ok=True)
         raise CnnlabError(
             f"cannot write checkpoint {path}: {ex.strerror or ex}; the previous {path.name} (if any) is intact"
+        ) from None
+    except RuntimeError as ex:
+        tmp.unlink(missing_ok=True)
+        if not any(sign in str(ex) for sign in TORCH_WRITE_FAILURES):
+            raise
+        free = shutil.disk_usage(path.parent).free / 1e6 if path.parent.is_dir() else 0.0
+        raise CnnlabError(
+            f"cannot write checkpoint {path}: the write failed ({free:.0f} MB free; is the disk full?); "
+            f"the previous {path.name} (if any) is intact"
         ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -17,10 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import signal
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -38,7 +36,8 @@ from cnnlab.engine.device import autocast_for, resolve_precision, set_determinis
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
-from cnnlab.engine.signals import STOP_SIGNALS, StopSignals
+from cnnlab.engine.signals import StopSignals
+from cnnlab.engine.stop_now import Stopped, StopRaises, write_atomically
 from cnnlab.engine.tensorboard import TensorBoard
 from cnnlab.errors import CnnlabError
 
@@ -290,28 +289,35 @@ class Trainer:
         seen = partial.get("seen", 0)
         start = time.perf_counter() - partial.get("seconds", 0.0)
         accumulate, skip_bad = cfg.accumulate, cfg.nan_policy == "skip_batch"
-        any_finite = None  # skip_batch: whether any micro-batch of the coming optimizer step had a finite loss
+        finite_count = None  # skip_batch: micro-batches of the coming optimizer step whose loss was finite
         stopped = ""
         for i, (x, y) in enumerate(loader):
             if i < p.batch:  # resuming mid-epoch: these batches were trained before the stop
                 continue
             x = x.contiguous(memory_format=self.memory_format)
             self.callbacks.on_train_batch(self, x, y, i)
-            with self.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            finite = torch.isfinite(loss.detach())
+            # An optimizer step averages its group of micro-batches (the epoch's last group may be smaller).
+            group = min(accumulate, num_batches - i + i % accumulate)
+            stepped = i % accumulate + 1 == group
+            # DDP all-reduces once per group; under skip_batch every micro-batch (see README: Numerical faults)
+            with nullcontext() if stepped or skip_bad else distributed.no_sync(model):
+                with self.autocast():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                finite = torch.isfinite(loss.detach())
+                if skip_bad:
+                    finite = distributed.all_true(finite)  # several ranks: a batch is dropped everywhere or nowhere
+                    before = [q.grad.clone() if q.grad is not None else None for q in model.parameters()]
+                (state.scaler.scale(loss / group) if state.scaler is not None else loss / group).backward()
             if skip_bad:
-                finite = distributed.all_true(finite)  # several ranks: a batch is dropped everywhere or nowhere
-            (state.scaler.scale(loss / accumulate) if state.scaler is not None else loss / accumulate).backward()
-            if skip_bad:
-                _drop_gradients_unless(model, finite)
-                any_finite = finite if any_finite is None else any_finite | finite
+                _drop_gradients_unless(model, finite, before)
+                finite_count = finite.long() if finite_count is None else finite_count + finite.long()
             self.callbacks.after_backward(self, model)
-            stepped = (i + 1) % accumulate == 0 or i + 1 == num_batches
             if stepped:
-                self._optimizer_step(model, any_finite)
-                any_finite = None
+                if finite_count is not None:  # the step averages the finite micro-batches only
+                    _scale_gradients(model, group / finite_count.clamp(min=1))
+                self._optimizer_step(model, None if finite_count is None else finite_count > 0)
+                finite_count = None
                 state.scheduler.step()
                 p.step += 1
                 if p.step % cfg.log_every == 0:
@@ -498,20 +504,20 @@ class Trainer:
             if self.vote is not None:
                 self.vote.flush()
             display.close()
-            if self.tb is not None:
+            if self.tb is not None and self.run_dir.is_dir():
                 self.tb.writer.flush()
         if p.stop_reason in ("time_limit", "interrupted"):
             return self._stopped_early()
         # Training is complete, but the run is finished only once metrics.json is written: a stop from here on
         # leaves last.pt as it is (or marked finished), and resume=auto runs the test evaluation again.
         try:
-            with _StopRaises():
+            with StopRaises():
                 if distributed.any_rank(bool(self.signals.received)):  # came during the last validation
-                    raise _Stopped(self.signals.received or signal.SIGINT)
+                    raise Stopped(self.signals.received or signal.SIGINT)
                 p.finished = True
                 self._save("last.pt")
                 return self._finish(data)
-        except _Stopped as ex:
+        except Stopped as ex:
             p.finished, self.signals.received = True, ex.signum
             return self._stopped_early(", before the test evaluation (training is complete)")
 
@@ -535,6 +541,8 @@ class Trainer:
 
     def _end_epoch(self, eval_model, val_loader, train: dict, display) -> None:
         p = self.state.progress
+        if self.is_main and not self.run_dir.is_dir():  # nothing can be saved: say so, not a traceback
+            raise CnnlabError(f"the run dir {self.run_dir} was deleted during epoch {p.epoch + 1}: stopped")
         val = evaluate(eval_model, val_loader, self.spec.num_classes, self.autocast, self.memory_format)
         p.epoch += 1
         epoch = p.epoch
@@ -640,7 +648,7 @@ class Trainer:
         self.callbacks.on_fit_end(self, model, data, metrics)
         if not self.is_main:
             return metrics
-        _write_atomically(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))  # the finished mark
+        write_atomically(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))  # the finished mark
         self.tb.hparams(
             self.hparams,
             {
@@ -687,12 +695,18 @@ def _finite(model: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def _drop_gradients_unless(model: nn.Module, finite: torch.Tensor) -> None:
-    """nan_policy=skip_batch, without a host sync: a batch whose loss is not finite contributes no gradient."""
-    keep = finite.to(torch.float32)
+def _drop_gradients_unless(model: nn.Module, finite: torch.Tensor, before: list) -> None:
+    """nan_policy=skip_batch, without a host sync: a micro-batch whose loss is not finite contributes no gradient;
+    `before` holds the gradients accumulated by the earlier micro-batches of the step, which are kept."""
+    for q, old in zip(model.parameters(), before):
+        if q.grad is not None:
+            q.grad.copy_(torch.where(finite, q.grad.nan_to_num(0.0, 0.0, 0.0), 0.0 if old is None else old))
+
+
+def _scale_gradients(model: nn.Module, factor: torch.Tensor) -> None:
     for q in model.parameters():
         if q.grad is not None:
-            q.grad.nan_to_num_(0.0, 0.0, 0.0).mul_(keep.to(q.grad.dtype))
+            q.grad.mul_(factor.to(q.grad.dtype))
 
 
 class _Kept:
@@ -712,36 +726,6 @@ class _Kept:
     def restore_unless(self, keep_new: torch.Tensor) -> None:
         for t, old in zip(self.tensors, self.copies):
             t.copy_(torch.where(keep_new, t, old))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class _Stopped(Exception):
-    def __init__(self, signum: int):
-        self.signum = signum
-
-
-class _StopRaises:
-    """SIGINT/SIGTERM raise _Stopped at once (the test evaluation has no step boundary to stop at)."""
-
-    def __enter__(self):
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self.previous[signum] = signal.signal(signum, self._raise)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise _Stopped(signum)
 
 
 class _NoProfiler(nullcontext):
