@@ -544,3 +544,59 @@ def test_a_run_dir_deleted_mid_run_is_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in err, err
     (line,) = err.strip().splitlines()
     assert "was deleted" in line or "No such file or directory" in line
+
+
+def test_the_whitening_stem_is_fitted_on_clean_images_before_the_ema_copy(tmp_path):
+    """The speedrun net's stem: fitted to the first training batch in order, not augmented, and the EMA copy
+    (made after the fit) holds the same filters."""
+    import cnnlab
+    from cnnlab import data as data_lib
+    from cnnlab import models, optim
+    from cnnlab.engine.trainer import planned_steps
+    from cnnlab.models.speedrun import WhiteningStem
+
+    cfg = cnnlab.compose(
+        ["model=speedrun", "model.widths=[8,8,8]", "data=synthetic", "data.num_samples=128", "data.batch_size=32"]
+        + ["augment=[basic,cutout]", "trainer.ema_decay=0.9", "trainer.epochs=1", "trainer.max_steps=1"]
+        + ["trainer.device=cpu", "trainer.progress=none", "trainer.image_grid=0", "trainer.precision=fp32"]
+    )
+    cpu = torch.device("cpu")
+    clean, _ = next(iter(data_lib.build(cfg.data, cfg.augment, cpu, seed=cfg.seed).train.evaluation_mode()))
+    expected = WhiteningStem(3)
+    expected.fit(clean)
+    bundle = data_lib.build(cfg.data, cfg.augment, cpu, seed=cfg.seed)
+    model = models.build(cfg.model, bundle.spec)
+    per_epoch, total = planned_steps(cfg.trainer, len(bundle.train))
+    optimizer, scheduler = optim.build(cfg.optimizer, cfg.scheduler, model, per_epoch, total)
+    trainer = Trainer(cfg.trainer, tmp_path, cpu, seed=cfg.seed, config={})
+    trainer.fit(model, bundle, optimizer, scheduler)
+    assert torch.allclose(model.whiten.weight, expected.weight, atol=1e-6)
+    assert torch.allclose(trainer.state.ema.module.whiten.weight, expected.weight, atol=1e-6)
+
+
+def test_an_archive_that_fails_halfway_leaves_no_partial_data_root(tmp_path):
+    """A zip whose last class is corrupt: the first classes extract before the CRC error. data.root must not
+    appear, so that a rerun fails the same way instead of training on the classes that got through."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from cnnlab.data.folders import load_imagefolder
+
+    png = io.BytesIO()
+    Image.new("RGB", (6, 6), (0, 128, 255)).save(png, "PNG")
+    archive = tmp_path / "pics.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for c in ("a", "b", "c"):
+            for i in range(3):
+                zf.writestr(f"{c}/{i}.png", png.getvalue())
+    blob = bytearray(archive.read_bytes())
+    last = blob.rfind(png.getvalue())  # c/2.png's stored bytes: flip some, its CRC check fails
+    blob[last + 20 : last + 30] = bytes(10)
+    archive.write_bytes(bytes(blob))
+    root = tmp_path / "data" / "pics"
+    for _ in range(2):  # the rerun meets the same refusal, not a dataset without class c
+        with pytest.raises(CnnlabError, match="could not be extracted"):
+            load_imagefolder(root, archive.as_uri(), 0.2, 0, True)
+        assert not root.exists() and list((tmp_path / "data").iterdir()) == []  # no temp dir left either

@@ -15,7 +15,6 @@ from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
 from cnnlab.engine import distributed, resume_checks, rundir
-from cnnlab.engine.data_init import DataDependentInit
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.gradients import GradientFlow
 from cnnlab.engine.progress import make_console, say
@@ -30,7 +29,7 @@ from cnnlab.finetune import prepare as finetune_prepare
 
 def callbacks_for(cfg: DictConfig) -> list:
     """The trainer callbacks this config asks for (each feature adds its line here)."""
-    callbacks = [DataDependentInit(), ModelCost()]  # data-dependent layers first: fitted before anything runs
+    callbacks = [ModelCost()]
     grid = 0 if cfg.finetune.name == "feature_extract" else cfg.trainer.image_grid  # it sees features, not images
     callbacks.append(TrainingImages(grid, cfg.trainer.image_every))
     if cfg.trainer.log_grad_norms or cfg.trainer.log_histograms:

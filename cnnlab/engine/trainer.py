@@ -32,6 +32,7 @@ from torch import nn
 from cnnlab.engine import checkpoint, distributed, resume_checks
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
 from cnnlab.engine.callbacks import Callbacks
+from cnnlab.engine.data_init import fit_data_dependent_layers
 from cnnlab.engine.device import autocast_for, resolve_precision, set_deterministic
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.metrics import evaluate
@@ -449,6 +450,7 @@ class Trainer:
                 )
             model = distributed.convert_sync_bn(model)  # same parameter objects: the optimizer is unaffected
         model.to(self.device, memory_format=self.memory_format)
+        fit_data_dependent_layers(model, data.train)  # before the EMA copy and the DDP wrapper take the model
         ema = None
         if self.cfg.ema_decay:
             ema = EMA(model, self.cfg.ema_decay)

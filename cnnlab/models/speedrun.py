@@ -5,7 +5,7 @@ Ideas kept: a 2x2 patch-whitening stem whose filters are the eigenvectors of the
 max-pooled head with a temperature, and flip test-time augmentation in eval mode.
 
 The fit happens once, outside the training step: `init_from_batch(x)` is the data-dependent initialisation
-hook (cnnlab.engine.data_init.DataDependentInit calls it on the first training batch in on_fit_start). A
+hook (the trainer calls it, through cnnlab.engine.data_init, on a clean training batch before training). A
 per-step "fitted yet?" check of a device buffer would be a host sync on every CUDA step.
 """
 
