@@ -24,15 +24,19 @@ def data_dependent_layers(model: torch.nn.Module) -> list:
 
 @contextmanager
 def _clean(loader):
-    """The training loader switched to evaluation order (no augmentation, no mixing) for one batch."""
-    if not callable(getattr(loader, "evaluation_mode", None)):
+    """The training loader switched to evaluation order (no augmentation, no mixing) for one batch; wrappers
+    (debug limits, a test's watcher) are looked through to the cnnlab loader they hold."""
+    owner = loader
+    while owner is not None and not hasattr(type(owner), "evaluation_mode"):
+        owner = getattr(owner, "loader", None)
+    if owner is None:  # not a cnnlab loader: its batches as they come
         yield loader
         return
-    saved = loader.train, loader.augment, loader.mixer
+    saved = owner.train, owner.augment, owner.mixer
     try:
-        yield loader.evaluation_mode()
+        yield owner.evaluation_mode()
     finally:
-        loader.train, loader.augment, loader.mixer = saved
+        owner.train, owner.augment, owner.mixer = saved
 
 
 def fit_data_dependent_layers(model: torch.nn.Module, train_loader) -> None:
