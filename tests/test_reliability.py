@@ -542,12 +542,14 @@ def test_a_malformed_rng_state_is_one_line(tmp_path, run_main):
 @pytest.mark.slow
 def test_a_run_dir_deleted_mid_run_is_one_line(tmp_path):
     proc = _start(tmp_path, "trainer.epochs=50", "hydra.run.dir=run")
-    _wait_for(lambda: (tmp_path / "run" / "checkpoints" / "best.pt").is_file(), proc)
+    _wait_for(lambda: (tmp_path / "run" / "checkpoints" / "last.pt").is_file(), proc)
+    time.sleep(0.2)  # inside epoch 2's training, between checkpoint writes
     shutil.rmtree(tmp_path / "run")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err, err
     (line,) = err.strip().splitlines()
     assert "was deleted" in line or "No such file or directory" in line
+    assert not (tmp_path / "run").exists()  # not made again by a checkpoint write (nor trained into)
 
 
 def test_the_whitening_stem_is_fitted_on_clean_images_before_the_ema_copy(tmp_path):
