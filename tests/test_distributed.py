@@ -471,11 +471,17 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tm
     run_dir = only_run_dir(tmp_path)
     stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert not stopped["fit"]["finished"]
+    # its own dir keeps its 100 epochs: a shorter run from its last.pt goes into a new dir (schedule re-planned)
     epochs = stopped["fit"]["epoch"] + 2
     args[-1] = f"trainer.epochs={epochs}"
-    again = torchrun("train", *args, f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=tmp_path)
+    refused = torchrun("train", *args, f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=tmp_path)
+    assert refused.returncode != 0 and f"trainer.epochs was 100, now {epochs}" in refused.stderr
+    shorter = tmp_path / "shorter"
+    resume = f"trainer.resume={run_dir / 'checkpoints' / 'last.pt'}"
+    again = torchrun("train", *args, f"hydra.run.dir={shorter}", resume, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert "a new run of" in again.stdout and "re-planned" in again.stdout
+    resumed = torch.load(shorter / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["fit"]["finished"] and resumed["step"] == epochs * 16
 
 
