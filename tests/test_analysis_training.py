@@ -73,8 +73,8 @@ def test_the_confusion_matrix_is_the_best_epochs_validation_and_survives_a_resum
     assert read_json(run_dir / "metrics.json")["best_val_acc"] == 100.0
     check(run_dir)
     assert passes == []
-    last = run_dir / "checkpoints" / "last.pt"  # an explicit checkpoint of this run: one more epoch
-    train_in_process(tmp_path, "trainer.epochs=31", *tiny, f"trainer.resume={last}")
-    assert read_json(run_dir / "metrics.json")["best_epoch"] < 31
-    check(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"  # one more epoch, into a new run dir (best.pt comes along)
+    longer = train_in_process(tmp_path / "longer", "trainer.epochs=31", *tiny, f"trainer.resume={last}")
+    assert read_json(longer / "metrics.json")["best_epoch"] < 31
+    check(longer)
     assert passes == [1]

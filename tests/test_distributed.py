@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from conftest import REPO, cli, read_json
 from omegaconf import OmegaConf
 
@@ -187,6 +188,102 @@ def test_gloo_helpers_votes_and_sharded_evaluation_on_two_processes():
         assert torch.equal(summed["confusion"], whole["confusion"])
         assert r["sync_bn"] == ("SyncBatchNorm", True)
         assert r["finetune_in_sync"]
+
+
+# --------------------------------------------------------------------------------- accumulation under DDP
+class _Batches:
+    """The loader protocol the Trainer uses: len, iteration, set_epoch, batch_size."""
+
+    def __init__(self, batches):
+        self.batches, self.batch_size = batches, len(batches[0][1])
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def _rank_batches(rank: int) -> list:
+    """8 micro-batches of 4-d points, different on each rank."""
+    g = torch.Generator().manual_seed(100 + rank)
+    x = torch.randn(8 * 6, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return [(x[i : i + 6], y[i : i + 6]) for i in range(0, len(x), 6)]
+
+
+def _accumulating_rank(rank: int, world: int, port: int, run_dir: str, out) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from cnnlab.config import TrainerConfig
+    from cnnlab.data import DataBundle, DataSpec
+    from cnnlab.engine import distributed
+    from cnnlab.engine.trainer import Trainer
+    from cnnlab.optim import Schedule
+
+    assert distributed.init()
+    reductions, real_wrap = [], distributed.wrap
+
+    def counting_wrap(model, device, **kwargs):  # counts DDP's gradient all-reduces (one bucket here)
+        ddp = real_wrap(model, device, **kwargs)
+
+        def hook(state, bucket):
+            reductions.append(bucket.index())
+            return allreduce_hook(None, bucket)
+
+        ddp.register_comm_hook(None, hook)
+        return ddp
+
+    distributed.wrap = counting_wrap
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+    batches = _rank_batches(rank)
+    data = DataBundle(_Batches(batches), _Batches(batches[:1]), _Batches(batches[:1]), DataSpec(2, 1, 2, ["a", "b"]))
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainerConfig),
+        {"epochs": 1, "accumulate": 4, "precision": "fp32", "device": "cpu", "progress": "none"},
+    )
+    Trainer(cfg, Path(run_dir), CPU).fit(model, data, optimizer, schedule)
+    out.put((rank, len(reductions), [q.detach().clone() for q in model.parameters()]))
+    distributed.barrier()
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_accumulation_under_ddp_all_reduces_once_per_optimizer_step(tmp_path):
+    """2 ranks, 8 micro-batches each, accumulate=4: 2 all-reduces (no_sync for the others), and the weights of
+    plain SGD on the average over ranks of each group's mean loss."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = 29_500 + (os.getpid() + 7) % 1000
+    procs = [ctx.Process(target=_accumulating_rank, args=(r, 2, port, str(tmp_path), out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((rank, rest) for rank, *rest in (out.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(4, 2)
+    per_rank = [_rank_batches(r) for r in range(2)]
+    for group in (slice(0, 4), slice(4, 8)):
+        loss = sum(F.cross_entropy(ref(x), y) for b in per_rank for x, y in b[group]) / 8
+        grads = torch.autograd.grad(loss, list(ref.parameters()))
+        with torch.no_grad():
+            for q, g in zip(ref.parameters(), grads):
+                q -= 0.5 * g
+    for count, weights in results.values():
+        assert count == 2
+        assert all(torch.allclose(w, q, atol=1e-6) for w, q in zip(weights, ref.parameters()))
 
 
 # ---------------------------------------------------------------------------------------- torchrun runs
@@ -374,11 +471,17 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tm
     run_dir = only_run_dir(tmp_path)
     stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert not stopped["fit"]["finished"]
+    # its own dir keeps its 100 epochs: a shorter run from its last.pt goes into a new dir (schedule re-planned)
     epochs = stopped["fit"]["epoch"] + 2
     args[-1] = f"trainer.epochs={epochs}"
-    again = torchrun("train", *args, f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=tmp_path)
+    refused = torchrun("train", *args, f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=tmp_path)
+    assert refused.returncode != 0 and f"trainer.epochs was 100, now {epochs}" in refused.stderr
+    shorter = tmp_path / "shorter"
+    resume = f"trainer.resume={run_dir / 'checkpoints' / 'last.pt'}"
+    again = torchrun("train", *args, f"hydra.run.dir={shorter}", resume, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert "a new run of" in again.stdout and "re-planned" in again.stdout
+    resumed = torch.load(shorter / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["fit"]["finished"] and resumed["step"] == epochs * 16
 
 

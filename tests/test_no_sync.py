@@ -19,7 +19,7 @@ import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.engine import progress
-from cnnlab.engine.data_init import DataDependentInit
+from cnnlab.engine.data_init import fit_data_dependent_layers
 from cnnlab.engine.trainer import Trainer, planned_steps
 
 SYNCING = {
@@ -107,11 +107,12 @@ def train(cfg, run_dir: Path, counter: SyncCounter) -> dict:
     device = torch.device("cpu")
     torch.manual_seed(cfg.seed)
     bundle = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
+    next(iter(bundle.train))  # fills the policies' magnitude tables (CPU tensors, once per run: no device sync)
     bundle.train = Watched(bundle.train, counter)
     model = models.build(cfg.model, bundle.spec)
     per_epoch, total = planned_steps(cfg.trainer, len(bundle.train))
     optimizer, scheduler = optim.build(cfg.optimizer, cfg.scheduler, model, per_epoch, total)
-    trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config={}, callbacks=[DataDependentInit()])
+    trainer = Trainer(cfg.trainer, run_dir, device, seed=cfg.seed, config={})
     with counter:
         return trainer.fit(model, bundle, optimizer, scheduler)
 
@@ -124,7 +125,7 @@ def test_no_host_sync_inside_an_epoch(tmp_path, monkeypatch, precision):
     assert metrics["epochs"] == 2 and metrics["steps"] == 18  # 288 training images, 9 batches an epoch
     assert counter.calls == [], counter.calls
     stem = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)["model"]["whiten.weight"]
-    assert stem.abs().sum() > 0  # the whitening stem was fitted (before training, by the callback)
+    assert stem.abs().sum() > 0  # the whitening stem was fitted (before training, by the trainer)
 
 
 def test_no_host_sync_with_ema(tmp_path, monkeypatch):
@@ -172,9 +173,9 @@ def test_whitening_stem_is_fitted_once_before_training():
 
     model = SpeedrunNet(widths=(8, 8, 8))
     assert not model.whiten.fitted and model.whiten.weight.abs().sum() == 0
-    DataDependentInit().on_fit_start(None, model, Data)
+    fit_data_dependent_layers(model, Data.train)
     fitted = model.whiten.weight.clone()
     assert model.whiten.fitted and fitted.abs().sum() > 0
     Data.train.x = torch.randn(16, 3, 16, 16) * 5
-    DataDependentInit().on_fit_start(None, model, Data)  # a resumed run: already fitted, left alone
+    fit_data_dependent_layers(model, Data.train)  # a resumed run: already fitted, left alone
     assert torch.equal(model.whiten.weight, fitted)

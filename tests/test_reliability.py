@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import REPO, cli, read_json
 from omegaconf import OmegaConf
 from torch import nn
@@ -179,12 +183,14 @@ def test_resuming_from_a_last_pt_without_best_pt_makes_it_the_best(tmp_path):
     assert first.returncode == 0, first.stderr
     (tmp_path / "alone").mkdir()
     (tmp_path / "alone" / "last.pt").write_bytes((tmp_path / "a/checkpoints/last.pt").read_bytes())
-    again = cli(
-        *ARGS, "trainer.epochs=1", f"trainer.resume={tmp_path / 'alone/last.pt'}", "hydra.run.dir=b", cwd=tmp_path
+    again = cli(  # one more epoch: a finished checkpoint at its own length has nothing left to train
+        *ARGS, "trainer.epochs=2", f"trainer.resume={tmp_path / 'alone/last.pt'}", "hydra.run.dir=b", cwd=tmp_path
     )
     assert again.returncode == 0, again.stderr
     assert "no best.pt beside" in again.stdout
-    assert read_json(tmp_path / "b/metrics.json")["test_acc"] == read_json(tmp_path / "a/metrics.json")["test_acc"]
+    a, b = read_json(tmp_path / "a/metrics.json"), read_json(tmp_path / "b/metrics.json")
+    assert b["epochs"] == 2 and b["history"][0] == a["history"][0]
+    assert b["best_epoch"] == 2 or b["test_acc"] == a["test_acc"]  # epoch 1's weights were best.pt until beaten
 
 
 @pytest.mark.slow
@@ -288,13 +294,18 @@ def _separable(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _fit_skipping(tmp_path, model, optimizer, train: list, val: tuple, **trainer) -> dict:
     """Trainer.fit with nan_policy=skip_batch on in-memory batches, at a constant lr."""
+    return _fit(tmp_path, model, optimizer, train, val, nan_policy="skip_batch", **trainer)
+
+
+def _fit(tmp_path, model, optimizer, train: list, val: tuple, **trainer) -> dict:
+    """Trainer.fit on in-memory batches, at a constant lr."""
     from cnnlab.optim import Schedule
 
     spec = DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,))
     data = DataBundle(_Batches(train), _Batches([val]), _Batches([val]), spec)
     cfg = OmegaConf.merge(
         OmegaConf.structured(TrainerConfig),
-        {"precision": "fp32", "device": "cpu", "progress": "none", "nan_policy": "skip_batch", **trainer},
+        {"precision": "fp32", "device": "cpu", "progress": "none", **trainer},
     )
     schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     return Trainer(cfg, tmp_path, torch.device("cpu")).fit(model, data, optimizer, schedule)
@@ -383,3 +394,215 @@ def test_a_skipped_batch_leaves_weights_and_optimizer_state_as_they_were(tmp_pat
     assert all(torch.equal(a, b.detach()) for a, b in zip(weights, model.parameters()))
     now = [t for st in optimizer.state.values() for t in st.values()]
     assert len(now) == len(state) > 0 and all(torch.equal(a, b) for a, b in zip(state, now))
+
+
+def _sgd_steps(model: nn.Module, groups: list, lr: float) -> nn.Module:
+    """The reference: plain SGD, each step on the mean of its group's batch losses."""
+    ref = copy.deepcopy(model)
+    for group in groups:
+        loss = sum(F.cross_entropy(ref(x), y) for x, y in group) / len(group)
+        grads = torch.autograd.grad(loss, list(ref.parameters()))
+        with torch.no_grad():
+            for q, g in zip(ref.parameters(), grads):
+                q -= lr * g
+    return ref
+
+
+def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_accumulation_averages_each_step_over_its_own_group(tmp_path):
+    """3 batches, accumulate=2: the epoch's last step has one batch, and is not halved."""
+    x, y, _ = _separable(48)
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in (0, 16, 32)]
+    model = nn.Linear(4, 2)
+    expected = _sgd_steps(model, [batches[:2], batches[2:]], lr=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    metrics = _fit(tmp_path, model, optimizer, batches, (x, y), epochs=1, accumulate=2)
+    assert metrics["steps"] == 2 and _same_parameters(model, expected)
+
+
+@pytest.mark.parametrize("bad_first", [False, True])
+def test_skip_batch_with_accumulation_drops_only_the_bad_micro_batch(tmp_path, bad_first):
+    """The step of [good, bad] (or [bad, good]) is the step of the good micro-batch alone."""
+    x, y, poisoned = _separable(32)
+    good, bad = (x[16:], y[16:]), (poisoned, y[:16])
+    model = nn.Linear(4, 2)
+    expected = _sgd_steps(model, [[good]], lr=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    train = [bad, good] if bad_first else [good, bad]
+    metrics = _fit_skipping(tmp_path, model, optimizer, train, (x, y), epochs=1, accumulate=2)
+    assert metrics["skipped_batches"] == 1 and _same_parameters(model, expected)
+
+
+def test_a_full_disk_inside_torch_save_is_one_line(tmp_path, monkeypatch):
+    """torch.save reports a failed write as a RuntimeError from its zip writer (here: a real one, on /dev/full)."""
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model": {"w": torch.ones(3)}})
+    real_save = torch.save
+
+    def onto_a_full_disk(obj, f):
+        full = open("/dev/full", "wb")  # noqa: SIM115 - its close fails too (ENOSPC), which is not what is tested
+        try:
+            real_save(obj, full)
+        finally:
+            with contextlib.suppress(OSError):
+                full.close()
+
+    monkeypatch.setattr(checkpoint.torch, "save", onto_a_full_disk)
+    with pytest.raises(CnnlabError, match="the write failed .*disk full.*intact"):
+        checkpoint.save(path, {"model": {"w": torch.zeros(100_000)}})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(3))
+
+
+# ------------------------------------------------------------------------ resume never changes the experiment
+def _files(run: Path) -> dict:
+    return {
+        p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".log" and p.name != rundir.LOCK_NAME
+    }
+
+
+def test_resume_refuses_a_changed_seed_split_subset_image_size_or_augmentation(tmp_path, run_main):
+    code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=a")
+    assert code == 0, err
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    for override, difference in [
+        ("seed=1", "seed was 0, now 1"),
+        ("data.val_split=0.2", "data.val_split was 0.1, now 0.2"),
+        ("data.subset=50", "data.subset was None, now 50"),
+        ("data.image_size=16", "data.image_size was 32, now 16"),
+        ("augment=basic", "augment.crop_padding was 0, now 4"),
+    ]:
+        code, err = run_main(*ARGS, "trainer.epochs=2", f"trainer.resume={last}", "hydra.run.dir=b", override)
+        assert code == 2 and difference in err, (override, err)
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_trained_longer_only_into_a_new_dir_with_its_schedule_replanned(tmp_path, run_main):
+    onecycle = (*ARGS, "scheduler=onecycle")
+    code, err = run_main(*onecycle, "trainer.epochs=2", "hydra.run.dir=r")
+    assert code == 0, err
+    last, before = tmp_path / "r" / "checkpoints" / "last.pt", _files(tmp_path / "r")
+    code, err = run_main(*onecycle, "trainer.epochs=3", f"trainer.resume={last}", "hydra.run.dir=r")
+    assert code == 2 and "holds a finished run: train it longer" in err and len(err.strip().splitlines()) == 1
+    assert _files(tmp_path / "r") == before  # checkpoints, metrics.json and .hydra/config.yaml untouched
+    code, err = run_main(*onecycle, "trainer.epochs=2", f"trainer.resume={last}", "hydra.run.dir=same")
+    assert code == 2 and "nothing left to train" in err and len(err.strip().splitlines()) == 1
+    longer = cli(*onecycle, "trainer.epochs=3", f"trainer.resume={last}", "hydra.run.dir=longer", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert "a new run of 3 epochs (the checkpoint's had 2): the onecycle schedule is re-planned" in longer.stdout
+    metrics, first = read_json(tmp_path / "longer" / "metrics.json"), read_json(tmp_path / "r" / "metrics.json")
+    assert metrics["epochs"] == 3 and metrics["steps"] == first["steps"] * 3 // 2
+    assert metrics["history"][:2] == first["history"] and metrics["history"][-1]["lr"] < 1e-6  # ends as planned
+
+
+def test_ctrl_c_in_the_final_test_evaluation_leaves_a_run_that_resume_auto_finishes(tmp_path, run_main, monkeypatch):
+    from cnnlab.engine import trainer as trainer_module
+
+    real_evaluate, calls = trainer_module.evaluate, []
+
+    def ctrl_c_in_the_test_evaluation(model, loader, *args, **kwargs):
+        calls.append(loader)
+        if len(calls) == 2:  # epoch 1's validation, then the test evaluation
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_evaluate(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", ctrl_c_in_the_test_evaluation)
+    code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=run")
+    assert code == 130 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert "before the test evaluation (training is complete)" in line and "trainer.resume=auto" in line
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    monkeypatch.setattr(trainer_module, "evaluate", real_evaluate)
+    code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=run")
+    assert code == 2 and "unfinished run (continue it with trainer.resume=auto)" in err
+    code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "trainer.resume=auto")
+    assert code == 0, err
+    metrics = read_json(tmp_path / "run" / "metrics.json")
+    assert metrics["epochs"] == 1 and metrics["finished"] and 0 < metrics["test_acc"] <= 100
+
+
+def test_a_malformed_rng_state_is_one_line(tmp_path, run_main):
+    code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=a")
+    assert code == 0, err
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
+    size = torch.get_rng_state().numel()
+    for bad in (torch.zeros(10, dtype=torch.uint8), torch.full((size,), 255, dtype=torch.uint8)):
+        state["rng"]["torch"] = bad
+        torch.save(state, tmp_path / "bad.pt")
+        code, err = run_main(*ARGS, "trainer.epochs=2", f"trainer.resume={tmp_path / 'bad.pt'}", "hydra.run.dir=b")
+        assert code == 2 and "Traceback" not in err
+        (line,) = err.strip().splitlines()
+        assert "cannot be used to resume: its rng.torch entry" in line
+
+
+@pytest.mark.slow
+def test_a_run_dir_deleted_mid_run_is_one_line(tmp_path):
+    proc = _start(tmp_path, "trainer.epochs=50", "hydra.run.dir=run")
+    _wait_for(lambda: (tmp_path / "run" / "checkpoints" / "last.pt").is_file(), proc)
+    time.sleep(0.2)  # inside epoch 2's training, between checkpoint writes
+    shutil.rmtree(tmp_path / "run")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert "was deleted" in line or "No such file or directory" in line
+    assert not (tmp_path / "run").exists()  # not made again by a checkpoint write (nor trained into)
+
+
+def test_the_whitening_stem_is_fitted_on_clean_images_before_the_ema_copy(tmp_path):
+    """The speedrun net's stem: fitted to the first training batch in order, not augmented, and the EMA copy
+    (made after the fit) holds the same filters."""
+    import cnnlab
+    from cnnlab import data as data_lib
+    from cnnlab import models, optim
+    from cnnlab.engine.trainer import planned_steps
+    from cnnlab.models.speedrun import WhiteningStem
+
+    cfg = cnnlab.compose(
+        ["model=speedrun", "model.widths=[8,8,8]", "data=synthetic", "data.num_samples=128", "data.batch_size=32"]
+        + ["augment=[basic,cutout]", "trainer.ema_decay=0.9", "trainer.epochs=1", "trainer.max_steps=1"]
+        + ["trainer.device=cpu", "trainer.progress=none", "trainer.image_grid=0", "trainer.precision=fp32"]
+    )
+    cpu = torch.device("cpu")
+    clean, _ = next(iter(data_lib.build(cfg.data, cfg.augment, cpu, seed=cfg.seed).train.evaluation_mode()))
+    expected = WhiteningStem(3)
+    expected.fit(clean)
+    bundle = data_lib.build(cfg.data, cfg.augment, cpu, seed=cfg.seed)
+    model = models.build(cfg.model, bundle.spec)
+    per_epoch, total = planned_steps(cfg.trainer, len(bundle.train))
+    optimizer, scheduler = optim.build(cfg.optimizer, cfg.scheduler, model, per_epoch, total)
+    trainer = Trainer(cfg.trainer, tmp_path, cpu, seed=cfg.seed, config={})
+    trainer.fit(model, bundle, optimizer, scheduler)
+    assert torch.allclose(model.whiten.weight, expected.weight, atol=1e-6)
+    assert torch.allclose(trainer.state.ema.module.whiten.weight, expected.weight, atol=1e-6)
+
+
+def test_an_archive_that_fails_halfway_leaves_no_partial_data_root(tmp_path):
+    """A zip whose last class is corrupt: the first classes extract before the CRC error. data.root must not
+    appear, so that a rerun fails the same way instead of training on the classes that got through."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from cnnlab.data.folders import load_imagefolder
+
+    png = io.BytesIO()
+    Image.new("RGB", (6, 6), (0, 128, 255)).save(png, "PNG")
+    archive = tmp_path / "pics.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for c in ("a", "b", "c"):
+            for i in range(3):
+                zf.writestr(f"{c}/{i}.png", png.getvalue())
+    blob = bytearray(archive.read_bytes())
+    last = blob.rfind(png.getvalue())  # c/2.png's stored bytes: flip some, its CRC check fails
+    blob[last + 20 : last + 30] = bytes(10)
+    archive.write_bytes(bytes(blob))
+    root = tmp_path / "data" / "pics"
+    for _ in range(2):  # the rerun meets the same refusal, not a dataset without class c
+        with pytest.raises(CnnlabError, match="could not be extracted"):
+            load_imagefolder(root, archive.as_uri(), 0.2, 0, True)
+        assert not root.exists() and list((tmp_path / "data").iterdir()) == []  # no temp dir left either

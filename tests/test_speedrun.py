@@ -75,7 +75,7 @@ def test_whitening_fits_on_n_clean_training_images():
 
     from cnnlab import data as data_lib
     from cnnlab.config import AugmentConfig, DataConfig
-    from cnnlab.engine.data_init import DataDependentInit
+    from cnnlab.engine.data_init import fit_data_dependent_layers
     from cnnlab.errors import CnnlabError
 
     data_cfg = OmegaConf.merge(
@@ -85,17 +85,17 @@ def test_whitening_fits_on_n_clean_training_images():
     aug = OmegaConf.merge(OmegaConf.structured(AugmentConfig), {"crop_padding": 4, "flip": True})
     bundle = data_lib.build(data_cfg, aug, torch.device("cpu"))
     model = SpeedrunNet(widths=(8, 8, 8), whiten_images=50)
-    DataDependentInit().on_fit_start(None, model, bundle)
+    fit_data_dependent_layers(model, bundle.train)
     reference = WhiteningStem(3)
     reference.fit(bundle.train.normalise(bundle.train.images[:50]))  # unaugmented, the first 50
     assert torch.equal(model.whiten.weight, reference.weight)
     on_batch = SpeedrunNet(widths=(8, 8, 8))
-    DataDependentInit().on_fit_start(None, on_batch, bundle)  # default: the first (augmented) batch
+    fit_data_dependent_layers(on_batch, bundle.train)  # default: the first clean batch (16 images, not 50)
     assert not torch.allclose(on_batch.whiten.weight, reference.weight, atol=1e-3)
     data_cfg.loader = "dataloader"
     with pytest.raises(CnnlabError, match="model.whiten_images needs"):
-        DataDependentInit().on_fit_start(
-            None, SpeedrunNet(widths=(8, 8, 8), whiten_images=50), data_lib.build(data_cfg, aug, torch.device("cpu"))
+        fit_data_dependent_layers(
+            SpeedrunNet(widths=(8, 8, 8), whiten_images=50), data_lib.build(data_cfg, aug, torch.device("cpu")).train
         )
 
 
@@ -105,7 +105,7 @@ def test_whitening_bias_trains_only_in_its_window(tmp_path):
     from cnnlab import data as data_lib
     from cnnlab import models, optim
     from cnnlab.engine.callbacks import Callback
-    from cnnlab.engine.data_init import DataDependentInit
+    from cnnlab.engine.data_init import EpochLayers
     from cnnlab.engine.trainer import Trainer, planned_steps
 
     class Record(Callback):
@@ -122,7 +122,7 @@ def test_whitening_bias_trains_only_in_its_window(tmp_path):
     per_epoch, total = planned_steps(cfg.trainer, len(bundle.train))
     optimizer, scheduler = optim.build(cfg.optimizer, cfg.scheduler, model, per_epoch, total)
     record = Record()
-    trainer = Trainer(cfg.trainer, tmp_path, torch.device("cpu"), callbacks=[DataDependentInit(), record])
+    trainer = Trainer(cfg.trainer, tmp_path, torch.device("cpu"), callbacks=[EpochLayers(), record])
     trainer.fit(model, bundle, optimizer, scheduler)
     b1, b2, b3 = record.biases
     assert b1.abs().sum() > 0  # trained in epoch 1

@@ -179,14 +179,22 @@ def test_resume_from_explicit_path_continues_epochs(tmp_path):
     first = cli("train", "trainer.epochs=2", "hydra.run.dir=a", "trainer.image_grid=0", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     ckpt = tmp_path / "a" / "checkpoints" / "last.pt"
-    # Same run, asked for 2 epochs again: nothing left to train, only the final report.
-    again = cli(
+    # Asked for 2 epochs again: nothing left to train, one line
+    same = cli(
         "train", "trainer.epochs=2", f"trainer.resume={ckpt}", "hydra.run.dir=b", "trainer.image_grid=0", cwd=tmp_path
     )
-    assert again.returncode == 0, again.stderr
-    assert "resumed from" in again.stdout and "epoch 1/2" not in again.stdout
     assert (
-        read_json(tmp_path / "b" / "metrics.json")["test_acc"] == read_json(tmp_path / "a" / "metrics.json")["test_acc"]
+        same.returncode == 2 and "nothing left to train" in same.stderr and len(same.stderr.strip().splitlines()) == 1
+    )
+    # 3 epochs: only the third is trained, into the new run dir
+    again = cli(
+        "train", "trainer.epochs=3", f"trainer.resume={ckpt}", "hydra.run.dir=c", "trainer.image_grid=0", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stdout and "epoch 1/3" not in again.stdout and "epoch 3/3" in again.stdout
+    assert (
+        read_json(tmp_path / "c" / "metrics.json")["history"][:2]
+        == read_json(tmp_path / "a" / "metrics.json")["history"]
     )
 
 

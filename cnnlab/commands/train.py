@@ -15,8 +15,8 @@ from cnnlab import models, optim
 from cnnlab.analysis.training_images import TrainingImages
 from cnnlab.config import validate_train
 from cnnlab.data.augment import check as check_augment
-from cnnlab.engine import checkpoint, distributed, rundir
-from cnnlab.engine.data_init import DataDependentInit
+from cnnlab.engine import checkpoint, distributed, resume_checks, rundir
+from cnnlab.engine.data_init import EpochLayers
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.gradients import GradientFlow
 from cnnlab.engine.progress import make_console, say
@@ -31,7 +31,7 @@ from cnnlab.finetune import prepare as finetune_prepare
 
 def callbacks_for(cfg: DictConfig) -> list:
     """The trainer callbacks this config asks for (each feature adds its line here)."""
-    callbacks = [DataDependentInit(), ModelCost()]  # data-dependent layers first: fitted before anything runs
+    callbacks = [ModelCost(), EpochLayers()]
     grid = 0 if cfg.finetune.name == "feature_extract" else cfg.trainer.image_grid  # it sees features, not images
     callbacks.append(TrainingImages(grid, cfg.trainer.image_every))
     if cfg.trainer.log_grad_norms or cfg.trainer.log_histograms:
@@ -116,12 +116,17 @@ def nothing_left(cfg: DictConfig, state: dict) -> str | None:
 def _claim(cfg: DictConfig, run_dir: Path) -> rundir.Claim:
     """Rank 0 claims the run dir (lock, resume decision) and sends the other ranks its decision, checkpoint
     included: they hold no lock, read no file and need no shared filesystem."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+
+    def accept(path, state, same_run):
+        resume_checks.check(path, state, current, same_run)
+
     if distributed.world_size() == 1:
-        return rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+        return rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite, accept)
     outcome = None
     if distributed.is_main():
         try:
-            claim = rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+            claim = rundir.claim(run_dir, cfg.trainer.resume, cfg.trainer.overwrite, accept)
             outcome = rundir.Claim(run_dir, claim.resume_from, claim.resume_state, claim.fresh)  # without the lock
         except (rundir.RunFinished, CnnlabError) as ex:
             outcome = ex

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -21,31 +22,44 @@ from urllib.request import url2pathname
 from cnnlab.errors import CnnlabError
 
 
-def download_and_extract(url: str, dest: Path, *, filename: str | None = None, md5: str | None = None) -> Path:
-    """Fetch `url` into dest/filename (torchvision's download_url: redirects, Google Drive, md5 check; a
-    file:// URL is copied) and extract it into `dest`. Returns the archive's path. On any failure the
-    partial or refused archive is removed, and `dest` too if this call created it and it is empty."""
+def download_and_extract(url: str, dest: Path, *, filename: str | None = None, md5: str | None = None) -> None:
+    """Fetch `url` (torchvision's download_url: redirects, Google Drive, md5 check; a file:// URL is copied) and
+    extract it into `dest`, atomically: the archive is fetched and extracted in a temp dir beside `dest`, and
+    only a complete extraction is moved into place (`dest` itself with one os.rename when it does not exist
+    yet, else each top-level entry). A failed or killed download or extraction leaves `dest` as it was, so a
+    rerun never trains on half an archive; the archive itself is not kept."""
     from torchvision.datasets.utils import check_integrity, download_url
 
     dest = Path(dest)
-    created = not dest.exists()
     filename = filename or os.path.basename(urlparse(url).path) or "download"
-    archive = dest / filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
     try:
+        archive = work / filename
         if urlparse(url).scheme == "file":
-            dest.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(url2pathname(urlparse(url).path), archive)
             if md5 and not check_integrity(str(archive), md5):
                 raise CnnlabError(f"{url} does not have the expected md5 {md5}")
         else:
-            download_url(url, str(dest), filename, md5)
-        extract(archive, dest)
-    except BaseException:
-        archive.unlink(missing_ok=True)
-        if created and dest.is_dir() and not any(dest.iterdir()):
-            dest.rmdir()
-        raise
-    return archive
+            download_url(url, str(work), filename, md5)
+        content = work / "content"
+        extract(archive, content)
+        _move_into(content, dest, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _move_into(content: Path, dest: Path, work: Path) -> None:
+    """Rename the complete extraction into place; an entry already there (an incomplete earlier copy, since the
+    caller found files missing) is moved aside into `work` first and removed with it."""
+    if not dest.exists():
+        os.rename(content, dest)
+        return
+    for entry in sorted(content.iterdir()):
+        target = dest / entry.name
+        if target.exists() or target.is_symlink():
+            os.rename(target, work / f"replaced-{entry.name}")
+        os.rename(entry, target)
 
 
 def _escapes(name: str) -> bool:

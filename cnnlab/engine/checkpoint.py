@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ SLOW_SAVE_ENV = "CNNLAB_TEST_SLOW_SAVE"  # test hook: seconds to pause inside a 
 # Model keys that would fetch weights from elsewhere (a download, another file): the checkpoint holds the weights,
 # so a stored config must have them null (the trainer stores them so, see stored_model).
 WEIGHT_SOURCES = ("weights", "weights_path", "pretrained", "url", "weights_url", "download", "download_url")
+# How torch.save reports a failed write (disk full, I/O error): a RuntimeError from its zip writer, not an OSError.
+TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
 
 
 def save(path: Path, state: dict) -> None:
@@ -33,7 +36,7 @@ def save(path: Path, state: dict) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # not its parents: a run dir deleted mid-run is not made again
         with open(tmp, "wb") as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
             if os.environ.get(SLOW_SAVE_ENV):
@@ -46,6 +49,15 @@ def save(path: Path, state: dict) -> None:
         tmp.unlink(missing_ok=True)
         raise CnnlabError(
             f"cannot write checkpoint {path}: {ex.strerror or ex}; the previous {path.name} (if any) is intact"
+        ) from None
+    except RuntimeError as ex:
+        tmp.unlink(missing_ok=True)
+        if not any(sign in str(ex) for sign in TORCH_WRITE_FAILURES):
+            raise
+        free = shutil.disk_usage(path.parent).free / 1e6 if path.parent.is_dir() else 0.0
+        raise CnnlabError(
+            f"cannot write checkpoint {path}: the write failed ({free:.0f} MB free; is the disk full?); "
+            f"the previous {path.name} (if any) is intact"
         ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -218,7 +230,23 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _generator_state(value, like: torch.Tensor) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == like.dtype and value.shape == like.shape
+
+
+def set_rng_state(state: dict, path: str | Path = "the checkpoint") -> None:
+    """Restore the RNG states `rng_state` saved; a malformed one (wrong type, size or dtype) is one line."""
+    if not _generator_state(state.get("torch"), torch.get_rng_state()):
+        raise CnnlabError(f"{path} cannot be used to resume: its rng.torch entry is not a CPU generator state")
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        current = torch.cuda.get_rng_state_all()
+        if not isinstance(cuda, (list, tuple)) or not all(_generator_state(t, current[0]) for t in cuda):
+            raise CnnlabError(f"{path} cannot be used to resume: its rng.cuda entry is not a list of CUDA states")
+        cuda = list(cuda)[: len(current)]
+    try:  # the right size but not a valid Mersenne Twister state
+        torch.set_rng_state(state["torch"])
+    except RuntimeError as ex:
+        raise CnnlabError(f"{path} cannot be used to resume: its rng.torch entry is invalid ({ex})") from None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,17 +1,23 @@
 """Data- and epoch-dependent layers, set up outside the training step instead of checked inside it.
 
 A layer that wants to be fitted to data (the speedrun net's patch-whitening stem) defines
-`init_from_batch(x)`, where x is a training batch as the model receives it (on the device, normalised,
-augmented), or, when the layer sets `fit_images = n`, the first n training images normalised but not
-augmented. The `DataDependentInit` callback calls it in `on_fit_start`; the layer decides itself whether
-it still needs fitting (after a resume it is already fitted). A layer with `set_epoch(epoch)` (from 0) is
-told the epoch about to be trained: at the start of the fit (also a resumed one) and after every epoch.
+`init_from_batch(x)`, where x is a batch as the model receives it (on the device, normalised). The trainer
+calls `fit_data_dependent_layers` before it makes the EMA copy and the DDP wrapper, so that both start from
+the fitted layer. The batch is the first one of the training split in order, without augmentation or mixing
+(a property of the data, not of one epoch's random draws), or, when the layer sets `fit_images = n`, the
+first n training images; rank 0's fit is broadcast, so every rank holds the same layer. The layer decides
+itself whether it still needs fitting (after a resume it is already fitted). A layer with `set_epoch(epoch)`
+(from 0) is told the epoch about to be trained by the `EpochLayers` callback: at the start of the fit (also a
+resumed one) and after every epoch.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
+from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import CnnlabError
 
@@ -24,33 +30,61 @@ def epoch_layers(model: torch.nn.Module) -> list:
     return [m for m in model.modules() if callable(getattr(m, "set_epoch", None))]
 
 
+def _owner(loader):
+    """The cnnlab loader inside wrappers (debug limits, a test's watcher), or None for a foreign loader."""
+    while loader is not None and not hasattr(type(loader), "evaluation_mode"):
+        loader = getattr(loader, "loader", None)
+    return loader
+
+
+@contextmanager
+def _clean(loader):
+    """The training loader switched to evaluation order (no augmentation, no mixing) for one batch."""
+    owner = _owner(loader)
+    if owner is None:  # not a cnnlab loader: its batches as they come
+        yield loader
+        return
+    saved = owner.train, owner.augment, owner.mixer
+    try:
+        yield owner.evaluation_mode()
+    finally:
+        owner.train, owner.augment, owner.mixer = saved
+
+
 def clean_images(loader, n: int, device) -> torch.Tensor:
-    """The first n training images, normalised, not augmented."""
-    images = getattr(loader, "images", None)
+    """The first n training images, normalised, not augmented (the device loader holds them all in memory)."""
+    owner = _owner(loader)
+    images = getattr(owner, "images", None)
     if not isinstance(images, torch.Tensor):
         raise CnnlabError("model.whiten_images needs the training images in memory (data.loader=device)")
-    return loader.normalise(images[:n].to(device))
+    return owner.normalise(images[:n].to(device))
 
 
-class DataDependentInit(Callback):
+def fit_data_dependent_layers(model: torch.nn.Module, train_loader) -> None:
+    layers = data_dependent_layers(model)
+    if not layers:
+        return
+    device = next(model.parameters()).device
+    batch = None
+    with torch.no_grad():
+        for layer in layers:
+            n = getattr(layer, "fit_images", None)
+            if n:
+                x = clean_images(train_loader, n, device)
+            else:
+                if batch is None:
+                    with _clean(train_loader) as loader:
+                        batch = next(iter(loader))[0].to(device)
+                x = batch
+            layer.init_from_batch(x)
+            distributed.broadcast_module(layer)  # the same on every rank (their first batches differ)
+
+
+class EpochLayers(Callback):
     def on_fit_start(self, trainer, model, data) -> None:
         epoch = trainer.state.progress.epoch if trainer is not None and trainer.state is not None else 0
         for layer in epoch_layers(model):
             layer.set_epoch(epoch)
-        layers = data_dependent_layers(model)
-        if not layers:
-            return
-        device = next(model.parameters()).device
-        batch = None
-        with torch.no_grad():
-            for layer in layers:
-                n = getattr(layer, "fit_images", None)
-                if n:
-                    layer.init_from_batch(clean_images(data.train, n, device))
-                    continue
-                if batch is None:
-                    batch = next(iter(data.train))[0].to(device)
-                layer.init_from_batch(batch)
 
     def on_epoch_end(self, trainer, model, data, row: dict) -> None:
         for layer in epoch_layers(model):

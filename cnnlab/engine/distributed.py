@@ -11,6 +11,7 @@ each use the right transport. Each rank uses the GPU of its LOCAL_RANK.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -217,6 +218,15 @@ def wrap(model: torch.nn.Module, device: torch.device, *, changing_trainables: b
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=changing_trainables)
+
+
+def no_sync(model: torch.nn.Module):
+    """DDP's no_sync (gradients accumulate locally, no all-reduce) for a micro-batch that is not the last of its
+    accumulation group; a plain (or torch.compile'd plain) model: nothing to skip."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    return inner.no_sync() if isinstance(inner, DistributedDataParallel) else contextlib.nullcontext()
 
 
 def convert_sync_bn(model: torch.nn.Module) -> torch.nn.Module:

@@ -67,29 +67,43 @@ def _state_of(last: Path) -> dict | None:
     return checkpoint.load(last) if last.is_file() else None
 
 
-def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
+def claim(run_dir: Path, resume: str | None, overwrite: bool, accept=None) -> Claim:
+    """`accept(path, state, same_run)` vets a checkpoint to resume from (resume_checks.check) before anything
+    in the run dir is touched: it raises CnnlabError to refuse."""
     run_dir = Path(run_dir)
+    accept = accept or (lambda path, state, same_run: None)
     fd = _lock(run_dir)
     try:
         ckpt_dir = run_dir / "checkpoints"
         checkpoint.remove_stale_temp_files(ckpt_dir)
         last = ckpt_dir / "last.pt"
         finished_marker = (run_dir / "metrics.json").is_file()
-        if resume == "auto":
-            state = _state_of(last)
-            fit = state.get("fit") if state else None
-            if state is not None and not (isinstance(fit, dict) and fit.get("finished")):
-                return Claim(run_dir, last, state, fresh=False, _lock_fd=fd)
-            if state is not None or finished_marker:
+        if resume == "auto":  # finished means metrics.json written: a last.pt without it is continued
+            if finished_marker:
                 raise RunFinished(
                     f"{run_dir} holds a finished run: nothing to resume (trainer.overwrite=true "
                     f"without trainer.resume starts it over)"
                 )
+            state = _state_of(last)
+            if state is not None:
+                accept(last, state, True)
+                return Claim(run_dir, last, state, fresh=False, _lock_fd=fd)
             return Claim(run_dir, None, None, fresh=True, _lock_fd=fd)
+        state = None
         if resume:
             path = Path(resume).expanduser()
-            if path.resolve().parent == ckpt_dir.resolve():  # an explicit checkpoint of this very run: continue it
-                return Claim(run_dir, path, checkpoint.load(path), fresh=False, _lock_fd=fd)
+            if path.resolve().parent == ckpt_dir.resolve():  # an explicit checkpoint of this very run
+                if not finished_marker:  # continue it
+                    state = checkpoint.load(path)
+                    accept(path, state, True)
+                    return Claim(run_dir, path, state, fresh=False, _lock_fd=fd)
+                if not overwrite:
+                    raise CnnlabError(
+                        f"{run_dir} holds a finished run: train it longer from {path} into a new "
+                        f"hydra.run.dir, or retrain it in place with trainer.overwrite=true"
+                    )
+            state = checkpoint.load(path)  # read before an overwrite clears the run dir
+            accept(path, state, False)
         earlier = last.is_file() or (ckpt_dir / "best.pt").is_file() or finished_marker
         if earlier and not overwrite:
             again = shlex.quote(f"hydra.run.dir={run_dir}")  # pasteable, also with spaces in the path
@@ -106,7 +120,7 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool) -> Claim:
             shutil.rmtree(run_dir / "tb", ignore_errors=True)
             (run_dir / "metrics.json").unlink(missing_ok=True)
         if resume:
-            return Claim(run_dir, path, checkpoint.load(path), fresh=True, _lock_fd=fd)
+            return Claim(run_dir, path, state, fresh=True, _lock_fd=fd)
         return Claim(run_dir, None, None, fresh=True, _lock_fd=fd)
     except BaseException:
         os.close(fd)

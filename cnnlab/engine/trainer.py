@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -29,14 +30,16 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cnnlab.analysis.tta import with_tta
-from cnnlab.engine import checkpoint, distributed
+from cnnlab.engine import checkpoint, distributed, resume_checks
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
 from cnnlab.engine.callbacks import Callbacks
+from cnnlab.engine.data_init import fit_data_dependent_layers
 from cnnlab.engine.device import autocast_for, resolve_precision, set_deterministic
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import ProgressDisplay, make_console, metrics_table, say
 from cnnlab.engine.signals import StopSignals
+from cnnlab.engine.stop_now import Stopped, StopRaises, write_atomically
 from cnnlab.engine.tensorboard import Session, TensorBoard
 from cnnlab.errors import CnnlabError
 
@@ -117,7 +120,9 @@ class TrainState:
             "config": self.config,
         }
 
-    def load_state_dict(self, state: dict, path) -> None:
+    def load_state_dict(self, state: dict, path, replan: bool = False) -> None:
+        """`replan`: this run is longer or shorter than the checkpoint's; its freshly planned schedule is
+        fast-forwarded instead of loaded (resume_checks.continue_schedule)."""
         checkpoint.require(state, path, {"optimizer": dict, "scheduler": dict, "fit": dict, "rng": dict}, "resume")
         if not isinstance(state["rng"].get("torch"), torch.Tensor):
             raise CnnlabError(f"{path} cannot be used to resume: its 'rng' entry holds no torch generator state")
@@ -125,7 +130,8 @@ class TrainState:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            if not replan:
+                self.scheduler.load_state_dict(state["scheduler"])
             if self.ema is not None:
                 self.ema.module.load_state_dict(state.get("ema") or state["model"])
                 self.ema.n_averaged.fill_(state.get("ema_updates", 0))
@@ -136,44 +142,12 @@ class TrainState:
             raise CnnlabError(
                 f"cannot resume from {path}: it does not match this model/optimizer ({first[:200]})"
             ) from None
-        checkpoint.set_rng_state(state["rng"])
-        progress.finished, progress.stop_reason = False, ""
+        if replan:
+            resume_checks.continue_schedule(self.scheduler, state["scheduler"], path)
+        checkpoint.set_rng_state(state["rng"], path)
+        if replan or not progress.finished:  # a finished one only lacks its test evaluation (metrics.json)
+            progress.finished, progress.stop_reason = False, ""
         self.progress = progress
-
-
-# Settings that must not change between a checkpoint and the run resuming from it: the optimizer state,
-# the schedule and the best metric would silently mean something else.
-RESUME_FIXED = (
-    "model._target_",
-    "optimizer._target_",
-    "optimizer.lr",
-    "optimizer.weight_decay",
-    "scheduler.name",
-    "trainer.monitor",
-    "trainer.precision",
-    "trainer.accumulate",
-    "trainer.ema_decay",
-    "data.name",
-    "data.batch_size",
-    "data.eval_subset",
-)
-
-
-def resume_conflicts(stored: dict, current: dict) -> list[str]:
-    """The RESUME_FIXED keys whose values differ between a checkpoint's config and this run's."""
-
-    def get(config, dotted):
-        for part in dotted.split("."):
-            if not isinstance(config, dict) or part not in config:
-                return None
-            config = config[part]
-        return config
-
-    return [
-        f"{key} was {get(stored, key)!r}, now {get(current, key)!r}"
-        for key in RESUME_FIXED
-        if get(stored, key) is not None and get(stored, key) != get(current, key)
-    ]
 
 
 class Trainer:
@@ -226,19 +200,23 @@ class Trainer:
         distributed.barrier()
 
     def _restore(self, path: Path, state: dict) -> None:
-        conflicts = resume_conflicts(state.get("config") or {}, self.config)
-        if conflicts:
-            raise CnnlabError(
-                f"cannot resume from {path}: {'; '.join(conflicts)}. Resume with the same settings, "
-                f"or start a new run from its weights (model.weights_path / finetune)"
-            )
-        self.state.load_state_dict(state, path)
+        """Continue from a checkpoint that resume_checks.check accepted (before anything was written)."""
+        stored = state.get("config") if isinstance(state.get("config"), dict) else {}
+        replan = resume_checks.replanned(stored, self.config)
+        self.state.load_state_dict(state, path, replan=replan)
         if distributed.rank():  # the checkpoint holds rank 0's RNG: the other ranks draw (dropout) from their own
             torch.manual_seed(self.seed + 1_000_003 * distributed.rank() + self.state.progress.step)
         self._adopt_best(path)
         p = self.state.progress
         where = f"epoch {p.epoch + 1}" + (f", batch {p.batch}" if p.batch else "")
-        self._say(f"resumed from {path} at {where} (step {p.step})")
+        longer = ""
+        if replan:
+            old = stored.get("trainer", {})
+            longer = (
+                f"; a new run of {self.cfg.epochs} epochs (the checkpoint's had {old.get('epochs')}): "
+                f"the {self.config.get('scheduler', {}).get('name', '')} schedule is re-planned for it"
+            )
+        self._say(f"resumed from {path} at {where} (step {p.step}){longer}")
 
     def _adopt_best(self, resumed_from: Path) -> None:
         """Resuming into another run directory: bring the source run's best.pt along (or pick a new best)."""
@@ -308,28 +286,35 @@ class Trainer:
         seen = partial.get("seen", 0)
         start = time.perf_counter() - partial.get("seconds", 0.0)
         accumulate, skip_bad = cfg.accumulate, cfg.nan_policy == "skip_batch"
-        any_finite = None  # skip_batch: whether any micro-batch of the coming optimizer step had a finite loss
+        finite_count = None  # skip_batch: micro-batches of the coming optimizer step whose loss was finite
         stopped = ""
         for i, (x, y) in enumerate(loader):
             if i < p.batch:  # resuming mid-epoch: these batches were trained before the stop
                 continue
             x = x.contiguous(memory_format=self.memory_format)
             self.callbacks.on_train_batch(self, x, y, i)
-            with self.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            finite = torch.isfinite(loss.detach())
+            # An optimizer step averages its group of micro-batches (the epoch's last group may be smaller).
+            group = min(accumulate, num_batches - i + i % accumulate)
+            stepped = i % accumulate + 1 == group
+            # DDP all-reduces once per group; under skip_batch every micro-batch (see README: Numerical faults)
+            with nullcontext() if stepped or skip_bad else distributed.no_sync(model):
+                with self.autocast():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                finite = torch.isfinite(loss.detach())
+                if skip_bad:
+                    finite = distributed.all_true(finite)  # several ranks: a batch is dropped everywhere or nowhere
+                    before = [q.grad.clone() if q.grad is not None else None for q in model.parameters()]
+                (state.scaler.scale(loss / group) if state.scaler is not None else loss / group).backward()
             if skip_bad:
-                finite = distributed.all_true(finite)  # several ranks: a batch is dropped everywhere or nowhere
-            (state.scaler.scale(loss / accumulate) if state.scaler is not None else loss / accumulate).backward()
-            if skip_bad:
-                _drop_gradients_unless(model, finite)
-                any_finite = finite if any_finite is None else any_finite | finite
+                _drop_gradients_unless(model, finite, before)
+                finite_count = finite.long() if finite_count is None else finite_count + finite.long()
             self.callbacks.after_backward(self, model)
-            stepped = (i + 1) % accumulate == 0 or i + 1 == num_batches
             if stepped:
-                self._optimizer_step(model, any_finite)
-                any_finite = None
+                if finite_count is not None:  # the step averages the finite micro-batches only
+                    _scale_gradients(model, group / finite_count.clamp(min=1))
+                self._optimizer_step(model, None if finite_count is None else finite_count > 0)
+                finite_count = None
                 state.scheduler.step()
                 p.step += 1
                 if p.step % cfg.log_every == 0:
@@ -461,6 +446,7 @@ class Trainer:
                 )
             model = distributed.convert_sync_bn(model)  # same parameter objects: the optimizer is unaffected
         model.to(self.device, memory_format=self.memory_format)
+        fit_data_dependent_layers(model, data.train)  # before the EMA copy and the DDP wrapper take the model
         ema = None
         if self.cfg.ema_decay:
             ema = EMA(model, self.cfg.ema_decay)
@@ -516,21 +502,30 @@ class Trainer:
             if self.vote is not None:
                 self.vote.flush()
             display.close()
-            if self.tb is not None:
+            if self.tb is not None and self.run_dir.is_dir():
                 self.tb.writer.flush()
         if p.stop_reason in ("time_limit", "interrupted"):
             return self._stopped_early()
-        p.finished = True
-        self._save("last.pt")
-        return self._finish(data)
+        # Training is complete, but the run is finished only once metrics.json is written: a stop from here on
+        # leaves last.pt as it is (or marked finished), and resume=auto runs the test evaluation again.
+        try:
+            with StopRaises():
+                if distributed.any_rank(bool(self.signals.received)):  # came during the last validation
+                    raise Stopped(self.signals.received or signal.SIGINT)
+                p.finished = True
+                self._save("last.pt")
+                return self._finish(data)
+        except Stopped as ex:
+            p.finished, self.signals.received = True, ex.signum
+            return self._stopped_early(", before the test evaluation (training is complete)")
 
-    def _stopped_early(self) -> dict:
+    def _stopped_early(self, after: str = "") -> dict:
         p = self.state.progress
-        where = f"epoch {p.epoch + 1}, batch {p.batch}" if p.batch else f"the end of epoch {p.epoch}"
+        where = f"epoch {p.epoch + 1}, batch {p.batch}" if p.batch else f"the end of epoch {p.epoch}{after}"
         hint = self.resume_hint or "rerun with trainer.resume=auto (same run dir)"
         if self.tb is not None:
             self.tb.close()
-        if p.stop_reason == "interrupted":
+        if p.stop_reason == "interrupted" or p.finished:
             name = self.signals.name
             raise Interrupted(
                 self.signals.received,
@@ -544,6 +539,8 @@ class Trainer:
 
     def _end_epoch(self, eval_model, val_loader, train: dict, display) -> None:
         p = self.state.progress
+        if self.is_main and not self.run_dir.is_dir():  # nothing can be saved: say so, not a traceback
+            raise CnnlabError(f"the run dir {self.run_dir} was deleted during epoch {p.epoch + 1}: stopped")
         val = evaluate(eval_model, val_loader, self.spec.num_classes, self.autocast, self.memory_format)
         p.epoch += 1
         epoch = p.epoch
@@ -654,7 +651,7 @@ class Trainer:
         self.callbacks.on_fit_end(self, model, data, metrics)
         if not self.is_main:
             return metrics
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_atomically(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))  # the finished mark
         self.tb.hparams(
             self.hparams,
             {
@@ -702,12 +699,18 @@ def _finite(model: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def _drop_gradients_unless(model: nn.Module, finite: torch.Tensor) -> None:
-    """nan_policy=skip_batch, without a host sync: a batch whose loss is not finite contributes no gradient."""
-    keep = finite.to(torch.float32)
+def _drop_gradients_unless(model: nn.Module, finite: torch.Tensor, before: list) -> None:
+    """nan_policy=skip_batch, without a host sync: a micro-batch whose loss is not finite contributes no gradient;
+    `before` holds the gradients accumulated by the earlier micro-batches of the step, which are kept."""
+    for q, old in zip(model.parameters(), before):
+        if q.grad is not None:
+            q.grad.copy_(torch.where(finite, q.grad.nan_to_num(0.0, 0.0, 0.0), 0.0 if old is None else old))
+
+
+def _scale_gradients(model: nn.Module, factor: torch.Tensor) -> None:
     for q in model.parameters():
         if q.grad is not None:
-            q.grad.nan_to_num_(0.0, 0.0, 0.0).mul_(keep.to(q.grad.dtype))
+            q.grad.mul_(factor.to(q.grad.dtype))
 
 
 class _Kept:

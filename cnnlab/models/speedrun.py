@@ -8,7 +8,7 @@ for the first `whiten_bias_epochs` epochs only, frozen BatchNorm weights, `bn_mo
 initialised convs, a head rescaled to `head_std` and logits scaled by `scale` (null: 1 / the head's width).
 
 The fit happens once, outside the training step: `init_from_batch(x)` is the data-dependent initialisation
-hook (cnnlab.engine.data_init.DataDependentInit calls it on the first training batch in on_fit_start). A
+hook (the trainer calls it, through cnnlab.engine.data_init, on a clean training batch before training). A
 per-step "fitted yet?" check of a device buffer would be a host sync on every CUDA step.
 """
 
