@@ -147,7 +147,7 @@ def _task(module_name: str):
         from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
         from cnnlab import launch
-        from cnnlab.engine import rundir
+        from cnnlab.engine import checkpoint, rundir
         from cnnlab.engine.trainer import Interrupted
         from cnnlab.errors import CnnlabError
 
@@ -175,9 +175,9 @@ def _task(module_name: str):
                 raise
             _fail_job(f"cannot write {ex.filename or job.path}: {ex.strerror}", cfg, job)
         except RuntimeError as ex:  # torch.save on a full disk raises RuntimeError, not OSError
-            if not rundir.is_write_failure(ex):
+            if not checkpoint.write_failure(ex):
                 raise
-            _fail_job(f"cannot write into {job.path}: {rundir.is_write_failure(ex)}", cfg, job)
+            _fail_job(f"cannot write into {job.path}: {checkpoint.write_failure(ex)}", cfg, job)
         except KeyboardInterrupt:  # Ctrl-C before training started: nothing to keep
             job.discard_if_unused()
             raise

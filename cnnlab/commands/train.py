@@ -90,27 +90,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         metrics = run_dir / "metrics.json"
         return json.loads(metrics.read_text()) if metrics.is_file() else {"finished": True}
     try:
-        if claim.fresh and claim.resume_state is not None and (done := nothing_left(cfg, claim.resume_state)):
-            raise CnnlabError(f"{claim.resume_from} has nothing left to train: {done}")
         if claim.fresh and distributed.is_main():
             save_hydra_files(run_dir, cfg)
         return _train(cfg, run_dir, claim)
     finally:
         claim.release()
-
-
-def nothing_left(cfg: DictConfig, state: dict) -> str | None:
-    """Why resuming the finished run `state` into a new dir would train nothing (it already reached trainer.epochs
-    or max_steps), else None."""
-    fit = state.get("fit") if isinstance(state.get("fit"), dict) else {}
-    if fit.get("finished") is not True:  # an unfinished one still has its test evaluation to do
-        return None
-    epoch, step, batch = fit.get("epoch"), fit.get("step"), fit.get("batch") or 0
-    if isinstance(epoch, int) and epoch >= cfg.trainer.epochs and not batch:
-        return f"it trained {epoch} epochs and trainer.epochs={cfg.trainer.epochs}; raise trainer.epochs"
-    if cfg.trainer.max_steps and isinstance(step, int) and step >= cfg.trainer.max_steps:
-        return f"it made {step} steps and trainer.max_steps={cfg.trainer.max_steps}; raise trainer.max_steps"
-    return None
 
 
 def _claim(cfg: DictConfig, run_dir: Path) -> rundir.Claim:

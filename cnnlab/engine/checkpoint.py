@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 
@@ -26,8 +25,19 @@ SLOW_SAVE_ENV = "CNNLAB_TEST_SLOW_SAVE"  # test hook: seconds to pause inside a 
 # Model keys that would fetch weights from elsewhere (a download, another file): the checkpoint holds the weights,
 # so a stored config must have them null (the trainer stores them so, see stored_model).
 WEIGHT_SOURCES = ("weights", "weights_path", "pretrained", "url", "weights_url", "download", "download_url")
-# How torch.save reports a failed write (disk full, I/O error): a RuntimeError from its zip writer, not an OSError.
-TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+def write_failure(ex: RuntimeError) -> str | None:
+    """What torch.save's RuntimeError says when the disk is full or a file size limit is hit, else None (a bug)."""
+    text = str(ex)
+    if "No space left" in text or "Disk quota exceeded" in text:
+        return "no space left on the device"
+    if any(
+        s in text
+        for s in ("file write failed", "PytorchStreamWriter", "inline_container", "File too large", "unexpected pos")
+    ):
+        return "a file write failed (the disk is full, or over a quota or file size limit)"
+    return None
 
 
 def save(path: Path, state: dict) -> None:
@@ -52,12 +62,11 @@ def save(path: Path, state: dict) -> None:
         ) from None
     except RuntimeError as ex:
         tmp.unlink(missing_ok=True)
-        if not any(sign in str(ex) for sign in TORCH_WRITE_FAILURES):
+        reason = write_failure(ex)  # torch reports a full disk as a RuntimeError from its zip writer
+        if reason is None:
             raise
-        free = shutil.disk_usage(path.parent).free / 1e6 if path.parent.is_dir() else 0.0
         raise CnnlabError(
-            f"cannot write checkpoint {path}: the write failed ({free:.0f} MB free; is the disk full?); "
-            f"the previous {path.name} (if any) is intact"
+            f"cannot write checkpoint {path}: {reason}; the previous {path.name} (if any) is intact"
         ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -127,16 +127,6 @@ def claim(run_dir: Path, resume: str | None, overwrite: bool, accept=None) -> Cl
         raise
 
 
-def is_write_failure(ex: RuntimeError) -> str | None:
-    """What torch.save's RuntimeError says when the disk is full or a file size limit is hit, else None (a bug)."""
-    text = str(ex)
-    if "No space left" in text or "Disk quota exceeded" in text:
-        return "no space left on the device"
-    if any(s in text for s in ("file write failed", "PytorchStreamWriter", "inline_container", "File too large")):
-        return "a file write failed (the disk is full, or over a quota or file size limit)"
-    return None
-
-
 @dataclass
 class JobDir:
     """The dir Hydra made for this job (None outside a Hydra job) and whether this start made it: a refused start

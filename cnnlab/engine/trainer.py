@@ -150,6 +150,12 @@ class TrainState:
         self.progress = progress
 
 
+def _images(loader) -> int | None:
+    """How many images an evaluation split holds (data.eval_subset may cut it); None for a foreign loader."""
+    labels = getattr(loader, "labels", None)
+    return len(labels) if labels is not None else None
+
+
 class Trainer:
     def __init__(
         self,
@@ -642,8 +648,8 @@ class Trainer:
             "skipped_batches": p.skipped_batches,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
-            "val_images": len(data.val.labels),
-            "test_images": len(data.test.labels),
+            "val_images": _images(data.val),
+            "test_images": _images(data.test),
             "world_size": distributed.world_size(),
             "global_batch": data.train.batch_size * distributed.world_size() * self.cfg.accumulate,
             "history": p.history,
