@@ -69,7 +69,10 @@ def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
         loc="outside lower center",
         ncols=min(3, len(runs)),
         fontsize=9,
-        title=", ".join(seeds.other_keys(report.keys)) or None,
+        title=(
+            ", ".join(seeds.other_keys(report.keys)) + (" (mean, band ± 1 std)" if seeds.SEED in report.keys else "")
+        )
+        or None,
     )
     fig.suptitle(title or "validation curves", fontsize=13)
     out = save(fig, path)

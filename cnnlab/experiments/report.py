@@ -372,7 +372,7 @@ def to_markdown(report: Report, title: str = "") -> str:
         lines += [*found, ""]
     grouped = findings.by_seed(report)
     if grouped is not None:
-        lines += ["## Mean ± std over seeds", "", _md_table(grouped, first_run=True), "## Every run", ""]
+        lines += ["## Mean ± std over seeds", "", _md_table(grouped, first_run=True), "## Every run", "", ""]
     return "\n".join(lines) + _md_table(report)
 
 
