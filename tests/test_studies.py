@@ -281,3 +281,17 @@ def test_offline_transfer_from_a_source_model_cnnlab_trained(tmp_path, data_root
     probe_state = torch.load(tmp_path / "linear_probe" / "checkpoints" / "best.pt", weights_only=True)["model"]
     assert torch.equal(source_state["layer1.0.conv1.weight"], probe_state["layer1.0.conv1.weight"])
     assert probe_state["fc.weight"].shape == (4, 512)
+
+
+def test_torchvision_weights_path_takes_a_cnnlab_checkpoint_and_replaces_its_head(tmp_path):
+    from cnnlab.models.tv import TorchvisionModel
+
+    source = TorchvisionModel("resnet18", num_classes=6)
+    torch.save({"model": source.state_dict(), "fit": {}, "epoch": 1}, tmp_path / "best.pt")
+    for classes in (4, 6):
+        model = TorchvisionModel("resnet18", num_classes=classes, weights_path=str(tmp_path / "best.pt"))
+        assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+        assert model.fc.weight.shape == (classes, 512) and not torch.equal(model.fc.bias, source.fc.bias[:classes])
+    torch.save({"model": {"fc.weight": torch.zeros(3, 512)}, "fit": {}}, tmp_path / "other.pt")
+    with pytest.raises(CnnlabError, match="is not a state dict of torchvision's resnet18"):
+        TorchvisionModel("resnet18", num_classes=4, weights_path=str(tmp_path / "other.pt"))
