@@ -267,7 +267,7 @@ def test_offline_transfer_from_a_source_model_cnnlab_trained(tmp_path, data_root
     assert list(source.data.classes) == ["bird", "cat", "deer", "dog", "frog", "horse"]
     cnnlab.train(source, tmp_path / "source")
     best = tmp_path / "source" / "checkpoints" / "best.pt"
-    for mode in ("linear_probe", "gradual"):
+    for mode in ("linear_probe", "feature_extract", "gradual"):
         cfg = cnnlab.compose(
             ["experiment=study_transfer_offline", "budget=cpu", f"finetune={mode}", *FEW_STEPS]
             + [f"model.weights_path={best}"]

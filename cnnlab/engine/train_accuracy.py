@@ -11,12 +11,14 @@ the end of the run (`load_avg`, 1/5/15 minutes) beside the seconds per epoch it 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
 import torch
 
 from cnnlab.data.loaders import DeviceLoader
+from cnnlab.data.sharding import Shard
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.metrics import evaluate
 
@@ -44,13 +46,10 @@ class TrainAccuracy(Callback):
             log.info("train accuracy in eval mode: only on the device data path (data.loader=device); skipped")
             return
         keep = fixed_sample(len(train.labels), self.samples, trainer.seed).to(train.labels.device)
-        self.loader = DeviceLoader(
-            train.images.index_select(0, keep),
-            train.labels.index_select(0, keep),
-            data.val.batch_size,
-            data.spec.mean,
-            data.spec.std,
-        )
+        sample = copy.copy(train)  # the train loader's own kind and normalisation (cached features stay features)
+        sample.images, sample.labels = train.images.index_select(0, keep), train.labels.index_select(0, keep)
+        sample.shard, sample.batch_size = Shard(), data.val.batch_size  # every rank: the whole sample
+        self.loader = sample.evaluation_mode()
 
     def on_epoch_end(self, trainer, model, data, row: dict) -> None:
         if self.loader is None:
