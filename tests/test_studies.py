@@ -157,6 +157,10 @@ def test_plain_arm_of_a_resnet_is_labelled_plain(tmp_path):
         OmegaConf.save(OmegaConf.create(hydra), path / ".hydra" / "hydra.yaml")
     report = report_lib.build([tmp_path])
     assert [row["model"] for row in report.rows] == ["resnet56", "plain56"]
+    tv = report_lib.Run(
+        tmp_path, config=OmegaConf.create({"model": {"name": "resnet18"}}), choices={"model": "torchvision"}
+    )
+    assert report_lib.model_name(tv) == "tv_resnet18"
 
 
 def test_grad_norm_stages_have_the_same_names_with_and_without_norm_layers():
