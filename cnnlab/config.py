@@ -35,6 +35,7 @@ class DataConfig:
     num_samples: int = 1024  # synthetic only
     subset: Optional[int] = None  # keep at most n training images per class
     eval_subset: Optional[int] = None  # evaluate val and test on their first n images only (cheap small runs)
+    classes: Optional[list[Any]] = None  # keep only these classes (names or indices), relabelled 0..k-1 in this order
     loader: str = "auto"  # auto | device | dataloader (auto: device, but dataloader for large image files)
     val_fraction: float = 0.1  # imagefolder without a val/ folder: held out per class as the test split
     download_url: Optional[str] = None  # imagefolder: an archive to fetch into data.root when it is missing
@@ -99,6 +100,7 @@ class TrainerConfig:
     profile: bool = False  # debug: torch.profiler trace of a few steps into <run>/tb/profile
     log_grad_norms: bool = False  # per-stage gradient norms in TensorBoard every log_every steps (engine/gradients.py)
     log_histograms: Optional[int] = None  # weight and gradient histograms every N epochs (null: none)
+    train_eval_samples: int = 1000  # eval-mode accuracy on this many fixed train images per epoch (0: off)
     overwrite: bool = False  # train into a run dir that already holds a run (its checkpoints, tb/ and metrics go)
     nan_policy: str = "stop"  # stop | skip_batch: what a non-finite loss does (checked at the log interval)
     sync_bn: bool = False  # several ranks (torchrun): BatchNorm statistics over the global batch (CUDA only)
@@ -123,6 +125,7 @@ class TrainSchema:
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    study: Any = None  # a chapter study's claim (configs/experiment/study_*.yaml), read by the sweep report
 
 
 @dataclass
@@ -330,6 +333,7 @@ def validate_train(cfg: DictConfig) -> None:
     number(cfg, "trainer.log_histograms", low=1, integer=True)
     number(cfg, "trainer.label_smoothing", low=0, high=0.99)
     number(cfg, "trainer.image_grid", low=0, integer=True)
+    number(cfg, "trainer.train_eval_samples", low=0, integer=True)
     number(cfg, "trainer.image_every", low=0, integer=True)
     choice(cfg, "trainer.precision", ("auto", "fp32", "bf16", "fp16"))
     choice(cfg, "trainer.progress", ("auto", "rich", "plain", "none"))

@@ -48,15 +48,15 @@ def test_failed_job_does_not_stop_the_sweep_and_the_sweep_exits_nonzero(sweep):
     assert "error: 1 of 3 jobs failed" in result.stderr
 
 
-def test_sweep_writes_summary_csv_and_markdown_sorted_by_val_acc(sweep):
+def test_sweep_writes_summary_csv_and_markdown_in_the_sweep_order(sweep):
     sweep_dir, result = sweep
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert len(rows) == 3
     assert list(rows[0])[:3] == ["run", "optimizer.lr", "model"]  # the varied key first; constants are not columns
     assert "trainer.epochs" not in rows[0] and "data.subset" not in rows[0]
     ok = [r for r in rows if r["status"] == "ok"]
-    assert [float(r["optimizer.lr"]) for r in ok] and float(ok[0]["best val acc"]) >= float(ok[1]["best val acc"])
-    assert rows[-1]["status"] == "failed: optimizer.lr must be > 0, got -1" and rows[-1]["optimizer.lr"] == "-1"
+    assert [r["optimizer.lr"] for r in rows] == ["0.01", "-1", "0.002"]  # as swept, not sorted by accuracy
+    assert rows[1]["status"] == "failed: optimizer.lr must be > 0, got -1"
     for row in ok:
         metrics = read_json(Path(row["run"]) / "metrics.json")
         assert float(row["best val acc"]) == pytest.approx(metrics["best_val_acc"])
@@ -64,8 +64,10 @@ def test_sweep_writes_summary_csv_and_markdown_sorted_by_val_acc(sweep):
         assert float(row["test acc"]) == pytest.approx(metrics["test_acc"])
         assert int(row["params"]) == 61_706 and int(row["MACs"]) > 0
         last = metrics["history"][-1]
-        assert float(row["train-val gap"]) == pytest.approx(last["train_acc"] - last["val_acc"])
+        assert float(row["train acc"]) == pytest.approx(last["train_eval_acc"])  # eval mode, fixed train sample
+        assert float(row["train-val gap"]) == pytest.approx(last["train_eval_acc"] - last["val_acc"])
         assert float(row["total s"]) == pytest.approx(metrics["total_seconds"])
+        assert float(row["load"]) == metrics["load_avg"][0]
     markdown = (sweep_dir / "summary.md").read_text()
     assert "| optimizer.lr | model | params | MACs | best val acc |" in markdown
     assert "failed: optimizer.lr must be > 0, got -1" in markdown
@@ -228,29 +230,31 @@ def test_report_types_varied_keys_from_the_config_and_finds_convergence(tmp_path
         ["optimizer.lr=1e-2", "seed=0"],
         {**base, "optimizer": {"lr": 0.01}},
         _history([40.0, 79.5, 80.0]),
+        steps=30,
     )
-    _fake_run(tmp_path / "b", ["seed=0"], base, _history([60.0, 85.0, 84.0]))
+    _fake_run(tmp_path / "b", ["seed=0"], base, _history([60.0, 85.0, 84.0]), steps=30)
     _fake_run(tmp_path / "c", ["optimizer.lr=0.1", "seed=0"], {**base, "optimizer": {"lr": 0.1}}, None)
     runs.write_failure(tmp_path / "c", "optimizer.lr too high", ["optimizer.lr=0.1", "seed=0"])
     report = report_lib.build([tmp_path])
     assert report.keys == ["optimizer.lr"]  # seed is constant; b's lr is the config default, 0.001
-    assert [r.path.name for r in report.runs] == ["b", "a", "c"]
-    b, a, c = report.rows
+    assert [r.path.name for r in report.runs] == ["a", "b", "c"]
+    a, b, c = report.rows
     assert a["optimizer.lr"] == 0.01 and isinstance(a["optimizer.lr"], float) and b["optimizer.lr"] == 0.001
-    assert (a["best val acc"], a["best epoch"], a["epoch within 1pt"]) == (80.0, 3, 2)
-    assert (b["best val acc"], b["best epoch"], b["epoch within 1pt"]) == (85.0, 2, 2)
+    assert (a["best val acc"], a["best epoch"], b["best val acc"], b["best epoch"]) == (80.0, 3, 85.0, 2)
+    assert report.level == 80.0  # the val accuracy every finished run reached
+    assert (a["steps to level"], b["steps to level"]) == (30, 20)  # 80% first at epoch 3 / 2, 10 steps an epoch
     assert a["train-val gap"] == pytest.approx(10.0) and b["train-val gap"] == pytest.approx(6.0)
     assert c["status"] == "failed: optimizer.lr too high" and c["best val acc"] is None
-    assert report.labels() == ["optimizer.lr=0.001", "optimizer.lr=0.01", "optimizer.lr=0.1"]
+    assert report.labels() == ["optimizer.lr=0.01", "optimizer.lr=0.001", "optimizer.lr=0.1"]
 
 
-def test_report_sorts_by_val_loss_when_that_is_monitored(tmp_path):
+def test_report_keeps_the_order_of_the_runs_given(tmp_path):
     cfg = {"trainer": {"monitor": "val_loss"}, "seed": 0}
     _fake_run(tmp_path / "x", ["seed=1"], {**cfg, "seed": 1}, _history([50.0]))  # loss 1/51
-    _fake_run(tmp_path / "y", ["seed=2"], {**cfg, "seed": 2}, _history([90.0]))  # loss 1/91: lower, first
+    _fake_run(tmp_path / "y", ["seed=2"], {**cfg, "seed": 2}, _history([90.0]))  # loss 1/91: lower, still second
     report = report_lib.build([tmp_path / "x", tmp_path / "y"])
-    assert report.monitor == "val_loss" and [r.path.name for r in report.runs] == ["y", "x"]
-    assert [row["seed"] for row in report.rows] == [2, 1]
+    assert report.monitor == "val_loss" and [r.path.name for r in report.runs] == ["x", "y"]
+    assert [row["seed"] for row in report.rows] == [1, 2]
 
 
 def test_report_of_nothing_is_a_clear_error(tmp_path):
@@ -346,6 +350,9 @@ def test_grad_norms_per_stage_every_log_interval_without_host_syncs(tmp_path):
         points = events.Scalars(tag)
         assert [p.step for p in points] == expected
         assert all(math.isfinite(p.value) and p.value > 0 for p in points)
+        run_mean = out["metrics"]["grad_norms"][tag.removeprefix("weights/grad_norm/")]  # the sweep table's column
+        assert min(p.value for p in points) <= run_mean <= max(p.value for p in points)
+    assert list(out["metrics"]["grad_norms"]) == names
     assert events.Tags()["histograms"] == []
 
 

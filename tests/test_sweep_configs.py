@@ -46,7 +46,24 @@ def test_every_chapter_study_is_there():
         "study_resnet_variants",
         "study_skip",
         "study_transfer",
+        "study_transfer_offline",
     ]
+
+
+@pytest.mark.parametrize("study", [s for s in STUDIES if s != "study_transfer"])
+def test_budget_cpu_composes_each_job_of_each_study(study):
+    """`cnnlab train -m experiment=study_NAME budget=cpu`: the study's own laptop budget on top of its file, and
+    the full budget stays the default."""
+    full = _compose([f"experiment={study}"])
+    cpu = _compose([f"experiment={study}", "budget=cpu"])
+    assert full.hydra.runtime.choices.budget == "full" and cpu.hydra.runtime.choices[f"budget/{study}"] == "cpu"
+    assert cpu.data.subset and cpu.data.subset < 1000 and cpu.trainer.epochs < full.trainer.epochs
+    assert cpu.data.loader == "device"
+    for job in _jobs(cpu.hydra.sweeper.params):
+        job_cfg = _compose([f"experiment={study}", "budget=cpu", *job])
+        validate(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]))
+    overridden = _compose([f"experiment={study}", "budget=cpu", "trainer.epochs=1"])
+    assert overridden.trainer.epochs == 1  # the command line still wins over the budget
 
 
 @pytest.mark.parametrize("study", STUDIES)

@@ -20,6 +20,7 @@ from cnnlab.engine.data_init import EpochLayers
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.gradients import GradientFlow
 from cnnlab.engine.progress import make_console, say
+from cnnlab.engine.train_accuracy import TrainAccuracy
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments.cost import ModelCost
@@ -36,6 +37,7 @@ def callbacks_for(cfg: DictConfig) -> list:
     callbacks.append(TrainingImages(grid, cfg.trainer.image_every))
     if cfg.trainer.log_grad_norms or cfg.trainer.log_histograms:
         callbacks.append(GradientFlow(cfg.trainer.log_grad_norms, cfg.trainer.log_histograms))
+    callbacks.append(TrainAccuracy(cfg.trainer.train_eval_samples))  # eval-mode train accuracy; the load average
     return callbacks
 
 

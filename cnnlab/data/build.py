@@ -57,7 +57,7 @@ def load_arrays(data_cfg: DictConfig, seed: int = 0) -> ArrayDataset:
     name = data_cfg.name
     if name not in LOADERS:
         raise CnnlabError(f"data.name '{name}' is not a dataset; choose from: {', '.join(DATASETS)}")
-    arrays = LOADERS[name](data_cfg, seed)
+    arrays = select_classes(LOADERS[name](data_cfg, seed), data_cfg.get("classes"), name)
     if isinstance(arrays.train_x, FileList):
         if not data_cfg.image_size:
             raise CnnlabError(f"{name} images come in many sizes: set data.image_size (e.g. 224)")
@@ -71,6 +71,33 @@ def load_arrays(data_cfg: DictConfig, seed: int = 0) -> ArrayDataset:
         raise CnnlabError(
             f"data.channels={data_cfg.channels} but {name} images have {arrays.train_x.shape[1]} channel(s)"
         )
+    return arrays
+
+
+def select_classes(arrays: ArrayDataset, wanted, name: str) -> ArrayDataset:
+    """data.classes: keep only these classes (names or indices) in both splits, relabelled 0..k-1 in the given
+    order (e.g. CIFAR-10's four vehicles as a 4-class dataset)."""
+    if not wanted:
+        return arrays
+    names = list(arrays.classes)
+    picked = []
+    for w in wanted:
+        if isinstance(w, int) and not isinstance(w, bool) and 0 <= w < len(names):
+            picked.append(w)
+        elif isinstance(w, str) and w in names:
+            picked.append(names.index(w))
+        else:
+            raise CnnlabError(f"data.classes: {w!r} is not a class of {name}; its classes: {', '.join(names)}")
+    if len(set(picked)) != len(picked):
+        raise CnnlabError(f"data.classes names a class twice: {list(wanted)}")
+    relabel = torch.full((len(names),), -1, dtype=torch.long)
+    relabel[picked] = torch.arange(len(picked))
+    for split in ("train", "test"):
+        y = relabel[getattr(arrays, f"{split}_y")]
+        keep = torch.nonzero(y >= 0).flatten()
+        setattr(arrays, f"{split}_x", getattr(arrays, f"{split}_x")[keep])
+        setattr(arrays, f"{split}_y", y[keep])
+    arrays.classes = [names[i] for i in picked]
     return arrays
 
 
@@ -158,7 +185,7 @@ def training_stats(train_x: Images, decode, workers: int, seed: int):
 
 
 def make_spec(data_cfg: DictConfig, arrays: ArrayDataset, splits: Splits, size: int, stats) -> DataSpec:
-    num_classes = data_cfg.num_classes or len(arrays.classes)
+    num_classes = len(arrays.classes) if data_cfg.get("classes") else data_cfg.num_classes or len(arrays.classes)
     if int(arrays.train_y.max()) >= num_classes:
         raise CnnlabError(f"data.num_classes={num_classes} but the labels go up to {int(arrays.train_y.max())}")
     channels = 3 if isinstance(splits.train_x, FileList) else splits.train_x.shape[1]

@@ -1,7 +1,11 @@
 """Gradient flow: per-stage gradient norms (trainer.log_grad_norms) and weight/gradient histograms
 (trainer.log_histograms=N), the evidence for the skip-connection and BatchNorm experiments.
 
-A stage is one of the model's stages as cnnlab.optim.stage_modules sees them (input to output, the head last).
+A stage is one of the model's stages as cnnlab.optim.stage_modules sees them (input to output, the head last),
+with a normalisation layer counted in the stage of the layer it normalises, and a layer that sits at a numbered
+position of a Sequential named by its kind (conv1, conv2, fc1): the stages of a net with BatchNorm and of the
+same net without it then carry the same names (features.4 would be the second conv in one, a ReLU in the other).
+The mean norm of every stage over the whole run goes into metrics.json as `grad_norms` (the sweep table).
 The norm of a stage is the L2 norm of all its parameters' gradients after a backward pass. Norms are summed
 on the device in `after_backward` (queued work, no host sync) and their mean over the interval is read once in
 `on_log`, every trainer.log_every optimizer steps and at the end of each epoch, as `weights/grad_norm/<stage>` at
@@ -16,15 +20,32 @@ from torch import nn
 
 from cnnlab.engine.callbacks import Callback
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_KINDS = {nn.Conv2d: "conv", nn.Linear: "fc"}
+
 
 def stage_names(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) for each stage: `<index>_<path in the model>`, so TensorBoard sorts them input to output."""
+    """(name, module) for each stage: `<index>_<name>`, so TensorBoard sorts them input to output; the name is
+    the stage's path in the model, or its kind and count (conv2) where the path is a position in a Sequential."""
     from cnnlab.optim import stage_modules
 
+    groups: list[list[nn.Module]] = []
+    for m in stage_modules(model):
+        if groups and isinstance(m, _NORMS):  # a norm layer goes with the layer it normalises
+            groups[-1].append(m)
+        else:
+            groups.append([m])
     paths = {id(m): name for name, m in model.named_modules()}
-    stages = stage_modules(model)
-    width = len(str(len(stages)))
-    return [(f"{i + 1:0{width}d}_{paths.get(id(m)) or type(m).__name__}", m) for i, m in enumerate(stages)]
+    width, counts, named = len(str(len(groups))), {}, []
+    for i, group in enumerate(groups):
+        first = group[0]
+        path = paths.get(id(first)) or type(first).__name__
+        if path.rsplit(".", 1)[-1].isdigit():
+            kind = _KINDS.get(type(first), type(first).__name__.lower())
+            counts[kind] = counts.get(kind, 0) + 1
+            path = f"{kind}{counts[kind]}"
+        named.append((f"{i + 1:0{width}d}_{path}", first if len(group) == 1 else nn.ModuleList(group)))
+    return named
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -40,12 +61,15 @@ class GradientFlow(Callback):
         self.stages: list[tuple[str, list[nn.Parameter]]] = []
         self.sums: torch.Tensor | None = None
         self.count = 0
+        self.run_sums: torch.Tensor | None = None  # the whole run's sums, for metrics.json
+        self.run_count = 0
         self.last_grads: dict[str, torch.Tensor] = {}
 
     def on_fit_start(self, trainer, model, data) -> None:
         self.stages = [(name, list(m.parameters())) for name, m in stage_names(model)]
         self.sums = torch.zeros(len(self.stages), device=trainer.device)
-        self.count = 0
+        self.run_sums = torch.zeros(len(self.stages), dtype=torch.float64)
+        self.count = self.run_count = 0
 
     def _histogram_epoch(self, trainer) -> bool:
         epoch = trainer.state.progress.epoch + 1  # the epoch in progress, numbered from 1
@@ -70,6 +94,8 @@ class GradientFlow(Callback):
         scaler = trainer.state.scaler
         scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
         means = (self.sums / (self.count * scale)).tolist()  # the one host sync, where the trainer syncs anyway
+        self.run_sums += torch.tensor(means, dtype=torch.float64) * self.count
+        self.run_count += self.count
         self.sums.zero_()
         self.count = 0
         if trainer.tb is not None:  # at the optimizer step (the epoch curves use the epoch)
@@ -84,3 +110,8 @@ class GradientFlow(Callback):
             trainer.tb.histogram(f"weights/{name}", torch.cat([p.detach().flatten() for p in params]), row["epoch"])
             if name in self.last_grads:
                 trainer.tb.histogram(f"weights/{name}/grad", self.last_grads.pop(name), row["epoch"])
+
+    def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
+        if self.log_norms and self.run_count:
+            means = (self.run_sums / self.run_count).tolist()
+            metrics["grad_norms"] = {name: value for (name, _), value in zip(self.stages, means)}

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab.analysis.figures import new_figure, save
-from cnnlab.experiments.report import Report
+from cnnlab.experiments import seeds
+from cnnlab.experiments.readings import train_eval_gap
+from cnnlab.experiments.report import Report, _fmt
 
 
 def _colors(n: int):
@@ -15,21 +17,48 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _lines(report: Report) -> list[tuple[str, list, tuple, tuple]]:
+    """(label, epochs, (val mean, std), (gap mean, std)) per run, or per arm over seeds when `seed` varies."""
+    if seeds.SEED in report.keys:
+        arms = seeds.group(report.rows, report.keys, _fmt)
+        groups = [(f"{a.name} ({len(a.indices)} seeds)", [report.runs[i] for i in a.indices]) for a in arms]
+    else:
+        groups = [(lab, [r]) for r, lab in zip(report.runs, report.labels())]
+    out = []
+    for lab, runs in groups:
+        histories = [r.history for r in runs if r.history]
+        if histories:
+            epochs, val, val_sd = seeds.mean_curve(histories, lambda h: h.get("val_acc"))
+            _, gap, gap_sd = seeds.mean_curve(histories, train_eval_gap)
+            out.append((lab, epochs, (val, val_sd), (gap, gap_sd)))
+    return out
+
+
+def _band(ax, epochs, mean_sd, color, label=None):
+    """The mean as a line; over seeds, ± one std as a band around it."""
+    mean, sd = mean_sd
+    ax.plot(epochs, mean, marker="o", ms=3, color=color, label=label)
+    if any(sd):
+        ax.fill_between(
+            epochs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color, alpha=0.2
+        )
+
+
 def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
-    """Validation accuracy per epoch (left) and the train-minus-val accuracy gap (right), one line per run."""
-    runs = [(r, lab) for r, lab in zip(report.runs, report.labels()) if r.history]
+    """Validation accuracy per epoch (left) and the train-minus-val accuracy gap (right), one line per run, or
+    per arm over seeds (the mean, with a band of ± one std) when `seed` varies."""
+    runs = _lines(report)
     if not runs:
         return None
     fig = new_figure(13, 5.2 + 0.22 * max(0, len(runs) - 4))
     acc_ax, gap_ax = fig.subplots(1, 2)
-    for (run, lab), color in zip(runs, _colors(len(runs))):
-        epochs = [h["epoch"] for h in run.history]
-        acc_ax.plot(epochs, [h["val_acc"] for h in run.history], marker="o", ms=3, color=color, label=lab)
-        gap_ax.plot(epochs, [h["train_acc"] - h["val_acc"] for h in run.history], marker="o", ms=3, color=color)
+    for (lab, epochs, val, gap), color in zip(runs, _colors(len(runs))):
+        _band(acc_ax, epochs, val, color, lab)
+        _band(gap_ax, epochs, gap, color)
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
     gap_ax.set(
         xlabel="epoch",
-        ylabel="train acc - val acc (percentage points)",
+        ylabel="train acc (eval mode, fixed sample) - val acc (points)",
         title="train-val gap (over 0: fits train better than val)",
     )
     gap_ax.axhline(0, color="grey", lw=0.8)
@@ -45,7 +74,10 @@ def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
         loc="outside lower center",
         ncols=min(3, len(runs)),
         fontsize=9,
-        title=", ".join(report.keys) if report.keys else None,
+        title=(
+            ", ".join(seeds.other_keys(report.keys)) + (" (mean, band ± 1 std)" if seeds.SEED in report.keys else "")
+        )
+        or None,
     )
     fig.suptitle(title or "validation curves", fontsize=13)
     out = save(fig, path)

@@ -1,9 +1,12 @@
 """The sweep report: every run's numbers in one table, over any mix of run and sweep directories (read by runs.py).
 
 The table has one row per run: the keys whose values differ across the runs (typed: 0.01 is a float, 3 an
-int), model, parameters, MACs, best validation accuracy and its epoch, test accuracy, the train-minus-val
-accuracy gap of the final epoch, seconds per epoch, total seconds, the first epoch within 1 point of the best,
-and the status. Rows are sorted by the monitored metric (trainer.monitor), failed runs last.
+int), model (the one built: plain56 for resnet56 with model.skip=false), parameters, MACs, best validation
+accuracy and its epoch, test accuracy, the final epoch's eval-mode accuracy on a fixed train sample and its
+gap to val accuracy (engine/train_accuracy.py; older runs: the running train-mode accuracy), the optimizer
+steps until val accuracy first reached the level every run reached (convergence), the mean per-stage gradient
+norms (when logged), seconds per epoch with the machine's load average, total seconds and the status. Rows
+keep the sweep's order of values. When `seed` varies, experiments/seeds.py groups the other keys.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnlab.experiments import seeds as seeds_lib
+from cnnlab.experiments.readings import common_level, norms_text, steps_to, train_eval_gap, within  # noqa: F401
 from cnnlab.experiments.runs import Run, find_runs, model_name, monitor_of, read_run, value_of, varied_keys
 
 
@@ -32,27 +37,23 @@ COLUMNS = [
     "best epoch",
     "test acc",
     "test images",
+    "train acc",
     "train-val gap",
+    "steps to level",
+    "grad norm per stage",
     "s/epoch",
+    "load",
     "total s",
-    "epoch within 1pt",
     "status",
 ]
+OPTIONAL = ("train acc", "grad norm per stage", "load")  # shown when some run has them (older runs do not)
 
 
-def within(history: list[dict], best: float, points: float = 1.0) -> int | None:
-    """The first epoch (as numbered in the history: from 1) whose val accuracy is within `points` of `best`."""
-    for row in history:
-        if row.get("val_acc") is not None and row["val_acc"] >= best - points:
-            return row["epoch"]
-    return None
-
-
-def row_of(run: Run, keys: list[str]) -> dict:
+def row_of(run: Run, keys: list[str], level: float | None = None) -> dict:
     row = {k: value_of(run, k) for k in keys}
     m = run.metrics or {}
     last = run.history[-1] if run.history else {}
-    gap = last["train_acc"] - last["val_acc"] if "train_acc" in last and "val_acc" in last else None
+    load = m.get("load_avg")
     row.update(
         {
             "model": model_name(run),
@@ -62,10 +63,13 @@ def row_of(run: Run, keys: list[str]) -> dict:
             "best epoch": m.get("best_epoch"),
             "test acc": m.get("test_acc"),
             "test images": m.get("test_images"),  # fewer than the test split with data.eval_subset
-            "train-val gap": gap,
+            "train acc": last.get("train_eval_acc"),
+            "train-val gap": train_eval_gap(last),
+            "steps to level": steps_to(run, level),
+            "grad norm per stage": norms_text(m.get("grad_norms")),
             "s/epoch": m.get("seconds_per_epoch"),
+            "load": load[0] if isinstance(load, list) and load else None,
             "total s": m.get("total_seconds"),
-            "epoch within 1pt": within(run.history, m["best_val_acc"]) if run.ok else None,
             "status": run.status,
         }
     )
@@ -76,12 +80,14 @@ def row_of(run: Run, keys: list[str]) -> dict:
 class Report:
     runs: list[Run]
     keys: list[str]  # the varied keys
-    rows: list[dict]  # sorted, one per run, in the same order as `runs`
+    rows: list[dict]  # one per run, in the same order as `runs`: the sweep's order
     monitor: str
+    level: float | None = None  # "steps to level": the val accuracy every finished run reached
 
     @property
     def columns(self) -> list[str]:
-        return self.keys + [c for c in COLUMNS if c not in self.keys]
+        shown = [c for c in COLUMNS if c not in OPTIONAL or any(row.get(c) is not None for row in self.rows)]
+        return self.keys + [c for c in shown if c not in self.keys]
 
     @property
     def failed(self) -> list[Run]:
@@ -92,33 +98,30 @@ class Report:
 
 
 def build(paths) -> Report:
-    """Read every run under `paths` and lay out the table."""
+    """Read every run under `paths` and lay out the table, in the order of the runs (a sweep's job order,
+    which is the order of its swept values)."""
     runs = [read_run(p) for p in find_runs(paths)]
     keys = varied_keys(runs)
-    monitor = monitor_of(runs)
-    metric = "best_val_loss" if monitor == "val_loss" else "best_val_acc"
-    sign = 1 if monitor == "val_loss" else -1
-
-    def order(run: Run):
-        value = (run.metrics or {}).get(metric)
-        return (not run.ok, sign * value if value is not None else 0.0)
-
-    runs.sort(key=order)
-    return Report(runs, keys, [row_of(r, keys) for r in runs], monitor)
+    level = common_level(runs)
+    return Report(runs, keys, [row_of(r, keys, level) for r in runs], monitor_of(runs), level)
 
 
 def _fmt(value, column: str = "") -> str:
     if value is None:
         return ""
+    if isinstance(value, seeds_lib.Stat):  # an arm over seeds
+        return f"{_fmt(value.mean, column)} ± {_fmt(value.std, column)}" if value.n > 1 else _fmt(value.mean, column)
     if isinstance(value, bool):
         return str(value).lower()
     if column in ("params", "MACs") and isinstance(value, (int, float)):
         return _si(value)
     if isinstance(value, float):
-        if column in ("best val acc", "test acc", "train-val gap"):
+        if column in ("best val acc", "test acc", "train acc", "train-val gap"):
             return f"{value:.2f}"
-        if column in ("s/epoch", "total s"):
+        if column in ("s/epoch", "total s", "load", "best epoch"):
             return f"{value:.1f}"
+        if column == "steps to level":
+            return f"{value:.0f}"
         return f"{value:g}"
     return str(value)
 
@@ -130,24 +133,56 @@ def _si(n: float) -> str:
     return f"{n:g}"
 
 
+def _csv_cells(row: dict, columns: list[str]) -> dict:
+    """Typed values; a mean over seeds is two cells, `<column>` and `<column> std`."""
+    cells = {}
+    for c in columns:
+        value = row.get(c)
+        if isinstance(value, seeds_lib.Stat):
+            cells[c], cells[f"{c} std"] = value.mean, value.std
+        else:
+            cells[c] = "" if value is None else value
+    return cells
+
+
 def to_csv(report: Report) -> str:
-    """Raw typed values (full precision), one row per run."""
+    """Raw typed values (full precision), one row per run (per arm for a report grouped over seeds)."""
+    rows = [{"run": str(run.path), **_csv_cells(row, report.columns)} for run, row in zip(report.runs, report.rows)]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=["run", *report.columns], lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
     writer.writeheader()
-    for run, row in zip(report.runs, report.rows):
-        writer.writerow({"run": str(run.path), **{c: "" if row.get(c) is None else row[c] for c in report.columns}})
+    writer.writerows(rows)
     return out.getvalue()
 
 
+LEGEND = (
+    "In the sweep's order; accuracies in %; train acc: eval-mode accuracy on a fixed training sample at the final "
+    "epoch, train-val gap: that minus val acc; steps to level: optimizer steps until val acc first reached {level}% "
+    "(what every run reached); load: the 1-minute load average at the end of the run."
+)
+
+
 def to_markdown(report: Report, title: str = "") -> str:
-    head = [*report.columns, "run"]
+    """The summary document: the study's verdict and noise lines, the table over seeds (when seeds vary) and
+    the table of every run."""
+    from cnnlab.experiments import findings
+
     lines = [f"# {title}", ""] if title else []
-    lines += [f"Sorted by {report.monitor}; accuracies in %, train-val gap at the final epoch.", ""]
+    found = findings.lines(report)
+    if found:
+        lines += [*found, ""]
+    grouped = findings.by_seed(report)
+    if grouped is not None:
+        lines += ["## Mean ± std over seeds", "", _md_table(grouped, first_run=True), "## Every run", "", ""]
+    return "\n".join(lines) + _md_table(report)
+
+
+def _md_table(report: Report, first_run: bool = False) -> str:
+    head = [*report.columns, "first run" if first_run else "run"]
+    lines = [LEGEND.format(level=_fmt(report.level)), ""]
     lines.append("| " + " | ".join(head) + " |")
-    lines.append(
-        "|" + "|".join("---" if c in report.keys or c in ("model", "status", "run") else "---:" for c in head) + "|"
-    )
+    left = (*report.keys, "model", "status", "run", "first run")
+    lines.append("|" + "|".join("---" if c in left else "---:" for c in head) + "|")
     for run, row in zip(report.runs, report.rows):
         cells = [_fmt(row.get(c), c).replace("|", "\\|") for c in report.columns] + [run.path.name]
         lines.append("| " + " | ".join(cells) + " |")
@@ -158,8 +193,13 @@ def write(report: Report, out_dir: str | Path, title: str = "") -> tuple[Path, P
     """summary.csv and summary.md in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from cnnlab.experiments import findings
+
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
-    csv_path.write_text(to_csv(report))
+    grouped = findings.by_seed(report)
+    csv_path.write_text(to_csv(grouped or report))  # over seeds: one row per arm; every run in runs.csv
+    if grouped is not None:
+        (out_dir / "runs.csv").write_text(to_csv(report))
     md_path.write_text(to_markdown(report, title))
     return csv_path, md_path
 
@@ -169,18 +209,22 @@ def print_table(report: Report, title: str = "") -> None:
     from rich.table import Table
 
     from cnnlab.engine.progress import make_console
+    from cnnlab.experiments import findings
 
     console = make_console()
     if not console.is_terminal:
         print(to_markdown(report, title), flush=True)
         return
+    shown = findings.by_seed(report) or report  # over seeds: one row per arm, mean ± std
     table = Table(title=title or None)
-    for column in report.columns:
+    for column in shown.columns:
         table.add_column(
             column,
-            justify="left" if column in report.keys or column in ("model", "status") else "right",
+            justify="left" if column in shown.keys or column in ("model", "status") else "right",
             overflow="fold",
         )
-    for row in report.rows:
-        table.add_row(*(_fmt(row.get(c), c) for c in report.columns))
+    for row in shown.rows:
+        table.add_row(*(_fmt(row.get(c), c) for c in shown.columns))
     console.print(table)
+    for line in findings.lines(report):
+        console.print(line, markup=False, highlight=False)

@@ -192,7 +192,13 @@ def varied_keys(runs: list[Run]) -> list[str]:
 
 def model_name(run: Run) -> str:
     if "model" in run.choices:
-        return str(run.choices["model"])
+        name = str(run.choices["model"])
+        skip = OmegaConf.select(run.config, "model.skip", default=None) if run.config is not None else None
+        if skip is False and name.startswith("resnet"):  # what the arm built: configs/model/plainN = resnetN, skip off
+            return "plain" + name.removeprefix("resnet")
+        if name == "torchvision" and run.config is not None:  # which torchvision model
+            return f"tv_{OmegaConf.select(run.config, 'model.name', default='?')}"
+        return name
     target = OmegaConf.select(run.config, "model._target_", default=None) if run.config is not None else None
     return str(target).rsplit(".", 1)[-1] if target else "?"
 

@@ -89,11 +89,18 @@ def TorchvisionModel(
                 f"cannot download the {weights} weights of {name} ({ex}); offline? download them "
                 f"elsewhere and pass model.weights_path=FILE, or set model.weights=null"
             ) from None
-    else:
+    new_head = False
+    if weights is None:
         model = torchvision.models.get_model(name, **extra)
         path = regular_file(weights_path, "model.weights_path:")  # a FIFO would block the read for ever
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("model"), dict) and "fit" in state:
+                # a cnnlab checkpoint of this torchvision model (best.pt): its weights, under its own head
+                state = state["model"]
+                head = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) in (2, 4)]
+                _replace_head(model, head[-1].shape[0])
+                new_head = True  # for the task at hand, whatever its size
             model.load_state_dict(state)
         except FileNotFoundError:
             raise CnnlabError(f"model.weights_path: {path} does not exist") from None
@@ -101,7 +108,7 @@ def TorchvisionModel(
             raise CnnlabError(
                 f"model.weights_path: {path} is not a state dict of torchvision's {name} ({load_error(ex)})"
             ) from None
-    if num_classes != 1000:
+    if num_classes != 1000 or new_head:
         _replace_head(model, num_classes)
     if in_channels != 3:
         _replace_stem(model, in_channels, pretrained=True)
