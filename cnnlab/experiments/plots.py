@@ -62,8 +62,8 @@ def curves(report: Report, path: str | Path, title: str = "") -> Path | None:
         title="train-val gap (over 0: fits train better than val)",
     )
     gap_ax.axhline(0, color="grey", lw=0.8)
-    first = min(h["epoch"] for r, _ in runs for h in r.history)
-    last = max(h["epoch"] for r, _ in runs for h in r.history)
+    first = min(e for _, epochs, _, _ in runs for e in epochs)
+    last = max(e for _, epochs, _, _ in runs for e in epochs)
     for ax in (acc_ax, gap_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
