@@ -500,23 +500,21 @@ def test_a_finished_run_is_trained_longer_only_into_a_new_dir_with_its_schedule_
 
 
 def test_ctrl_c_in_the_final_test_evaluation_leaves_a_run_that_resume_auto_finishes(tmp_path, run_main, monkeypatch):
-    from cnnlab.engine import trainer as trainer_module
+    from cnnlab.engine import finish as finish_module
 
-    real_evaluate, calls = trainer_module.evaluate, []
+    real_evaluate = finish_module.evaluate
 
     def ctrl_c_in_the_test_evaluation(model, loader, *args, **kwargs):
-        calls.append(loader)
-        if len(calls) == 2:  # epoch 1's validation, then the test evaluation
-            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # finish.py evaluates the test split only
         return real_evaluate(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "evaluate", ctrl_c_in_the_test_evaluation)
+    monkeypatch.setattr(finish_module, "evaluate", ctrl_c_in_the_test_evaluation)
     code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=run")
     assert code == 130 and "Traceback" not in err, err
     (line,) = err.strip().splitlines()
     assert "before the test evaluation (training is complete)" in line and "trainer.resume=auto" in line
     assert not (tmp_path / "run" / "metrics.json").exists()
-    monkeypatch.setattr(trainer_module, "evaluate", real_evaluate)
+    monkeypatch.setattr(finish_module, "evaluate", real_evaluate)
     code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=run")
     assert code == 2 and "unfinished run (continue it with " in err and "trainer.resume=auto)" in err
     code, err = run_main(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "trainer.resume=auto")

@@ -102,6 +102,20 @@ class TensorBoard:
             self.writer.add_scalar(tag_of(tag), value, step)
         self.last_step = max(self.last_step, step)
 
+    def epoch(self, row: dict) -> None:
+        """One epoch's history row (the trainer's) as scalars at its step (the epoch, from 1)."""
+        names = {
+            "train/loss": "train_loss",
+            "train/acc": "train_acc",
+            "val/loss": "val_loss",
+            "val/acc": "val_acc",
+            "val/top5": "val_top5",
+            "lr": "lr",
+            "time/epoch_seconds": "seconds",
+            "time/images_per_sec": "images_per_sec",
+        }
+        self.scalars({tag: row[key] for tag, key in names.items()}, row["epoch"])
+
     def hparams(self, session: Session | None, metrics: dict[str, float]) -> None:
         """The run's session (and, outside a sweep, the experiment) for the HParams tab, and its final `metrics`,
         written at the last epoch's step."""
