@@ -8,7 +8,6 @@ at classes with their own keyword arguments; their shared keys are checked in `v
 from __future__ import annotations
 
 import math
-import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -292,16 +291,14 @@ def _check_optimizer_keys(opt_cfg: DictConfig) -> None:
 
 
 def _check_scheduler_keys(sched_cfg: DictConfig) -> None:
-    """scheduler.*: the keys of configs/scheduler/<name>.yaml, which lists every key that schedule reads."""
-    from omegaconf import OmegaConf
-
-    from cnnlab.paths import config_dir
+    """scheduler.*: the keys the named schedule declares in optim.SCHEDULES (its YAML sets the same)."""
+    from cnnlab.optim import SCHEDULES
 
     name = sched_cfg.get("name", "none")
-    path = f"{config_dir()}/scheduler/{name}.yaml"
-    if not isinstance(name, str) or not name.isidentifier() or not os.path.isfile(path):
+    kind = SCHEDULES.get(name) if isinstance(name, str) else None
+    if kind is None:
         return  # an unknown name: optim.build names the choices
-    known = list(OmegaConf.load(path).keys())
+    known = list(kind.keys)
     for key in sched_cfg:
         if key not in known:
             raise _unknown(f"scheduler.{key}", known, f"scheduler {name!r} does not read it")

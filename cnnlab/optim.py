@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from hydra.errors import InstantiationException
@@ -22,8 +24,6 @@ from cnnlab.errors import CnnlabError
 
 # Containers whose children are the real stages (torchvision and cnnlab models use these names).
 _STAGE_CONTAINERS = ("features", "layers", "blocks", "stages", "encoder")
-
-SCHEDULES = ("none", "cosine", "linear", "step", "multistep", "exponential", "onecycle", "plateau")
 
 
 def stage_modules(model: nn.Module) -> list[nn.Module]:
@@ -122,61 +122,111 @@ def _warmup_steps(sched_cfg: DictConfig, steps_per_epoch: int) -> int:
     return steps
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a schedule is planned over: optimizer steps per epoch, in all, and of warmup."""
+
+    steps_per_epoch: int
+    total: int
+    warmup: int
+
+    def epoch_of(self, step: int) -> int:
+        return step // max(1, self.steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class ScheduleKind:
+    """One `scheduler.name`: the keys it reads (configs/scheduler/<name>.yaml sets the same, with defaults) and
+    `base(sched_cfg, plan)` -> (step -> lr multiplier, run after the warmup as a LambdaLR), and/or `build(sched_cfg,
+    optimizer, steps_per_epoch, total_steps)` -> Schedule for one that is more than a multiplier (onecycle,
+    plateau)."""
+
+    keys: tuple[str, ...]
+    base: Callable | None = None
+    build: Callable | None = None
+
+
+SCHEDULES: dict[str, ScheduleKind] = {}
+
+
+def register(name: str, *keys: str, base: Callable | None = None, build: Callable | None = None) -> None:
+    SCHEDULES[name] = ScheduleKind(("name", "warmup_epochs", *keys), base, build)
+
+
+def schedule(name: str, *keys: str):
+    """Registers the decorated function as schedule `name`'s `base`: a new schedule is this and one YAML."""
+
+    def add(base: Callable) -> Callable:
+        register(name, *keys, base=base)
+        return base
+
+    return add
+
+
+@schedule("none")
+def _constant(sched_cfg: DictConfig, plan: Plan):
+    return lambda step: 1.0
+
+
+def _floor_after_warmup(sched_cfg: DictConfig, plan: Plan, shape):
+    floor = sched_cfg.get("min_lr_ratio", 0.0)
+
+    def base(step):
+        progress = min(1.0, max(0, step - plan.warmup) / max(1, plan.total - plan.warmup))
+        return floor + (1 - floor) * shape(progress)
+
+    return base
+
+
+@schedule("cosine", "min_lr_ratio")
+def _cosine(sched_cfg: DictConfig, plan: Plan):
+    return _floor_after_warmup(sched_cfg, plan, lambda progress: 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@schedule("linear", "min_lr_ratio")
+def _linear(sched_cfg: DictConfig, plan: Plan):  # airbench: straight down to min_lr_ratio x lr at the last step
+    return _floor_after_warmup(sched_cfg, plan, lambda progress: 1 - progress)
+
+
+@schedule("step", "step_size", "gamma")
+def _step(sched_cfg: DictConfig, plan: Plan):
+    size, gamma = sched_cfg.step_size, sched_cfg.gamma
+    if not isinstance(size, int) or size < 1:
+        raise CnnlabError(f"scheduler.step_size must be an integer >= 1 (epochs), got {size!r}")
+    return lambda step: gamma ** (plan.epoch_of(step) // size)
+
+
+@schedule("multistep", "warmup_steps", "warmup_factor", "milestones", "unit", "gamma")
+def _multistep(sched_cfg: DictConfig, plan: Plan):
+    milestones, gamma = sorted(sched_cfg.milestones), sched_cfg.gamma
+    unit = sched_cfg.get("unit", "epochs")
+    if unit not in ("epochs", "steps"):
+        raise CnnlabError(f"scheduler.unit must be epochs or steps (of the milestones), got {unit!r}")
+    position = (lambda step: step) if unit == "steps" else plan.epoch_of
+    return lambda step: gamma ** sum(position(step) >= m for m in milestones)
+
+
+@schedule("exponential", "gamma")
+def _exponential(sched_cfg: DictConfig, plan: Plan):  # per epoch, as torch's ExponentialLR stepped once an epoch
+    gamma = sched_cfg.gamma
+    return lambda step: gamma ** plan.epoch_of(step)
+
+
 def schedule_factor(sched_cfg: DictConfig, steps_per_epoch: int, total_steps: int):
-    """A function step -> lr multiplier: warmup, then the named schedule (onecycle/plateau excepted).
+    """A function step -> lr multiplier: warmup, then the named schedule's `base` (onecycle has none).
 
     The warmup ramps linearly, or holds lr x scheduler.warmup_factor when that is set (He et al.'s ResNet-110:
     lr 0.01 for 400 iterations, then 0.1). multistep's milestones count epochs, or steps with `unit: steps`.
     """
     name = sched_cfg.get("name", "none")
-    total = max(1, total_steps)
     warmup = _warmup_steps(sched_cfg, steps_per_epoch)
     hold = sched_cfg.get("warmup_factor")
     if hold is not None and (isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0 < hold <= 1):
         raise CnnlabError(f"scheduler.warmup_factor must be null (linear warmup) or a number in (0, 1], got {hold!r}")
-
-    def epoch_of(step: int) -> int:
-        return step // max(1, steps_per_epoch)
-
-    if name in ("none", "plateau"):
-
-        def base(step):
-            return 1.0
-    elif name == "cosine":
-        floor = sched_cfg.get("min_lr_ratio", 0.0)
-
-        def base(step):
-            progress = min(1.0, max(0, step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    elif name == "linear":  # airbench: straight down to min_lr_ratio x lr at the last step
-        floor = sched_cfg.get("min_lr_ratio", 0.0)
-
-        def base(step):
-            progress = min(1.0, max(0, step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * (1 - progress)
-    elif name == "step":
-        size, gamma = sched_cfg.step_size, sched_cfg.gamma
-        if not isinstance(size, int) or size < 1:
-            raise CnnlabError(f"scheduler.step_size must be an integer >= 1 (epochs), got {size!r}")
-
-        def base(step):
-            return gamma ** (epoch_of(step) // size)
-    elif name == "multistep":
-        milestones, gamma = sorted(sched_cfg.milestones), sched_cfg.gamma
-        unit = sched_cfg.get("unit", "epochs")
-        if unit not in ("epochs", "steps"):
-            raise CnnlabError(f"scheduler.unit must be epochs or steps (of the milestones), got {unit!r}")
-        position = (lambda step: step) if unit == "steps" else epoch_of
-
-        def base(step):
-            return gamma ** sum(position(step) >= m for m in milestones)
-    elif name == "exponential":
-        gamma = sched_cfg.gamma
-
-        def base(step):  # per epoch, as torch's ExponentialLR stepped once an epoch
-            return gamma ** epoch_of(step)
-    else:
+    kind = SCHEDULES.get(name) if isinstance(name, str) else None
+    if kind is None or kind.base is None:
         raise CnnlabError(f"scheduler.name '{name}' is unknown; choose from: {', '.join(SCHEDULES)}")
+    base = kind.base(sched_cfg, Plan(steps_per_epoch, max(1, total_steps), warmup))
 
     def factor(step: int) -> float:
         if step >= warmup:
@@ -221,6 +271,40 @@ class Schedule:
             self.plateau.load_state_dict(state["plateau"])
 
 
+def _onecycle(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int):
+    if sched_cfg.get("warmup_epochs", 0) or sched_cfg.get("warmup_steps"):
+        raise CnnlabError("scheduler=onecycle has its own warm-up (scheduler.pct_start); set warmup_epochs=0")
+    one = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=max(2, total_steps),
+        pct_start=sched_cfg.get("pct_start", 0.3),
+        div_factor=sched_cfg.get("div_factor", 25.0),
+        final_div_factor=sched_cfg.get("final_div_factor", 1e4),
+        anneal_strategy=sched_cfg.get("anneal_strategy", "cos"),
+        cycle_momentum=sched_cfg.get("cycle_momentum", True) and _has_momentum(optimizer),
+    )
+    return Schedule(one)
+
+
+def _plateau(sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int):
+    lam = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(sched_cfg, steps_per_epoch, total_steps))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="max",
+        factor=sched_cfg.get("factor", 0.1),
+        patience=sched_cfg.get("patience", 5),
+        min_lr=sched_cfg.get("min_lr", 0.0),
+    )
+    return Schedule(lam, plateau, _warmup_steps(sched_cfg, steps_per_epoch))
+
+
+register(
+    "onecycle", "pct_start", "div_factor", "final_div_factor", "anneal_strategy", "cycle_momentum", build=_onecycle
+)
+register("plateau", "factor", "patience", "min_lr", base=_constant, build=_plateau)
+
+
 def build_scheduler(
     sched_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int
 ) -> Schedule:
@@ -228,32 +312,12 @@ def build_scheduler(
     if isinstance(warm, bool) or not isinstance(warm, (int, float)) or warm < 0:
         raise CnnlabError(f"scheduler.warmup_epochs must be a number >= 0, got {warm!r}")
     name = sched_cfg.get("name", "none")
-    lr_sched = torch.optim.lr_scheduler
-    if name == "onecycle":
-        if warm or sched_cfg.get("warmup_steps"):
-            raise CnnlabError("scheduler=onecycle has its own warm-up (scheduler.pct_start); set warmup_epochs=0")
-        one = lr_sched.OneCycleLR(
-            optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=max(2, total_steps),
-            pct_start=sched_cfg.get("pct_start", 0.3),
-            div_factor=sched_cfg.get("div_factor", 25.0),
-            final_div_factor=sched_cfg.get("final_div_factor", 1e4),
-            anneal_strategy=sched_cfg.get("anneal_strategy", "cos"),
-            cycle_momentum=sched_cfg.get("cycle_momentum", True) and _has_momentum(optimizer),
-        )
-        return Schedule(one)
-    lam = lr_sched.LambdaLR(optimizer, schedule_factor(sched_cfg, steps_per_epoch, total_steps))
-    if name == "plateau":
-        plateau = lr_sched.ReduceLROnPlateau(
-            optimizer,
-            mode="max",
-            factor=sched_cfg.get("factor", 0.1),
-            patience=sched_cfg.get("patience", 5),
-            min_lr=sched_cfg.get("min_lr", 0.0),
-        )
-        return Schedule(lam, plateau, _warmup_steps(sched_cfg, steps_per_epoch))
-    return Schedule(lam)
+    kind = SCHEDULES.get(name) if isinstance(name, str) else None
+    if kind is not None and kind.build is not None:
+        return kind.build(sched_cfg, optimizer, steps_per_epoch, total_steps)
+    return Schedule(
+        torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(sched_cfg, steps_per_epoch, total_steps))
+    )
 
 
 def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -286,3 +288,29 @@ def test_no_host_sync_with_muon(tmp_path, monkeypatch):
     metrics = train(config("optimizer=muon", "optimizer.normalize_weights=true"), tmp_path, counter)
     assert metrics["steps"] == 18
     assert counter.calls == [], counter.calls
+
+
+def test_each_scheduler_yaml_sets_exactly_the_keys_its_registered_schedule_declares():
+    from cnnlab.paths import config_dir
+
+    files = sorted(Path(config_dir(), "scheduler").glob("*.yaml"))
+    assert {f.stem for f in files} == set(optim.SCHEDULES)
+    for f in files:
+        assert tuple(OmegaConf.load(f).keys()) == optim.SCHEDULES[f.stem].keys, f.name
+
+
+def test_a_new_schedule_is_one_registered_function_and_config_checks_its_keys(monkeypatch):
+    from cnnlab.config import _check_scheduler_keys
+
+    monkeypatch.setattr(optim, "SCHEDULES", dict(optim.SCHEDULES))
+
+    @optim.schedule("halving", "every")
+    def _halving(cfg, plan):
+        return lambda step: 0.5 ** (step // cfg.every)
+
+    _check_scheduler_keys(sched_cfg("halving", every=5))  # declared: accepted without any YAML on disk
+    with pytest.raises(CnnlabError, match="scheduler.gamma.*'halving' does not read it"):
+        _check_scheduler_keys(sched_cfg("halving", every=5, gamma=0.1))
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = optim.build_scheduler(sched_cfg("halving", every=5), optimizer, steps_per_epoch=10, total_steps=20)
+    assert lrs_over(sched, optimizer, 11)[::5] == [1.0, 0.5, 0.25]
