@@ -8,7 +8,7 @@ import pytest
 
 import cnnlab
 from cnnlab import models, optim
-from cnnlab.cli import config_dir
+from cnnlab.paths import config_dir
 from cnnlab.config import validate_train
 from cnnlab.data import DataSpec
 from cnnlab.engine.trainer import planned_steps
@@ -24,6 +24,8 @@ def cfg_uses_downloads(name: str) -> bool:
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_composes_and_builds(name):
     offline = ["model.weights=null"] if cfg_uses_downloads(name) else []  # no pretrained download in tests
+    if "weights_path: outputs/" in (Path(config_dir()) / "experiment" / f"{name}.yaml").read_text():
+        offline.append("model.weights_path=null")  # the source run it transfers from is trained first (test_studies)
     cfg = cnnlab.compose([f"experiment={name}", *offline])
     validate_train(cfg)
     spec = DataSpec(cfg.data.num_classes or 10, cfg.data.channels or 3, cfg.data.image_size or 32)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
-from cnnlab.cli import config_dir
+from cnnlab.paths import config_dir
 from cnnlab.data.build import select_classes
 from cnnlab.data.datasets import ArrayDataset
 from cnnlab.engine.gradients import stage_names
