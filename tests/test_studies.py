@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
-from cnnlab.paths import config_dir
 from cnnlab.data.build import select_classes
 from cnnlab.data.datasets import ArrayDataset
 from cnnlab.engine.gradients import stage_names
@@ -25,6 +24,7 @@ from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments import findings, seeds
 from cnnlab.experiments import report as report_lib
+from cnnlab.paths import config_dir
 
 STUDIES = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("study_*.yaml"))
 CPU_STUDIES = sorted(p.name for p in (Path(config_dir()) / "budget").iterdir() if (p / "cpu.yaml").is_file())
