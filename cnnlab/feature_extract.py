@@ -16,7 +16,7 @@ from torch import nn
 
 from cnnlab.data.loaders import DeviceLoader
 from cnnlab.data.spec import DataBundle
-from cnnlab.engine.data_init import data_dependent_layers
+from cnnlab.engine.data_init import fit_data_dependent_layers
 from cnnlab.errors import CnnlabError
 
 
@@ -98,11 +98,7 @@ def prepare(model: nn.Module, data: DataBundle, device: torch.device, seed: int)
     on `device`; `data`'s loaders are switched to evaluation mode (they are not used afterwards)."""
     start = time.perf_counter()
     model.to(device)
-    layers = data_dependent_layers(model)
-    if layers:  # fitted to a training batch, as the trainer would before its first step
-        x, _ = next(iter(data.train))
-        for layer in layers:
-            layer.init_from_batch(x)
+    fit_data_dependent_layers(model, data.train)  # as the trainer does before its first step: clean images
     model.eval()
     head = classifier_of(model)
     for p in model.parameters():
