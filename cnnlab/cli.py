@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 import sys
+from contextlib import contextmanager
 
 from cnnlab.paths import config_dir
 
@@ -142,21 +144,44 @@ def _unknown_key(ex: BaseException, command: str) -> str | None:
     return unknown_key_message(command, key) if key else None
 
 
+@contextmanager
+def _interrupts_held():
+    """Ctrl-C waits until the imports inside are done, then raises KeyboardInterrupt: interrupting a library half-way
+    through its import can leave it broken (numpy's lazy submodules then recurse) and turn one line into a traceback."""
+    pending = []
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored (nohup) or someone else's
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main thread: signals go elsewhere anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def _task(module_name: str):
     def task(cfg) -> None:
-        from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+        with _interrupts_held():
+            from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-        from cnnlab import launch
-        from cnnlab.engine import checkpoint, rundir
-        from cnnlab.engine.trainer import Interrupted
-        from cnnlab.errors import CnnlabError
+            from cnnlab import launch
+            from cnnlab.engine import checkpoint, rundir
+            from cnnlab.engine.trainer import Interrupted
+            from cnnlab.errors import CnnlabError
 
         # Caught here, inside the job, because Hydra logs its own multi-line report for errors that escape it.
 
         job = rundir.JobDir.of_this_job()  # what Hydra made for this job: a refused start removes it again
         try:
             launch.enter_job(cfg)  # several ranks: torchrun's others run this job too, submitit's join the group
-            module = importlib.import_module(module_name)
+            with _interrupts_held():
+                module = importlib.import_module(module_name)
             result = module.run(cfg)
             # A sweeper (Optuna) optimises what the task returns: the command's objective, where it has one.
             return module.objective(cfg, result) if hasattr(module, "objective") else result
@@ -219,12 +244,13 @@ def _main(argv: list[str] | None) -> None:
         except CnnlabError as ex:
             _fail(str(ex))
 
-    import hydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import InterpolationResolutionError
+    with _interrupts_held():
+        import hydra
+        from hydra.errors import HydraException
+        from omegaconf.errors import InterpolationResolutionError
 
-    from cnnlab.config import register
-    from cnnlab.errors import CnnlabError
+        from cnnlab.config import register
+        from cnnlab.errors import CnnlabError
 
     register()
     if {"-h", "--help"} & set(rest):  # answered here: Hydra's own help takes seconds (cnnlab/help.py)
