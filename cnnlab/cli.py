@@ -11,7 +11,6 @@ import importlib
 import os
 import signal
 import sys
-from contextlib import contextmanager
 
 from cnnlab.paths import config_dir
 
@@ -144,44 +143,57 @@ def _unknown_key(ex: BaseException, command: str) -> str | None:
     return unknown_key_message(command, key) if key else None
 
 
-@contextmanager
-def _interrupts_held():
-    """Ctrl-C waits until the imports inside are done, then raises KeyboardInterrupt: interrupting a library half-way
-    through its import can leave it broken (numpy's lazy submodules then recurse) and turn one line into a traceback."""
-    pending = []
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored (nohup) or someone else's
-        yield
-        return
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    except ValueError:  # not the main thread: signals go elsewhere anyway
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
+class _StartUp:
+    """Ctrl-C during start-up (imports, composing the config) is held until the command is about to run, then raised
+    as KeyboardInterrupt ('interrupted', exit 130). Raised where it lands, it can break a library half-way through its
+    import (numpy's lazy submodules then recurse) or vanish inside an import-lock callback, and the run goes on."""
+
+    def __init__(self):
+        self.pending = False
+        self.previous = None
+
+    def hold(self) -> None:
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored (nohup) or someone else's
+            return
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._record)
+        except ValueError:  # not the main thread: signals go elsewhere anyway
+            self.previous = None
+
+    def _record(self, signum, frame) -> None:
+        self.pending = True
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def release(self) -> None:
+        self.restore()
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+_start_up = _StartUp()
 
 
 def _task(module_name: str):
     def task(cfg) -> None:
-        with _interrupts_held():
-            from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+        from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-            from cnnlab import launch
-            from cnnlab.engine import checkpoint, rundir
-            from cnnlab.engine.trainer import Interrupted
-            from cnnlab.errors import CnnlabError
+        from cnnlab import launch
+        from cnnlab.engine import checkpoint, rundir
+        from cnnlab.engine.trainer import Interrupted
+        from cnnlab.errors import CnnlabError
 
         # Caught here, inside the job, because Hydra logs its own multi-line report for errors that escape it.
 
         job = rundir.JobDir.of_this_job()  # what Hydra made for this job: a refused start removes it again
         try:
             launch.enter_job(cfg)  # several ranks: torchrun's others run this job too, submitit's join the group
-            with _interrupts_held():
-                module = importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
+            _start_up.release()  # a Ctrl-C held since start-up stops here, before the command does anything
             result = module.run(cfg)
             # A sweeper (Optuna) optimises what the task returns: the command's objective, where it has one.
             return module.objective(cfg, result) if hasattr(module, "objective") else result
@@ -214,11 +226,15 @@ def _task(module_name: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    _start_up.hold()
     try:
         _main(argv)
+        _start_up.release()  # --help, --cfg and refused starts end before a command runs
     except KeyboardInterrupt:  # Ctrl-C during start-up (imports, loading data, building): nothing to save
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _start_up.restore()  # an error line or --help ended start-up: Ctrl-C as usual again
 
 
 def _main(argv: list[str] | None) -> None:
@@ -244,13 +260,12 @@ def _main(argv: list[str] | None) -> None:
         except CnnlabError as ex:
             _fail(str(ex))
 
-    with _interrupts_held():
-        import hydra
-        from hydra.errors import HydraException
-        from omegaconf.errors import InterpolationResolutionError
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import InterpolationResolutionError
 
-        from cnnlab.config import register
-        from cnnlab.errors import CnnlabError
+    from cnnlab.config import register
+    from cnnlab.errors import CnnlabError
 
     register()
     if {"-h", "--help"} & set(rest):  # answered here: Hydra's own help takes seconds (cnnlab/help.py)
