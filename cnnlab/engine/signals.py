@@ -10,14 +10,30 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def handling_stops(handler):
+    """`handler` for SIGINT and SIGTERM inside the block, the previous handlers back after it (main thread only:
+    handlers can only be set there)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 class StopSignals:
     def __init__(self):
         self.received = 0  # the first stop signal's number, 0 while none came
-        self._previous: dict = {}
+        self._handling = None
 
     @property
     def name(self) -> str:
@@ -26,15 +42,13 @@ class StopSignals:
         )
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._handling = handling_stops(self._handle)
+        self._handling.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+        self._handling.__exit__(*exc)
+        self._handling = None
 
     def _handle(self, signum, frame) -> None:
         if self.received:

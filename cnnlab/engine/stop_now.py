@@ -3,7 +3,7 @@ boundary.
 
 `stopped_early` says where a stopped fit is and how to continue it (a signal raises `Interrupted`).
 
-`StopRaises` makes SIGINT/SIGTERM raise `Stopped` at once (e.g. inside the final test evaluation), so that the
+`stop_raises()` makes SIGINT/SIGTERM raise `Stopped` at once (e.g. inside the final test evaluation), so that the
 trainer can leave last.pt as the state `trainer.resume=auto` finishes and say so; metrics.json, which marks a
 run finished, is written atomically.
 """
@@ -11,11 +11,9 @@ run finished, is written atomically.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from pathlib import Path
 
-from cnnlab.engine.signals import STOP_SIGNALS
+from cnnlab.engine.signals import handling_stops
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -29,23 +27,13 @@ class Stopped(Exception):
         self.signum = signum
 
 
-class StopRaises:
-    """SIGINT/SIGTERM raise Stopped at once (the test evaluation has no step boundary to stop at)."""
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
 
-    def __enter__(self):
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self.previous[signum] = signal.signal(signum, self._raise)
-        return self
 
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise Stopped(signum)
+def stop_raises():
+    """SIGINT/SIGTERM raise Stopped at once inside the block (the test evaluation has no step boundary to stop at)."""
+    return handling_stops(_raise_stopped)
 
 
 class Interrupted(Exception):

@@ -44,7 +44,7 @@ from cnnlab.engine.progress import ProgressDisplay, make_console, say
 from cnnlab.engine.restore import restore
 from cnnlab.engine.signals import StopSignals
 from cnnlab.engine.state import Progress, TrainState
-from cnnlab.engine.stop_now import Interrupted, Stopped, StopRaises, stopped_early
+from cnnlab.engine.stop_now import Interrupted, Stopped, stop_raises, stopped_early
 from cnnlab.engine.tensorboard import Session, TensorBoard
 from cnnlab.errors import CnnlabError
 
@@ -327,7 +327,7 @@ class Trainer:
         # Training is complete, but the run is finished only once metrics.json is written: a stop from here on
         # leaves last.pt as it is (or marked finished), and resume=auto runs the test evaluation again.
         try:
-            with StopRaises():
+            with stop_raises():
                 if distributed.any_rank(bool(self.signals.received)):  # came during the last validation
                     raise Stopped(self.signals.received or signal.SIGINT)
                 p.finished = True
