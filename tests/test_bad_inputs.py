@@ -338,21 +338,9 @@ def test_flowers_setid_that_is_not_a_mat_file(run_main, tmp_path):
 
 # ---------------------------------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory) -> dict:
+def good_checkpoint(finished_run) -> dict:
     """The state dict of a real checkpoint from a one-step training run (lenet5 on synthetic data)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    run_dir = tmp_path_factory.mktemp("good") / "run"
-    argv, cwd = list(sys.argv), os.getcwd()
-    try:
-        main(["train", *TINY, f"hydra.run.dir={run_dir}"])
-    except SystemExit as ex:
-        assert ex.code in (0, None)
-    finally:
-        GlobalHydra.instance().clear()
-        sys.argv[:] = argv
-        os.chdir(cwd)
-    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    return torch.load(finished_run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
 
 def _damaged(good: dict, damage: str) -> dict:
