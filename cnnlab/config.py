@@ -97,7 +97,7 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None  # debug: validate/test on at most this many batches
     overfit_batches: Optional[int] = None  # debug: train and validate on these first batches, repeated
     profile: bool = False  # debug: torch.profiler trace of a few steps into <run>/tb/profile
-    log_grad_norms: bool = False  # per-stage gradient norms in TensorBoard every log_every steps (engine/gradients.py)
+    log_grad_norms: bool = False  # per-stage gradient norms in TensorBoard every log_every steps (callbacks/gradient_flow.py)
     log_histograms: Optional[int] = None  # weight and gradient histograms every N epochs (null: none)
     train_eval_samples: int = 1000  # eval-mode accuracy on this many fixed train images per epoch (0: off)
     overwrite: bool = False  # train into a run dir that already holds a run (its checkpoints, tb/ and metrics go)
@@ -124,6 +124,7 @@ class TrainSchema:
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    callbacks: Any = None  # name -> {_target_, keywords} (configs/callbacks/); open: users add their own
     study: Any = None  # a chapter study's claim (configs/experiment/study_*.yaml), read by the sweep report
 
 
@@ -234,6 +235,8 @@ def unknown_key_message(command: str, key: str) -> str | None:
 
     schema = SCHEMAS.get(command)
     *path, name = key.split(".")
+    if command == "train" and len(path) == 1 and path[0] == "callbacks":
+        return f"no callback {name} in this config (add one with +callbacks.{name}._target_=CLASS)"
     for part in path:
         if schema is None or not dataclasses.is_dataclass(schema):
             return None

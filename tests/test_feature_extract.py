@@ -15,7 +15,7 @@ from cnnlab.data import DataSpec
 from cnnlab.data.loaders import DeviceLoader
 from cnnlab.data.spec import DataBundle
 from cnnlab.errors import CnnlabError
-from cnnlab.experiments.cost import ModelCost
+from cnnlab.callbacks.model_cost import ModelCost
 from cnnlab.feature_extract import CachedFeatureModel, FeatureLoader, classifier_of, prepare
 from cnnlab.models import build
 

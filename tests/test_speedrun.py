@@ -104,8 +104,8 @@ def test_whitening_bias_trains_only_in_its_window(tmp_path):
 
     from cnnlab import data as data_lib
     from cnnlab import models, optim
-    from cnnlab.engine.callbacks import Callback
-    from cnnlab.engine.data_init import EpochLayers
+    from cnnlab.callbacks.base import Callback
+    from cnnlab.callbacks.epoch_layers import EpochLayers
     from cnnlab.engine.trainer import Trainer, planned_steps
 
     class Record(Callback):

@@ -18,8 +18,8 @@ from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.data.build import select_classes
 from cnnlab.data.datasets import ArrayDataset
-from cnnlab.engine.gradients import stage_names
-from cnnlab.engine.train_accuracy import TrainAccuracy, fixed_sample
+from cnnlab.callbacks.gradient_flow import stage_names
+from cnnlab.callbacks.train_accuracy import TrainAccuracy, fixed_sample
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments import findings, seeds

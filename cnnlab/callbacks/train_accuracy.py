@@ -19,7 +19,7 @@ import torch
 
 from cnnlab.data.loaders import DeviceLoader
 from cnnlab.data.sharding import Shard
-from cnnlab.engine.callbacks import Callback
+from cnnlab.callbacks.base import Callback
 from cnnlab.engine.metrics import evaluate
 
 log = logging.getLogger("cnnlab")
