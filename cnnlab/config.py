@@ -97,7 +97,7 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None  # debug: validate/test on at most this many batches
     overfit_batches: Optional[int] = None  # debug: train and validate on these first batches, repeated
     profile: bool = False  # debug: torch.profiler trace of a few steps into <run>/tb/profile
-    log_grad_norms: bool = False  # per-stage gradient norms in TensorBoard every log_every steps (callbacks/gradient_flow.py)
+    log_grad_norms: bool = False  # per-stage gradient norms every log_every steps (callbacks/gradient_flow.py)
     log_histograms: Optional[int] = None  # weight and gradient histograms every N epochs (null: none)
     train_eval_samples: int = 1000  # eval-mode accuracy on this many fixed train images per epoch (0: off)
     overwrite: bool = False  # train into a run dir that already holds a run (its checkpoints, tb/ and metrics go)

@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
-from cnnlab.data.build import select_classes
-from cnnlab.data.datasets import ArrayDataset
 from cnnlab.callbacks.gradient_flow import stage_names
 from cnnlab.callbacks.train_accuracy import TrainAccuracy, fixed_sample
+from cnnlab.data.build import select_classes
+from cnnlab.data.datasets import ArrayDataset
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments import findings, seeds
