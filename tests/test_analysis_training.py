@@ -9,8 +9,8 @@ from conftest import read_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trained_run import compose, train_in_process
 
-from cnnlab.config import validate_train
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.train import validate as validate_train
 
 
 @pytest.fixture(autouse=True, scope="module")

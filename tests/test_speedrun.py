@@ -74,9 +74,9 @@ def test_whitening_fits_on_n_clean_training_images():
     from omegaconf import OmegaConf
 
     from cnnlab import data as data_lib
-    from cnnlab.config import AugmentConfig, DataConfig
     from cnnlab.engine.data_init import fit_data_dependent_layers
     from cnnlab.errors import CnnlabError
+    from cnnlab.schema.common import AugmentConfig, DataConfig
 
     data_cfg = OmegaConf.merge(
         OmegaConf.structured(DataConfig),

@@ -242,7 +242,7 @@ def _first_job(study: str) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from cnnlab.config import register
+    from cnnlab.schema import register
 
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):

@@ -14,7 +14,6 @@ from cnnlab import data as data_lib
 from cnnlab import models, optim
 from cnnlab.callbacks.build import build as build_callbacks
 from cnnlab.callbacks.build import check as check_callbacks
-from cnnlab.config import validate_train
 from cnnlab.data.augment import check as check_augment
 from cnnlab.engine import checkpoint, distributed, resume_checks, rundir
 from cnnlab.engine.device import resolve_device
@@ -25,6 +24,7 @@ from cnnlab.experiments.hparams import session_of
 from cnnlab.experiments.runs import objective as best_monitored
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.finetune import prepare as finetune_prepare
+from cnnlab.schema.train import validate as validate_train
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float | None:
@@ -61,7 +61,7 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """A train config's checks: the schema's (config.validate_train), each augmentation op's own keys, and that
+    """A train config's checks: the schema's (schema/train.py), each augmentation op's own keys, and that
     every callback imports and takes its keywords (before the run dir is claimed)."""
     validate_train(cfg)
     check_augment(cfg)
