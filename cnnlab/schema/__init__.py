@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 
 RUN_ID = secrets.token_hex(2)  # one per process: default run dirs end in it, so two runs never share one
-COMMANDS = ("train", "eval", "predict", "features", "export", "preview")
 
 
 def schemas() -> dict:
