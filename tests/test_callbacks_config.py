@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from conftest import REPO, cli, read_json
 from trained_run import ONE_THREAD, compose, train_in_process
 
 from cnnlab.callbacks.build import build
+from cnnlab.callbacks.gradient_flow import GradientFlow
 from cnnlab.callbacks.train_accuracy import TrainAccuracy
+from cnnlab.callbacks.training_images import TrainingImages
 from cnnlab.commands import train
 
 # A user's callback, in a module of their own: it notes every hook it sees in a file.
@@ -106,9 +109,27 @@ def test_removing_a_default_callback(tmp_path):
     assert "macs" in metrics  # the others still run
 
 
-def test_trainer_keys_still_reach_the_callbacks():
+def test_trainer_keys_still_reach_the_callbacks(tmp_path):
     (images,) = [cb for cb in build(compose("train", "trainer.image_every=3").callbacks) if hasattr(cb, "every")]
     assert images.every == 3
+    metrics = read_json(train_in_process(tmp_path, "trainer.log_grad_norms=true") / "metrics.json")
+    assert metrics["grad_norms"] and all(v > 0 for v in metrics["grad_norms"].values())
+
+
+def test_callbacks_that_are_off_do_nothing_per_step():
+    """GradientFlow is always listed; with its switches off (the default) it keeps no stages, so no work."""
+    (flow,) = [cb for cb in build(compose("train").callbacks) if isinstance(cb, GradientFlow)]
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    flow.on_fit_start(SimpleNamespace(device=torch.device("cpu")), model, None)
+    assert flow.stages == [] and flow.sums is None
+
+
+@pytest.mark.parametrize("finetune, grid", [(None, 32), ("gradual", 32), ("feature_extract", 0)])
+def test_no_image_grids_when_the_model_trains_on_cached_features(finetune, grid):
+    (images,) = [cb for cb in build(compose("train").callbacks) if isinstance(cb, TrainingImages)]
+    trainer = SimpleNamespace(finetune=SimpleNamespace(name=finetune) if finetune else None)
+    images.on_fit_start(trainer, None, None)
+    assert images.grid == grid
 
 
 @pytest.mark.parametrize(
