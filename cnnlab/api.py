@@ -25,8 +25,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnlab.config import register
     from cnnlab.paths import config_dir
+    from cnnlab.schema import register
 
     register()
     overrides = [str(o) for o in overrides]

@@ -137,7 +137,7 @@ def _unknown_model_key(ex: BaseException, command: str, overrides: list[str]) ->
 
 def _unknown_key(ex: BaseException, command: str) -> str | None:
     """Hydra's "Key 'epoch' not in 'TrainerConfig'" for trainer.epoch=2, with the nearest key of the schema."""
-    from cnnlab.config import unknown_key_message
+    from cnnlab.schema import unknown_key_message
 
     key = str(getattr(ex.__cause__, "full_key", None) or "")
     return unknown_key_message(command, key) if key else None
@@ -264,8 +264,8 @@ def _main(argv: list[str] | None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import InterpolationResolutionError
 
-    from cnnlab.config import register
     from cnnlab.errors import CnnlabError
+    from cnnlab.schema import register
 
     register()
     if {"-h", "--help"} & set(rest):  # answered here: Hydra's own help takes seconds (cnnlab/help.py)

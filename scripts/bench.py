@@ -91,7 +91,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from cnnlab.config import register
+    from cnnlab.schema import register
 
     register()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
@@ -255,7 +255,7 @@ def loader_row(device: torch.device, args) -> dict:
     from torchvision import transforms
 
     from cnnlab import data
-    from cnnlab.config import AugmentConfig, DataConfig
+    from cnnlab.schema.common import AugmentConfig, DataConfig
 
     data_cfg = OmegaConf.merge(
         OmegaConf.structured(DataConfig),

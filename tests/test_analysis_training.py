@@ -9,8 +9,8 @@ from conftest import read_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trained_run import compose, train_in_process
 
-from cnnlab.config import validate_train
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.train import validate as validate_train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,7 +54,7 @@ def test_image_every_must_be_a_count():
 def test_the_confusion_matrix_is_the_best_epochs_validation_and_survives_a_resume(tmp_path, monkeypatch):
     """At the end the best epoch's own validation is drawn (no second pass over val); after a resume whose
     best.pt came from the earlier process, best.pt is evaluated again: both give the recorded best val acc."""
-    from cnnlab.analysis import training_images
+    from cnnlab.callbacks import training_images
 
     drawn, passes = [], []
     real_figure, real_evaluate = training_images.confusion_figure, training_images.evaluate

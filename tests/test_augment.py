@@ -13,11 +13,11 @@ from omegaconf import OmegaConf
 import cnnlab
 from cnnlab import data
 from cnnlab.commands.train import validate
-from cnnlab.config import AugmentConfig, DataConfig
 from cnnlab.data.augment import BatchAugment, image_transform
 from cnnlab.data.loaders import DeviceLoader, WorkerLoader
 from cnnlab.data.mix import Mixer
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.common import AugmentConfig, DataConfig
 
 CPU = torch.device("cpu")
 RAW = ((0.0, 0.0, 0.0), (1 / 255,) * 3)  # mean/std that make the loaders' normalisation the identity on 0..255

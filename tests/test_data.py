@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cnnlab import data
-from cnnlab.config import AugmentConfig, DataConfig
 from cnnlab.data.loaders import DeviceLoader, WorkerLoader
 from cnnlab.data.matlab import read_mat
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.common import AugmentConfig, DataConfig
 
 CPU = torch.device("cpu")
 

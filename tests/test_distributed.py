@@ -17,8 +17,8 @@ from conftest import REPO, cli, read_json
 from omegaconf import OmegaConf
 
 from cnnlab import data
-from cnnlab.config import AugmentConfig, DataConfig
 from cnnlab.data import Shard
+from cnnlab.schema.common import AugmentConfig, DataConfig
 
 CPU = torch.device("cpu")
 # 512 training and 512 validation images: a 0.5-point band is 2.5 validation images.
@@ -222,11 +222,11 @@ def _accumulating_rank(rank: int, world: int, port: int, run_dir: str, out) -> N
     torch.set_num_threads(1)
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    from cnnlab.config import TrainerConfig
     from cnnlab.data import DataBundle, DataSpec
     from cnnlab.engine import distributed
     from cnnlab.engine.trainer import Trainer
     from cnnlab.optim import Schedule
+    from cnnlab.schema.train import TrainerConfig
 
     assert distributed.init()
     reductions, real_wrap = [], distributed.wrap
@@ -393,8 +393,8 @@ def test_slurm_launcher_composes_with_one_task_per_gpu():
     running one DDP process per GPU (Hydra #2231: tasks, not gpus_per_node alone, make the processes)."""
     from hydra import compose, initialize_config_dir
 
-    from cnnlab.config import register
     from cnnlab.paths import config_dir
+    from cnnlab.schema import register
 
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):

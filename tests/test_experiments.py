@@ -18,8 +18,8 @@ from torch.overrides import TorchFunctionMode
 import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
+from cnnlab.callbacks.gradient_flow import GradientFlow, stage_names
 from cnnlab.cli import main
-from cnnlab.engine.gradients import GradientFlow, stage_names
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.experiments import report as report_lib
 from cnnlab.experiments import runs

@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cnnlab.analysis.summary import summarize
+from cnnlab.callbacks.model_cost import ModelCost
 from cnnlab.data import DataSpec
 from cnnlab.data.loaders import DeviceLoader
 from cnnlab.data.spec import DataBundle
 from cnnlab.errors import CnnlabError
-from cnnlab.experiments.cost import ModelCost
 from cnnlab.feature_extract import CachedFeatureModel, FeatureLoader, classifier_of, prepare
 from cnnlab.models import build
 

@@ -30,8 +30,29 @@ def test_nothing_in_cnnlab_imports_the_cli():
     assert importers == []
 
 
-def test_the_schema_imports_no_data_module():
-    assert not {m for m in imported_modules(PACKAGE / "config.py") if m.startswith("cnnlab.data")}
+SCHEMA = PACKAGE / "schema"
+
+
+def test_the_schema_imports_no_data_module_and_nothing_heavy():
+    """`register` runs on every start (`cnnlab --help` included): the schemas stay dataclasses and checks."""
+    for path in sorted(SCHEMA.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        heavy = {m for m in modules if m.split(".")[0] in ("torch", "torchvision", "matplotlib", "numpy", "PIL")}
+        data = {m for m in modules if m.startswith(("cnnlab.data", "cnnlab.engine", "cnnlab.commands"))}
+        assert heavy | data == set(), path.name
+
+
+def test_each_command_validates_with_its_own_schema_module():
+    """A command's schema and validation live in cnnlab/schema/<command>.py, imported by that command only."""
+    commands = {"train": "train", "evaluate": "evaluate", "predict": "predict", "features": "features"}
+    commands |= {"export": "export", "preview": "preview"}
+    for command, schema in commands.items():
+        imported = imported_modules(PACKAGE / "commands" / f"{command}.py")
+        own = {m for m in imported if m.startswith("cnnlab.schema.") and m.count(".") == 2}
+        assert own - {"cnnlab.schema.common"} == {f"cnnlab.schema.{schema}"}, (command, own)
+    assert not (PACKAGE / "config.py").exists()
 
 
 def test_no_module_over_450_lines():

@@ -300,7 +300,7 @@ def test_each_scheduler_yaml_sets_exactly_the_keys_its_registered_schedule_decla
 
 
 def test_a_new_schedule_is_one_registered_function_and_config_checks_its_keys(monkeypatch):
-    from cnnlab.config import _check_scheduler_keys
+    from cnnlab.schema.train import _check_scheduler_keys
 
     monkeypatch.setattr(optim, "SCHEDULES", dict(optim.SCHEDULES))
 

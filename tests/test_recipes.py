@@ -8,11 +8,11 @@ import pytest
 
 import cnnlab
 from cnnlab import models, optim
-from cnnlab.config import validate_train
 from cnnlab.data import DataSpec
 from cnnlab.engine.trainer import planned_steps
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.paths import config_dir
+from cnnlab.schema.train import validate as validate_train
 
 RECIPES = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 

@@ -20,11 +20,11 @@ from conftest import REPO, cli, read_json
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import TrainerConfig
 from cnnlab.data import DataBundle, DataSpec
 from cnnlab.engine import checkpoint, rundir
 from cnnlab.engine.trainer import Trainer
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.train import TrainerConfig
 
 # LeNet-5 on the embedded digits: about 11 steps an epoch, a fraction of a second each.
 ARGS = ["train", "model.act=tanh", "trainer.image_grid=0", "trainer.progress=plain"]

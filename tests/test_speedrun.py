@@ -74,9 +74,9 @@ def test_whitening_fits_on_n_clean_training_images():
     from omegaconf import OmegaConf
 
     from cnnlab import data as data_lib
-    from cnnlab.config import AugmentConfig, DataConfig
     from cnnlab.engine.data_init import fit_data_dependent_layers
     from cnnlab.errors import CnnlabError
+    from cnnlab.schema.common import AugmentConfig, DataConfig
 
     data_cfg = OmegaConf.merge(
         OmegaConf.structured(DataConfig),
@@ -104,8 +104,8 @@ def test_whitening_bias_trains_only_in_its_window(tmp_path):
 
     from cnnlab import data as data_lib
     from cnnlab import models, optim
-    from cnnlab.engine.callbacks import Callback
-    from cnnlab.engine.data_init import EpochLayers
+    from cnnlab.callbacks.base import Callback
+    from cnnlab.callbacks.epoch_layers import EpochLayers
     from cnnlab.engine.trainer import Trainer, planned_steps
 
     class Record(Callback):

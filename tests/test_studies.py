@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 import cnnlab
 from cnnlab import data as data_lib
 from cnnlab import models, optim
+from cnnlab.callbacks.gradient_flow import stage_names
+from cnnlab.callbacks.train_accuracy import TrainAccuracy, fixed_sample
 from cnnlab.data.build import select_classes
 from cnnlab.data.datasets import ArrayDataset
-from cnnlab.engine.gradients import stage_names
-from cnnlab.engine.train_accuracy import TrainAccuracy, fixed_sample
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments import findings, seeds
@@ -242,7 +242,7 @@ def _first_job(study: str) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from cnnlab.config import register
+    from cnnlab.schema import register
 
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):

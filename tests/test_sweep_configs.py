@@ -12,8 +12,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from cnnlab.commands.train import validate
-from cnnlab.config import register
 from cnnlab.paths import config_dir
+from cnnlab.schema import register
 
 STUDIES = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("study_*.yaml"))
 

@@ -26,10 +26,10 @@ from PIL import Image
 from test_data import jpeg, mat_v5, write_idx
 
 from cnnlab import data
-from cnnlab.config import AugmentConfig, DataConfig
 from cnnlab.data.matlab import read_mat
 from cnnlab.data.safe_archive import extract
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.common import AugmentConfig, DataConfig
 
 CPU = torch.device("cpu")
 

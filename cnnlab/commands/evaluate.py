@@ -18,12 +18,12 @@ from cnnlab.analysis.figures import save
 from cnnlab.analysis.grid import class_name, denormalise, prediction_figure
 from cnnlab.analysis.tta import with_tta
 from cnnlab.commands.trained import Trained, load_trained
-from cnnlab.config import validate_eval
 from cnnlab.engine import outputs
 from cnnlab.engine.device import autocast_for, resolve_device, resolve_precision
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.evaluate import validate
 
 
 class ConfidentMistakes:
@@ -72,7 +72,7 @@ def eval_precision(cfg: DictConfig, run_cfg: DictConfig, device: torch.device) -
 
 
 def run(cfg: DictConfig) -> dict:
-    validate_eval(cfg)
+    validate(cfg)
     if cfg.output:  # checked before anything is read or written
         outputs.check(cfg.output)
     if cfg.output_dir:

@@ -19,13 +19,12 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from cnnlab import data as data_lib
-from cnnlab.checks import choice, number
 from cnnlab.commands.exported import EXTRA_FILE, add_onnx_metadata, preprocessing
 from cnnlab.commands.trained import Trained, find_files, load_image, load_trained, normalise
-from cnnlab.config import ExportSchema, check_keys
 from cnnlab.engine import outputs
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.export import validate
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
@@ -108,11 +107,7 @@ def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 def run(cfg: DictConfig) -> dict:
-    check_keys(cfg, ExportSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    choice(cfg, "format", tuple(SUFFIX))
-    number(cfg, "tolerance", low=0)
-    number(cfg, "batch_size", low=1, integer=True)
-    number(cfg, "opset", low=7, integer=True)
+    validate(cfg)
     if cfg.output:  # checked before anything is read or written: never into a run's files, never a checkpoint
         outputs.check(cfg.output)
     trained = load_trained(cfg.checkpoint, torch.device("cpu"))  # export on the CPU, in fp32

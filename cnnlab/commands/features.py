@@ -21,14 +21,13 @@ from cnnlab.analysis.feature_maps import capture, feature_map_figure, filter_fig
 from cnnlab.analysis.figures import save
 from cnnlab.analysis.gradcam import grad_cam, overlay_figure
 from cnnlab.analysis.grid import class_name
-from cnnlab.checks import number
 from cnnlab.commands.trained import load_image, load_trained, normalise
-from cnnlab.config import FeaturesSchema, check_keys
 from cnnlab.engine import outputs as output_paths
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
 from cnnlab.optim import stage_modules
+from cnnlab.schema.features import validate
 
 
 def chosen_layers(model, names) -> dict:
@@ -51,8 +50,7 @@ def _file_name(index: int, layer: str) -> str:
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
-    check_keys(cfg, FeaturesSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    number(cfg, "max_maps", low=1, integer=True)
+    validate(cfg)
     run_dir = output_paths.check(run_dir or HydraConfig.get().runtime.output_dir, "hydra.run.dir", directory=True)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.checkpoint, device)

@@ -18,14 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnlab.analysis.grid import class_name
-from cnnlab.checks import number
 from cnnlab.commands.exported import is_onnx, load_onnx, refuse_torchscript
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
-from cnnlab.config import PredictSchema, check_keys
 from cnnlab.engine import outputs
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.predict import validate
 from cnnlab.untrusted import regular_file
 
 
@@ -59,9 +58,7 @@ def predict_files(trained, files: list[Path], topk: int, batch_size: int, device
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
-    check_keys(cfg, PredictSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    number(cfg, "topk", low=1, integer=True)
-    number(cfg, "batch_size", low=1, integer=True)
+    validate(cfg)
     out = outputs.check(  # checked before anything is read or written
         cfg.output or Path(run_dir or HydraConfig.get().runtime.output_dir) / "predictions.json"
     )

@@ -14,11 +14,11 @@ from rich.markup import escape
 from cnnlab import data as data_lib
 from cnnlab.analysis.figures import save
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions
-from cnnlab.checks import number
-from cnnlab.config import AugmentConfig, PreviewSchema, check_keys
 from cnnlab.data.augment import check as check_augment
 from cnnlab.engine import outputs
 from cnnlab.engine.progress import make_console, say
+from cnnlab.schema.common import AugmentConfig
+from cnnlab.schema.preview import validate
 
 
 def mixing(loader) -> bool:
@@ -50,9 +50,7 @@ def describe(augment: DictConfig) -> str:
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """`run_dir` defaults to Hydra's output dir (pass one to call this without a live HydraConfig)."""
-    check_keys(cfg, PreviewSchema)  # a +key=value nothing reads is a mistake, not a silent no-op
-    number(cfg, "count", low=1, integer=True)
-    number(cfg, "columns", low=1, integer=True)
+    validate(cfg)
     check_augment(cfg)
     out = outputs.check(  # checked before anything is read or written
         cfg.output or Path(run_dir or HydraConfig.get().runtime.output_dir) / "augment_preview.png"

@@ -12,33 +12,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import data as data_lib
 from cnnlab import models, optim
-from cnnlab.analysis.training_images import TrainingImages
-from cnnlab.config import validate_train
+from cnnlab.callbacks.build import build as build_callbacks
+from cnnlab.callbacks.build import check as check_callbacks
 from cnnlab.data.augment import check as check_augment
 from cnnlab.engine import checkpoint, distributed, resume_checks, rundir
-from cnnlab.engine.data_init import EpochLayers
 from cnnlab.engine.device import resolve_device
-from cnnlab.engine.gradients import GradientFlow
 from cnnlab.engine.progress import make_console, say
-from cnnlab.engine.train_accuracy import TrainAccuracy
 from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
-from cnnlab.experiments.cost import ModelCost
 from cnnlab.experiments.hparams import session_of
 from cnnlab.experiments.runs import objective as best_monitored
 from cnnlab.finetune import Finetune, optimizer_config
 from cnnlab.finetune import prepare as finetune_prepare
-
-
-def callbacks_for(cfg: DictConfig) -> list:
-    """The trainer callbacks this config asks for (each feature adds its line here)."""
-    callbacks = [ModelCost(), EpochLayers()]
-    grid = 0 if cfg.finetune.name == "feature_extract" else cfg.trainer.image_grid  # it sees features, not images
-    callbacks.append(TrainingImages(grid, cfg.trainer.image_every))
-    if cfg.trainer.log_grad_norms or cfg.trainer.log_histograms:
-        callbacks.append(GradientFlow(cfg.trainer.log_grad_norms, cfg.trainer.log_histograms))
-    callbacks.append(TrainAccuracy(cfg.trainer.train_eval_samples))  # eval-mode train accuracy; the load average
-    return callbacks
+from cnnlab.schema.train import validate as validate_train
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float | None:
@@ -75,9 +61,11 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """A train config's checks: the schema's (config.validate_train), then each augmentation op's own keys."""
+    """A train config's checks: the schema's (schema/train.py), each augmentation op's own keys, and that
+    every callback imports and takes its keywords (before the run dir is claimed)."""
     validate_train(cfg)
     check_augment(cfg)
+    check_callbacks(cfg.get("callbacks"))
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -143,6 +131,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
     steps_per_epoch, total_steps = planned_steps(cfg.trainer, len(data.train))
     optimizer, scheduler = optim.build(opt_cfg, cfg.scheduler, model, steps_per_epoch, total_steps)
     config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("callbacks", None)  # never stored: a resume builds the callbacks of its own command line
     config["model_class"], config["model"] = checkpoint.stored_model(config["model"])  # eval builds by this name
     config["data_spec"] = data.spec.as_dict()
     ranks = f" x {distributed.world_size()} ranks" if distributed.world_size() > 1 else ""
@@ -161,7 +150,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
         config=config,
         hparams=session_of(cfg, run_dir),
         finetune=finetune,
-        callbacks=callbacks_for(cfg),
+        callbacks=build_callbacks(cfg.get("callbacks")),
         resume_hint=resume_command(run_dir),
     )
     resume = (claim.resume_from, claim.resume_state) if claim.resume_from is not None else None

@@ -11,7 +11,7 @@ augment group into a pipeline, built from transforms.py (batched ops) and mix.py
 has the device-resident loader and the DataLoader one, and sharding.py the share of each rank in a
 distributed run. `data.loader=auto` keeps everything on the device except image files larger than
 DEVICE_MAX_FILE_SIZE, which stream through DataLoader workers (`data.num_workers`).
-The package reads config groups as plain mappings and never imports the config schema (cnnlab.config).
+The package reads config groups as plain mappings and never imports the config schemas (cnnlab.schema).
 """
 
 from cnnlab.data.build import DATASETS, build, channel_stats, load_arrays

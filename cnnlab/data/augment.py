@@ -7,7 +7,7 @@ resized crop -> padded crop -> flip -> colour jitter -> policy (auto/rand/trivia
 then (in the loaders) normalise -> mixup/cutmix. Erasing and cutout fill with the dataset mean, which
 normalises to zero.
 
-Adding an op: one Op subclass here (appended to STEPS), one field in AugmentConfig (cnnlab/config.py),
+Adding an op: one Op subclass here (appended to STEPS), one field in AugmentConfig (cnnlab/schema/common.py),
 one preset in configs/augment/.
 
 Batched ops also get the batch's `Position` (dataset indices, epoch, seed): the alternating flip needs to

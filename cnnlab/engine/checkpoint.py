@@ -210,6 +210,8 @@ def run_config(state: dict, path: str | Path) -> DictConfig:
     needed = ("num_classes", "channels", "image_size", "classes", "mean", "std")
     if not isinstance(spec, dict) or any(k not in spec for k in needed):
         raise CnnlabError(f"{path} has no complete data_spec (image size, channels, classes, mean, std)")
+    if config.get("callbacks") is not None:  # training never stores them (commands/train.py): a crafted file
+        raise CnnlabError(f"{path} stores callbacks: a checkpoint may not choose code to run")
     sections = {f"config.{k}" for k in config}
     for where, target in _targets(config, "config"):
         if where not in sections:  # a section's own _target_ (model, optimizer) is a record; anywhere else: code

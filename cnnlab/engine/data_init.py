@@ -6,9 +6,8 @@ calls `fit_data_dependent_layers` before it makes the EMA copy and the DDP wrapp
 the fitted layer. The batch is the first one of the training split in order, without augmentation or mixing
 (a property of the data, not of one epoch's random draws), or, when the layer sets `fit_images = n`, the
 first n training images; rank 0's fit is broadcast, so every rank holds the same layer. The layer decides
-itself whether it still needs fitting (after a resume it is already fitted). A layer with `set_epoch(epoch)`
-(from 0) is told the epoch about to be trained by the `EpochLayers` callback: at the start of the fit (also a
-resumed one) and after every epoch.
+itself whether it still needs fitting (after a resume it is already fitted). Epoch-dependent layers
+(`set_epoch`) are told the epoch by the EpochLayers callback (cnnlab/callbacks/epoch_layers.py).
 """
 
 from __future__ import annotations
@@ -18,16 +17,11 @@ from contextlib import contextmanager
 import torch
 
 from cnnlab.engine import distributed
-from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import CnnlabError
 
 
 def data_dependent_layers(model: torch.nn.Module) -> list:
     return [m for m in model.modules() if callable(getattr(m, "init_from_batch", None))]
-
-
-def epoch_layers(model: torch.nn.Module) -> list:
-    return [m for m in model.modules() if callable(getattr(m, "set_epoch", None))]
 
 
 def _owner(loader):
@@ -78,14 +72,3 @@ def fit_data_dependent_layers(model: torch.nn.Module, train_loader) -> None:
                 x = batch
             layer.init_from_batch(x)
             distributed.broadcast_module(layer)  # the same on every rank (their first batches differ)
-
-
-class EpochLayers(Callback):
-    def on_fit_start(self, trainer, model, data) -> None:
-        epoch = trainer.state.progress.epoch if trainer is not None and trainer.state is not None else 0
-        for layer in epoch_layers(model):
-            layer.set_epoch(epoch)
-
-    def on_epoch_end(self, trainer, model, data, row: dict) -> None:
-        for layer in epoch_layers(model):
-            layer.set_epoch(row["epoch"])  # epochs are numbered from 1: the next one, from 0, is the same number

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from cnnlab.callbacks.base import Callbacks
 from cnnlab.engine import checkpoint, distributed
 from cnnlab.engine.batches import FixedBatches, LimitedBatches
-from cnnlab.engine.callbacks import Callbacks
 from cnnlab.engine.data_init import fit_data_dependent_layers
 from cnnlab.engine.device import autocast_for, resolve_precision, set_deterministic
 from cnnlab.engine.ema import EMA

@@ -3,7 +3,7 @@
 The table has one row per run: the keys whose values differ across the runs (typed: 0.01 is a float, 3 an
 int), model (the one built: plain56 for resnet56 with model.skip=false), parameters, MACs, best validation
 accuracy and its epoch, test accuracy, the final epoch's eval-mode accuracy on a fixed train sample and its
-gap to val accuracy (engine/train_accuracy.py; older runs: the running train-mode accuracy), the optimizer
+gap to val accuracy (callbacks/train_accuracy.py; older runs: the running train-mode accuracy), the optimizer
 steps until val accuracy first reached the level every run reached (convergence), the mean per-stage gradient
 norms (when logged), seconds per epoch with the machine's load average, total seconds and the status. Rows
 keep the sweep's order of values. When `seed` varies, experiments/seeds.py groups the other keys.

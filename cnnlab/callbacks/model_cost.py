@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cnnlab.engine.callbacks import Callback
+from cnnlab.callbacks.base import Callback
 
 log = logging.getLogger("cnnlab")
 

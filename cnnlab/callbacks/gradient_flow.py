@@ -1,5 +1,5 @@
 """Gradient flow: per-stage gradient norms (trainer.log_grad_norms) and weight/gradient histograms
-(trainer.log_histograms=N), the evidence for the skip-connection and BatchNorm experiments.
+(trainer.log_histograms=N), both off by default, the evidence for the skip-connection and BatchNorm experiments.
 
 A stage is one of the model's stages as cnnlab.optim.stage_modules sees them (input to output, the head last),
 with a normalisation layer counted in the stage of the layer it normalises, and a layer that sits at a numbered
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.engine.callbacks import Callback
+from cnnlab.callbacks.base import Callback
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _KINDS = {nn.Conv2d: "conv", nn.Linear: "fc"}
@@ -66,6 +66,9 @@ class GradientFlow(Callback):
         self.last_grads: dict[str, torch.Tensor] = {}
 
     def on_fit_start(self, trainer, model, data) -> None:
+        if not self.log_norms and not self.histogram_every:  # both off (the default): no per-step work at all
+            self.stages = []
+            return
         self.stages = [(name, list(m.parameters())) for name, m in stage_names(model)]
         self.sums = torch.zeros(len(self.stages), device=trainer.device)
         self.run_sums = torch.zeros(len(self.stages), dtype=torch.float64)
@@ -76,6 +79,8 @@ class GradientFlow(Callback):
         return self.histogram_every > 0 and epoch % self.histogram_every == 0
 
     def after_backward(self, trainer, model) -> None:
+        if not self.stages:
+            return
         keep = self._histogram_epoch(trainer)
         for i, (name, params) in enumerate(self.stages):
             grads = [p.grad.detach() for p in params if p.grad is not None]

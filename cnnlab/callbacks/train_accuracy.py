@@ -17,9 +17,9 @@ import os
 
 import torch
 
+from cnnlab.callbacks.base import Callback
 from cnnlab.data.loaders import DeviceLoader
 from cnnlab.data.sharding import Shard
-from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.metrics import evaluate
 
 log = logging.getLogger("cnnlab")

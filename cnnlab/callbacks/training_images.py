@@ -9,18 +9,21 @@ import torch
 from cnnlab.analysis.confusion import confusion_figure
 from cnnlab.analysis.figures import save, to_tensor
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions, prediction_figure
-from cnnlab.engine.callbacks import Callback
+from cnnlab.callbacks.base import Callback
 from cnnlab.engine.metrics import evaluate
 
 
 class TrainingImages(Callback):
     def __init__(self, grid: int, every: int):
         self.grid, self.every = grid, every  # images per grid (0: no grids); epochs between prediction grids
+        self.configured_grid = grid
         self.batch_logged = False
         self.first_batch = None  # (images, captions, epoch) kept at the first step, drawn at the epoch's end
 
     def on_fit_start(self, trainer, model, data) -> None:
         self.batch_logged = False
+        finetune = getattr(trainer.finetune, "name", None)
+        self.grid = 0 if finetune == "feature_extract" else self.configured_grid  # it trains on features, not images
 
     def on_train_batch(self, trainer, x, y, batch: int) -> None:
         if self.batch_logged or trainer.tb is None or not self.grid:
