@@ -541,6 +541,9 @@ def test_ctrl_c_in_the_final_test_evaluation_leaves_a_run_that_resume_auto_finis
     assert code == 0, err
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["epochs"] == 1 and metrics["finished"] and 0 < metrics["test_acc"] <= 100
+    curves = _curves(tmp_path / "run")  # the resumed process's final points land at the run's last step, not 0
+    assert curves["~final/test_acc"] == [(metrics["steps"], pytest.approx(metrics["test_acc"]))]
+    assert [step for step, _ in curves["val/acc"]] == [metrics["steps"]]
 
 
 def test_a_malformed_rng_state_is_one_line(tmp_path, run_main):
