@@ -35,6 +35,10 @@ def test_grids_every_n_epochs_and_the_best_confusion_matrix(tmp_path):
     ends = [row["step"] for row in read_json(run_dir / "metrics.json")["history"]]  # x axis: the optimizer step
     # a group of their own in Time Series, after train/ and val/ (not between train/acc and train/loss)
     assert set(logged) == {"visuals/augmented_batch", "visuals/val_predictions", "visuals/val_confusion_matrix"}
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    groups = sorted({tag.split("/")[0] for kind in ("images", "scalars") for tag in events.Tags()[kind]})
+    assert groups == ["train", "val", "visuals", "~final"]  # Time Series opens the first two: the curves
     assert [step for step, _, _ in logged["visuals/augmented_batch"]] == [ends[0]]  # drawn at epoch 1's end
     assert [step for step, _, _ in logged["visuals/val_predictions"]] == ends[1:]  # every 2nd epoch, and the last
     assert [step for step, _, _ in logged["visuals/val_confusion_matrix"]] == [ends[-1]]  # the best epoch's, at the end
