@@ -32,18 +32,24 @@ def test_grids_every_n_epochs_and_the_best_confusion_matrix(tmp_path):
         tmp_path, "trainer.epochs=3", "trainer.image_every=2", "trainer.image_grid=16", "augment=basic"
     )
     logged = images(run_dir)
-    best = read_json(run_dir / "metrics.json")["best_epoch"]
-    assert [step for step, _, _ in logged["train/augmented_batch"]] == [1]
-    assert [step for step, _, _ in logged["val/predictions"]] == [2, 3]  # every 2nd epoch, and the last one
-    assert [step for step, _, _ in logged["val/confusion_matrix"]] == [best]
-    _, width, height = logged["val/predictions"][0]
+    ends = [row["step"] for row in read_json(run_dir / "metrics.json")["history"]]  # x axis: the optimizer step
+    # a group of their own in Time Series, after train/ and val/ (not between train/acc and train/loss)
+    assert set(logged) == {"visuals/augmented_batch", "visuals/val_predictions", "visuals/val_confusion_matrix"}
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    groups = sorted({tag.split("/")[0] for kind in ("images", "scalars") for tag in events.Tags()[kind]})
+    assert groups == ["train", "val", "visuals", "~final"]  # Time Series opens the first two: the curves
+    assert [step for step, _, _ in logged["visuals/augmented_batch"]] == [ends[0]]  # drawn at epoch 1's end
+    assert [step for step, _, _ in logged["visuals/val_predictions"]] == ends[1:]  # every 2nd epoch, and the last
+    assert [step for step, _, _ in logged["visuals/val_confusion_matrix"]] == [ends[-1]]  # the best epoch's, at the end
+    _, width, height = logged["visuals/val_predictions"][0]
     assert width >= 8 * 100 and height >= 2 * 100  # 16 images in 8 columns of > 1 inch
     assert (run_dir / "val_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_no_grids_when_switched_off(tmp_path):
     run_dir = train_in_process(tmp_path, "trainer.epochs=1", "trainer.image_grid=0")
-    assert set(images(run_dir)) == {"val/confusion_matrix"}
+    assert set(images(run_dir)) == {"visuals/val_confusion_matrix"}
 
 
 def test_image_every_must_be_a_count():

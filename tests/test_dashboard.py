@@ -5,7 +5,7 @@ and the point-only numbers sort after the curves in Time Series."""
 from __future__ import annotations
 
 import pytest
-from conftest import cli
+from conftest import cli, read_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TINY = ["trainer.epochs=2", "trainer.image_grid=0", "data.subset=40", "trainer.progress=plain"]
@@ -71,9 +71,24 @@ def test_point_only_numbers_sort_after_the_curves(run):
     events.Reload()
     tags = events.Tags()["scalars"]
     assert not [t for t in tags if t.startswith(("hparam/", "val/test", "val/best"))]
+    last_step = read_json(run / "metrics.json")["steps"]
     for tag in ("best_val_acc", "test_acc", "test_top5", "test_loss"):
         (point,) = events.Scalars(f"~final/{tag}")
-        assert point.step == 2  # the last epoch
+        assert point.step == last_step
     # Time Series sorts groups by plain character order and opens the first two
     groups = sorted({t.split("/")[0] for t in tags})
     assert groups[:2] == ["train", "val"] and groups[-1] == "~final"
+
+
+def test_one_x_axis_the_optimizer_step(run):
+    """Like Lightning's TensorBoardLogger: the epoch's numbers at the optimizer step that ends the epoch, and
+    train/epoch there to map steps to epochs."""
+    history = read_json(run / "metrics.json")["history"]
+    ends = [row["step"] for row in history]
+    assert ends[0] > 1 and ends[1] == 2 * ends[0]  # steps, not epochs
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    for tag in ("train/loss", "train/acc", "val/acc", "val/loss", "train/epoch_seconds", "train/eval_acc"):
+        assert [e.step for e in events.Scalars(tag)] == ends, tag
+    assert [(e.step, e.value) for e in events.Scalars("train/epoch")] == [(ends[0], 1), (ends[1], 2)]
+    assert [e.value for e in events.Scalars("val/acc")] == pytest.approx([row["val_acc"] for row in history])

@@ -112,7 +112,9 @@ def test_sweep_dashboard_names_runs_by_varied_keys_with_typed_hparams_and_metric
     assert sorted(g.name for g in groups.session_groups) == ["optimizer.lr=0.002", "optimizer.lr=0.01"]
     events = EventAccumulator(str(sweep_dir / "0" / "tb"), size_guidance={"scalars": 0})  # optimizer.lr=0.01
     events.Reload()
-    assert [e.step for e in events.Scalars("val/acc")] == [1, 2]  # curves over epochs numbered from 1
+    history = read_json(sweep_dir / "0" / "metrics.json")["history"]
+    assert [e.step for e in events.Scalars("val/acc")] == [row["step"] for row in history]  # at each epoch's last step
+    assert [e.value for e in events.Scalars("train/epoch")] == [1, 2]  # steps map to epochs numbered from 1
     assert not [t for t in events.Tags()["scalars"] if t.startswith("hparam/")]
     groups = sorted({t.split("/")[0] for t in events.Tags()["scalars"]})
     assert groups[:2] == ["train", "val"] and groups[-1] == "~final"  # Time Series opens the first two groups
@@ -363,7 +365,8 @@ def test_histograms_every_n_epochs(tmp_path):
     names = [name for name, _ in stage_names(out["model"])]
     histograms = events.Tags()["histograms"]
     assert set(histograms) == {f"weights/{n}" for n in names} | {f"weights/{n}/grad" for n in names}
-    assert [h.step for h in events.Histograms(f"weights/{names[0]}")] == [2]  # epochs 1..3, every 2nd
+    # epochs 1..3, every 2nd: at the step that ends epoch 2
+    assert [h.step for h in events.Histograms(f"weights/{names[0]}")] == [out["steps"] // 3 * 2]
     grad = events.Histograms(f"weights/{names[-1]}/grad")[0].histogram_value
     weight = events.Histograms(f"weights/{names[-1]}")[0].histogram_value
     assert grad.num == weight.num == sum(p.numel() for p in dict(stage_names(out["model"]))[names[-1]].parameters())

@@ -179,3 +179,26 @@ def test_whitening_stem_is_fitted_once_before_training():
     Data.train.x = torch.randn(16, 3, 16, 16) * 5
     fit_data_dependent_layers(model, Data.train)  # a resumed run: already fitted, left alone
     assert torch.equal(model.whiten.weight, fitted)
+
+
+def test_per_step_scalars_are_read_at_the_log_interval_sync_only(tmp_path, monkeypatch):
+    """train/loss_step, train/lr and train/epoch every log_every steps: one read of the running sums per log step
+    (the one the interval always had), none per step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setattr(progress, "_now", lambda: 0.0)
+    counter = SyncCounter()
+    metrics = train(config("trainer.log_every=3"), tmp_path, counter)
+    assert metrics["steps"] == 18
+    assert counter.calls == ["tolist"] * 6, counter.calls  # steps 3, 6, ... 18: the sums read once each
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    for tag in ("train/loss_step", "train/lr", "train/epoch"):
+        assert [e.step for e in events.Scalars(tag)] == [3, 6, 9, 12, 15, 18], tag
+    assert [e.value for e in events.Scalars("train/epoch")] == [1, 1, 1, 2, 2, 2]  # the epoch in progress, from 1
+    # each point is the mean of its interval's batches (3 of 32 images): an epoch's three average to its train/loss
+    steps = [e.value for e in events.Scalars("train/loss_step")]
+    epoch_losses = [e.value for e in events.Scalars("train/loss")]
+    assert [e.step for e in events.Scalars("train/loss")] == [9, 18]  # at the step that ends the epoch
+    assert epoch_losses == pytest.approx([sum(steps[:3]) / 3, sum(steps[3:]) / 3], rel=1e-5)
+    assert len(set(steps)) == 6

@@ -26,8 +26,8 @@ from cnnlab.engine.trainer import Trainer
 from cnnlab.errors import CnnlabError
 from cnnlab.schema.train import TrainerConfig
 
-# LeNet-5 on the embedded digits: about 11 steps an epoch, a fraction of a second each.
-ARGS = ["train", "model.act=tanh", "trainer.image_grid=0", "trainer.progress=plain"]
+# LeNet-5 on the embedded digits: about 11 steps an epoch, a fraction of a second each (TensorBoard points every 5).
+ARGS = ["train", "model.act=tanh", "trainer.image_grid=0", "trainer.progress=plain", "trainer.log_every=5"]
 
 
 def _env(**extra) -> dict:
@@ -53,6 +53,24 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
         assert proc.poll() is None, "the run ended before the moment the test waits for"
         assert time.time() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def _curves(run_dir: Path) -> dict:
+    """tag -> [(step, value)] as TensorBoard reads the run (it drops what a process wrote past a resume's step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _same_x_axis(straight: Path, resumed: Path) -> None:
+    """The resumed run's curves continue the uninterrupted run's x axis: the same steps, none twice."""
+    a, b = _curves(straight), _curves(resumed)
+    assert a.keys() == b.keys()
+    for tag in a:
+        assert [step for step, _ in b[tag]] == [step for step, _ in a[tag]], tag
+    assert len(b["train/loss_step"]) > 4 and b["val/acc"] == a["val/acc"]  # bit-exact: the same accuracies
 
 
 def _weights(path: Path) -> dict:
@@ -91,6 +109,7 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_gives_the_uninterrupted_w
     assert not list(ckpt.glob("*.tmp")), "stale temp files are removed once the run dir is claimed again"
     _same_weights(straight / "checkpoints" / "last.pt", ckpt / "last.pt")
     assert read_json(tmp_path / "run" / "metrics.json")["epochs"] == 4
+    _same_x_axis(straight, tmp_path / "run")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
@@ -110,6 +129,7 @@ def test_a_signal_saves_mid_epoch_says_how_to_resume_and_resume_is_exact(tmp_pat
     resumed = cli(*command[1:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     _same_weights(straight / "checkpoints" / "last.pt", tmp_path / "run" / "checkpoints" / "last.pt")
+    _same_x_axis(straight, tmp_path / "run")
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
@@ -521,6 +541,9 @@ def test_ctrl_c_in_the_final_test_evaluation_leaves_a_run_that_resume_auto_finis
     assert code == 0, err
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["epochs"] == 1 and metrics["finished"] and 0 < metrics["test_acc"] <= 100
+    curves = _curves(tmp_path / "run")  # the resumed process's final points land at the run's last step, not 0
+    assert curves["~final/test_acc"] == [(metrics["steps"], pytest.approx(metrics["test_acc"]))]
+    assert [step for step, _ in curves["val/acc"]] == [metrics["steps"]]
 
 
 def test_a_malformed_rng_state_is_one_line(tmp_path, run_main):

@@ -72,18 +72,13 @@ def test_tensorboard_has_scalars_hparams_and_image_grid(default_run):
     events = EventAccumulator(str(default_run / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in (
-        "train/loss",
-        "train/acc",
-        "val/loss",
-        "val/acc",
-        "train/lr",
-        "train/epoch_seconds",
-        "train/images_per_sec",
-    ):
-        assert tag in tags["scalars"], tag
-        assert len(events.Scalars(tag)) == 15
-    assert "val/predictions" in tags["images"]
+    ends = [row["step"] for row in read_json(default_run / "metrics.json")["history"]]  # each epoch's last step
+    assert len(ends) == 15
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "train/epoch_seconds", "train/images_per_sec"):
+        assert [e.step for e in events.Scalars(tag)] == ends, tag
+    lr_steps = [e.step for e in events.Scalars("train/lr")]  # every log_every steps and at each epoch's end, once
+    assert set(ends) < set(lr_steps) and lr_steps == sorted(set(lr_steps))
+    assert "visuals/val_predictions" in tags["images"]
     plugin_events = PluginEventAccumulator(str(default_run / "tb"))
     plugin_events.Reload()
     hparams = plugin_events.PluginTagToContent("hparams")

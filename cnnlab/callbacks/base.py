@@ -26,7 +26,7 @@ class Callback:
         """Every trainer.log_every optimizer steps (a host sync happens here anyway)."""
 
     def on_epoch_end(self, trainer, model, data, row: dict) -> None:
-        """After validation. `row` is the epoch's history row (epoch from 1, train/val metrics)."""
+        """After validation. `row` is the epoch's history row (epoch from 1, its last optimizer step, metrics)."""
 
     def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
         """After the test evaluation of best.pt; `model` holds best.pt's (EMA) weights. `metrics` is mutable

@@ -103,7 +103,7 @@ class GradientFlow(Callback):
         self.run_count += self.count
         self.sums.zero_()
         self.count = 0
-        if trainer.tb is not None:  # at the optimizer step (the epoch curves use the epoch)
+        if trainer.tb is not None:  # at the optimizer step, like every curve
             for (name, _), value in zip(self.stages, means):
                 trainer.tb.writer.add_scalar(f"weights/grad_norm/{name}", value, trainer.state.progress.step)
 
@@ -112,9 +112,9 @@ class GradientFlow(Callback):
         if not self.histogram_every or row["epoch"] % self.histogram_every or trainer.tb is None:
             return
         for name, params in self.stages:
-            trainer.tb.histogram(f"weights/{name}", torch.cat([p.detach().flatten() for p in params]), row["epoch"])
+            trainer.tb.histogram(f"weights/{name}", torch.cat([p.detach().flatten() for p in params]), row["step"])
             if name in self.last_grads:
-                trainer.tb.histogram(f"weights/{name}/grad", self.last_grads.pop(name), row["epoch"])
+                trainer.tb.histogram(f"weights/{name}/grad", self.last_grads.pop(name), row["step"])
 
     def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
         if self.log_norms and self.run_count:

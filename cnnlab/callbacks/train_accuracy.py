@@ -57,7 +57,7 @@ class TrainAccuracy(Callback):
         result = evaluate(model, self.loader, data.spec.num_classes, trainer.autocast, trainer.memory_format)
         row["train_eval_acc"] = result["top1"]
         if trainer.tb is not None:
-            trainer.tb.scalars({"train/eval_acc": result["top1"]}, row["epoch"])
+            trainer.tb.scalars({"train/eval_acc": result["top1"]}, row["step"])
 
     def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
         if hasattr(os, "getloadavg"):  # not on Windows

@@ -35,9 +35,9 @@ class TrainingImages(Callback):
 
     def _draw_first_batch(self, trainer) -> None:
         images, captions, epoch = self.first_batch
-        self.first_batch = None
+        self.first_batch, step = None, trainer.state.progress.step
         title = f"first training batch of epoch {epoch}, as the model sees it (augmented)"
-        trainer.tb.image("train/augmented_batch", to_tensor(grid_figure(images, captions, title=title)), epoch)
+        trainer.tb.image("visuals/augmented_batch", to_tensor(grid_figure(images, captions, title=title)), step)
 
     @torch.no_grad()
     def on_epoch_end(self, trainer, model, data, row: dict) -> None:
@@ -68,7 +68,7 @@ class TrainingImages(Callback):
             prob.tolist(),
             title=f"validation predictions after epoch {epoch} (val acc {row['val_acc']:.2f}%)",
         )
-        trainer.tb.image("val/predictions", to_tensor(figure), epoch)
+        trainer.tb.image("visuals/val_predictions", to_tensor(figure), row["step"])
 
     def on_fit_end(self, trainer, model, data, metrics: dict) -> None:
         result = trainer.best_val  # the best epoch's validation, from this process: no second pass over val
@@ -83,4 +83,4 @@ class TrainingImages(Callback):
             result["confusion"], trainer.spec.classes, f"validation split, best epoch {best} (best.pt)"
         )
         save(fig, trainer.run_dir / "val_confusion_matrix.png")
-        trainer.tb.image("val/confusion_matrix", to_tensor(fig), best)
+        trainer.tb.image("visuals/val_confusion_matrix", to_tensor(fig), trainer.state.progress.step)

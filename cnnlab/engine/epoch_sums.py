@@ -26,6 +26,7 @@ class EpochSums:
         ]
         self.sums = torch.tensor(values, device=device, dtype=torch.float64)
         self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.logged = (values[0], values[3])  # (loss_sum, counted) at the last log: the per-step loss's interval
         self.seen = partial.get("seen", 0)
         self.start = time.perf_counter() - partial.get("seconds", 0.0)
 
@@ -45,6 +46,12 @@ class EpochSums:
     def read(self) -> tuple[float, float, float, float]:
         """(loss_sum, correct, bad, counted): a host sync."""
         return tuple(self.sums.tolist())
+
+    def loss_since_log(self, loss_sum: float, counted: float) -> float | None:
+        """The mean loss of the finite batches since the last call (or the epoch's start), from read()'s values;
+        None when there was none. On several ranks: this rank's batches only (the epoch's means are the job's)."""
+        (last_sum, last_counted), self.logged = self.logged, (loss_sum, counted)
+        return (loss_sum - last_sum) / (counted - last_counted) if counted > last_counted else None
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start

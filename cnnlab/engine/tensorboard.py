@@ -1,11 +1,19 @@
-"""TensorBoard: scalars per epoch, the run's hyper-parameters, histograms and images, all in the run's own writer.
+"""TensorBoard: per-step and per-epoch scalars, the run's hyper-parameters, histograms and images, all in the run's
+own writer.
+
+One x axis, as in Lightning's TensorBoardLogger: every scalar, histogram and image is written at the optimizer step
+(global step). The training loss of the last log interval (`train/loss_step`), the learning rate (`train/lr`) and
+the epoch in progress (`train/epoch`, from 1: maps steps to epochs) every trainer.log_every steps; the epoch's
+numbers (train/acc, val/acc, val/loss, epoch time ...) at the step that ends the epoch. A resumed run continues
+the same axis: the writer purges what a killed process wrote after the checkpoint's step.
 
 Tag layout. TensorBoard's Time Series groups cards by a tag's first path segment, sorts the groups by name and
 opens the first two; so the curves a user looks at first are `train/...` and `val/...`, and everything else
-sorts after them (`weights/...`: gradient norms and histograms). The learning rate and the epoch timings are
-training curves (`train/lr`, `train/epoch_seconds`, `train/images_per_sec`). The final numbers (best val acc;
-test acc, top-5 and loss of best.pt) are single points, written once at the last epoch under `~final/`, a group
-that sorts after every other one, so they never take the first rows ("test/" would sort before "train/").
+sorts after them: the pictures (`visuals/...`: the augmented batch, validation predictions, confusion matrix),
+then `weights/...` (gradient norms and histograms). The learning rate and the epoch timings are training curves
+(`train/lr`, `train/epoch_seconds`, `train/images_per_sec`). The final numbers (best val acc; test acc, top-5 and
+loss of best.pt) are single points, written once at the last step under `~final/`, a group that sorts after every
+other one, so they never take the first rows ("test/" would sort before "train/").
 
 HParams. The run writes TensorBoard's experiment summary itself (the hparams plugin's summary API), so the
 HParams tab opens on the answer: the metric columns in the order of METRICS (best val acc, test acc, val acc,
@@ -29,6 +37,7 @@ FINAL = "~final"  # '~' sorts after every letter: the point-only group comes las
 # The trainer's names for a few scalars -> where they belong in the layout above.
 TAGS = {
     "lr": "train/lr",
+    "epoch": "train/epoch",
     "time/epoch_seconds": "train/epoch_seconds",
     "time/images_per_sec": "train/images_per_sec",
     "hparam/best_val_acc": f"{FINAL}/best_val_acc",
@@ -93,17 +102,30 @@ def experiment_pb(values: dict[str, list], first=()):
 
 
 class TensorBoard:
-    def __init__(self, log_dir: Path, purge_step: int | None = None):
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
-        self.last_step = 0
+    def __init__(self, log_dir: Path, step: int = 0):
+        """`step`: the optimizer step the run starts from (a resume's); what was written after it is purged."""
+        self.writer = SummaryWriter(str(log_dir), purge_step=step + 1 if step else None)
+        self.last_step = step
+        self.written: dict[str, int] = {}  # tag -> its last step: a value logged twice at one step is written once
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
-            self.writer.add_scalar(tag_of(tag), value, step)
+            tag = tag_of(tag)
+            if self.written.get(tag) != step:
+                self.writer.add_scalar(tag, value, step)
+                self.written[tag] = step
         self.last_step = max(self.last_step, step)
 
+    def train_step(self, step: int, epoch: int, loss: float | None, optimizer) -> None:
+        """Every trainer.log_every optimizer steps: the mean training loss since the last log (None: no finite
+        batch), the learning rate the next step uses and the epoch in progress (from 1)."""
+        values = {"lr": max(float(g["lr"]) for g in optimizer.param_groups), "epoch": epoch}
+        if loss is not None:
+            values["train/loss_step"] = loss
+        self.scalars(values, step)
+
     def epoch(self, row: dict) -> None:
-        """One epoch's history row (the trainer's) as scalars at its step (the epoch, from 1)."""
+        """One epoch's history row (the trainer's) as scalars at the optimizer step that ended it."""
         names = {
             "train/loss": "train_loss",
             "train/acc": "train_acc",
@@ -113,12 +135,13 @@ class TensorBoard:
             "lr": "lr",
             "time/epoch_seconds": "seconds",
             "time/images_per_sec": "images_per_sec",
+            "epoch": "epoch",
         }
-        self.scalars({tag: row[key] for tag, key in names.items()}, row["epoch"])
+        self.scalars({tag: row[key] for tag, key in names.items()}, row["step"])
 
     def hparams(self, session: Session | None, metrics: dict[str, float]) -> None:
         """The run's session (and, outside a sweep, the experiment) for the HParams tab, and its final `metrics`,
-        written at the last epoch's step."""
+        written at the last step."""
         from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 
         session = session or Session()

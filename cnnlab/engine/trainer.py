@@ -3,7 +3,7 @@
 Per epoch: train (running sums on the device, read only when the progress display or the log interval
 asks), validate, log, checkpoint (best.pt on the monitored validation metric, last.pt always). At the end:
 best.pt is evaluated once on the test split and everything lands in metrics.json. Epochs are numbered
-from 1 wherever a user reads them (console, history, TensorBoard steps, checkpoints).
+from 1 wherever a user reads them (console, history, checkpoints); TensorBoard's x axis is the optimizer step.
 
 Everything a checkpoint holds lives in one TrainState, so every save (epoch end, time limit, Ctrl-C) is
 one call. Stopping: `trainer.max_steps` and early stopping end the run; `trainer.time_limit`, SIGINT and
@@ -179,10 +179,13 @@ class Trainer:
                     stopped = self._stop_reason()
             profiler.step()
             sums.add(loss, logits, y, finite, p.step)
-            due = display.due()
-            if due or (stepped and p.step % cfg.log_every == 0):  # the only host syncs in an epoch
+            logs, due = stepped and p.step % cfg.log_every == 0, display.due()
+            if due or logs:  # the only host syncs in an epoch
                 loss_sum, correct, bad, counted = sums.read()
                 check_finite(cfg.nan_policy, p.epoch + 1, bad, sums.first_bad)
+                if logs and self.tb is not None:  # the per-step curves, read at this sync
+                    interval_loss = sums.loss_since_log(loss_sum, counted)
+                    self.tb.train_step(p.step, p.epoch + 1, interval_loss, self.state.optimizer)
                 if due:
                     display.update(
                         i + 1, loss_sum / max(counted, 1), 100.0 * correct / sums.seen, sums.seen / sums.seconds()
@@ -287,7 +290,7 @@ class Trainer:
             val_loader = self.eval_loader(val_loader)
         self.val_loader = val_loader
         if self.is_main:
-            self.tb = TensorBoard(self.run_dir / "tb", purge_step=p.epoch + 1 if p.epoch else None)
+            self.tb = TensorBoard(self.run_dir / "tb", p.step)  # resumed: the same x axis
         display = ProgressDisplay(
             self.cfg.progress if self.is_main else "none", self.cfg.epochs, self.console, device=self.device
         )
@@ -347,6 +350,7 @@ class Trainer:
         p.train_seconds += train["seconds"]
         row = {
             "epoch": epoch,
+            "step": p.step,  # the optimizer steps so far: TensorBoard's x axis
             "train_loss": train["loss"],
             "train_acc": train["acc"],
             "val_loss": val["loss"],
