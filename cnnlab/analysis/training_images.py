@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab.analysis.confusion import confusion_figure
-from cnnlab.analysis.figures import save, to_tensor
+from cnnlab.analysis.figures import save_and_tensor, to_tensor
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions, prediction_figure
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.metrics import evaluate
@@ -79,5 +79,6 @@ class TrainingImages(Callback):
         fig = confusion_figure(
             result["confusion"], trainer.spec.classes, f"validation split, best epoch {best} (best.pt)"
         )
-        save(fig, trainer.run_dir / "val_confusion_matrix.png")
-        trainer.tb.image("val/confusion_matrix", to_tensor(fig), best)
+        trainer.tb.image(
+            "val/confusion_matrix", save_and_tensor(fig, trainer.run_dir / "val_confusion_matrix.png"), best
+        )
