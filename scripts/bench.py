@@ -3,6 +3,7 @@
     python scripts/bench.py                      # every section
     python scripts/bench.py overhead data        # the named sections
     python scripts/bench.py time_to_accuracy --tta-max-seconds 1200
+    python scripts/bench.py time_to_accuracy --recipes mnist_lenet5 --no-textbook   # the regression check only
 
 Sections (each writes outputs/benchmarks/<section>.json and .md, with the machine, the torch version and
 the load average before and after, so that a result taken on a busy machine says so):
@@ -13,7 +14,10 @@ the load average before and after, so that a result taken on a busy machine says
   + PIL + DataLoader; each batched policy (AutoAugment, RandAugment, TrivialAugment) against torchvision's
   per-image v2 policy on the same batch.
 - time_to_accuracy: from process start, the textbook loops against the recipes: MNIST LeNet-5 to 99.0%,
-  CIFAR-10 to 80% (experiment=cifar10_cpu_fast against the chapters' SimpleCNN loop). Long on a CPU.
+  CIFAR-10 to 80% (experiment=cifar10_cpu_fast against the chapters' SimpleCNN loop). Long on a CPU. Each recipe
+  run is appended to time_to_accuracy_history.jsonl (CPU, load, torch, commit); a quiet one (1-minute load below
+  1.0 before) more than 15% slower than the last quiet run of its recipe on the same CPU model prints one
+  "SLOWER: ..." line and makes bench.py exit 1 (scripts/bench_history.py).
 - startup: wall seconds of `cnnlab --help`, `cnnlab train --help` and, for the default `cnnlab train`, from
   process start to its first finished training step (the CNNLAB_FIRST_BATCH_FILE hook); the median of
   --startup-repeats fresh processes each (targets: help under 1 s, first step within 3 s on 2 quiet cores),
@@ -38,9 +42,13 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when loaded from a file path
+
+import bench_history  # noqa: E402  (scripts/, beside this file)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_history import busy  # noqa: E402, F401  (measure_recipe.py imports it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "outputs" / "benchmarks"
@@ -72,14 +80,6 @@ def machine(device: torch.device | None = None) -> dict:
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def busy(load_before: float, load_after: float, cores: int) -> bool:
-    """Whether other work shared the machine with a measurement, from the 1-minute load averages before and after
-    it (they count runnable threads): more of them than cores before, or more than one above the cores after
-    (the measurement itself keeps every core busy), means something else was running. Load left by the previous
-    measurement decays, and stays below both marks. scripts/measure_recipe.py uses the same rule."""
-    return load_before > cores or load_after > cores + 1
 
 
 def sync(device: torch.device) -> None:
@@ -463,24 +463,37 @@ def run_recipe(experiment: str) -> dict:
     return {"seconds": seconds, "test_acc": metrics["test_acc"], "epochs": metrics["epochs"]}
 
 
+RECIPES = {"mnist_lenet5": ("mnist", 99.0), "cifar10_cpu_fast": ("cifar", 80.0)}  # recipe -> (textbook loop, target)
+REGRESSIONS: list[str] = []  # the loud lines of recipes slower than their last quiet record: bench.py exits 1
+
+
 def section_time_to_accuracy(args) -> dict:
     rows = []
-    for which, experiment, target in (("mnist", "mnist_lenet5", 99.0), ("cifar", "cifar10_cpu_fast", 80.0)):
+    history = args.history or args.out / "time_to_accuracy_history.jsonl"
+    for experiment in args.recipes:
+        which, target = RECIPES[experiment]
+        before = machine()
         ours = run_recipe(experiment)
-        print(f"  {experiment}: {ours['test_acc']:.2f}% in {ours['seconds']:.0f} s", flush=True)
-        base = run_textbook(which, target, args.tta_max_seconds)
-        reached = f"{base['seconds']:.0f} s" if base["reached"] else f"not reached in {base['seconds']:.0f} s"
-        print(f"  textbook {which} to {target}%: {reached}", flush=True)
-        rows.append(
-            {
-                "row": f"{which} to {target}% test",
-                "cnnlab": f"experiment={experiment}",
-                "cnnlab_run": ours,
-                "cnnlab_reached": ours["test_acc"] >= target,
-                "textbook": base,
-                "speedup": round(base["seconds"] / ours["seconds"], 2) if base["reached"] else None,
-            }
-        )
+        record = bench_history.record(experiment, ours, before, machine(), bench_history.commit(REPO))
+        quiet = "quiet" if record["quiet"] else f"loaded: load {record['load_before']} before, not a reference"
+        print(f"  {experiment}: {ours['test_acc']:.2f}% in {ours['seconds']:.1f} s ({quiet})", flush=True)
+        slower = bench_history.check_and_append(history, record)
+        if slower:
+            print(f"  {slower}", file=sys.stderr, flush=True)
+            REGRESSIONS.append(slower)
+        row = {
+            "row": f"{which} to {target}% test",
+            "cnnlab": f"experiment={experiment}",
+            "cnnlab_run": ours,
+            "cnnlab_reached": ours["test_acc"] >= target,
+            "history": {"file": str(history), "quiet": record["quiet"], "slower": slower},
+        }
+        if not args.no_textbook:
+            base = run_textbook(which, target, args.tta_max_seconds)
+            reached = f"{base['seconds']:.0f} s" if base["reached"] else f"not reached in {base['seconds']:.0f} s"
+            print(f"  textbook {which} to {target}%: {reached}", flush=True)
+            row.update(textbook=base, speedup=round(base["seconds"] / ours["seconds"], 2) if base["reached"] else None)
+        rows.append(row)
     return {"rows": rows}
 
 
@@ -672,6 +685,20 @@ def main() -> None:
     parser.add_argument("--policy-batches", type=int, default=3, help="data: batches per timing of a batched policy")
     parser.add_argument("--policy-repeats", type=int, default=5, help="data: alternated timings per policy (best)")
     parser.add_argument("--tta-max-seconds", type=float, default=1800, help="time_to_accuracy: textbook loop limit")
+    parser.add_argument(
+        "--recipes",
+        type=lambda text: text.split(","),
+        default=list(RECIPES),
+        help=f"time_to_accuracy: comma-separated, of {', '.join(RECIPES)} (default: both)",
+    )
+    parser.add_argument(
+        "--no-textbook", action="store_true", help="time_to_accuracy: the recipes and their history check only"
+    )
+    parser.add_argument(
+        "--history",
+        type=Path,
+        help="time_to_accuracy: the history file (default: time_to_accuracy_history.jsonl in --out)",
+    )
     parser.add_argument("--startup-repeats", type=int, default=5, help="startup: fresh processes per row")
     parser.add_argument("--gpu-steps", type=int, default=50, help="gpu: timed ResNet-18 steps per variant")
     parser.add_argument("--textbook", choices=["mnist", "cifar"], help=argparse.SUPPRESS)
@@ -679,6 +706,9 @@ def main() -> None:
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    strange = [name for name in args.recipes if name not in RECIPES]
+    if strange:
+        parser.error(f"unknown recipe(s) {', '.join(strange)}; choose from {', '.join(RECIPES)}")
     if args.textbook:
         (textbook_mnist if args.textbook == "mnist" else textbook_cifar)(args.tta_max_seconds)
         return
@@ -707,6 +737,9 @@ def main() -> None:
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
         (args.out / f"{name}.md").write_text(markdown(name, result))
         print(f"  -> {args.out / name}.json, .md", flush=True)
+    if REGRESSIONS:  # said where they were found; again last, where a CI log ends
+        print("\n".join(REGRESSIONS), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

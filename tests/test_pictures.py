@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -91,6 +92,24 @@ def test_row_normalised_cells_are_never_a_rounded_zero():
     fig = confusion_figure(cm, ["a", "b", "c"])
     share_texts = [t.get_text() for t in fig.axes[1].texts]
     assert share_texts.count("<1") == 2 and share_texts.count(">99") == 2 and "0" not in share_texts
+
+
+def test_a_picture_saved_and_logged_is_drawn_once_and_both_copies_match(tmp_path, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    from cnnlab.analysis.figures import save, save_and_tensor
+
+    cm = torch.tensor([[50, 2, 0], [3, 40, 1], [0, 4, 60]])
+    save(confusion_figure(cm, ["cat", "dog", "bird"], "title"), tmp_path / "savefig.png")
+    draws = []
+    draw = FigureCanvasAgg.draw
+    monkeypatch.setattr(FigureCanvasAgg, "draw", lambda canvas: draws.append(1) or draw(canvas))
+    picture = save_and_tensor(confusion_figure(cm, ["cat", "dog", "bird"], "title"), tmp_path / "once" / "cm.png")
+    assert len(draws) == 1
+    once = torch.from_numpy(np.array(Image.open(tmp_path / "once" / "cm.png").convert("RGB"))).permute(2, 0, 1)
+    twice = torch.from_numpy(np.array(Image.open(tmp_path / "savefig.png").convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(once, picture) and torch.equal(once, twice)
 
 
 def test_caption_key_names_only_the_colours_shown():

@@ -49,6 +49,28 @@ def test_a_small_digits_run_needs_no_torchvision_and_reports_its_first_step(tmp_
     assert float(stamp.read_text()) > 0  # the wall time of the first finished step, for bench.py
 
 
+def test_reading_mnist_and_cifar10_files_imports_no_torchvision(tmp_path, data_root):
+    code = (
+        "from pathlib import Path\n"
+        "from cnnlab.data.idx import load_mnist\n"
+        "from cnnlab.data.cifar import load_cifar10\n"
+        f"mnist, cifar = load_mnist(Path({str(data_root)!r}), False), load_cifar10(Path({str(data_root)!r}), False)\n"
+        "assert mnist.classes[:2] == ['0', '1'] and cifar.classes[:2] == ['airplane', 'automobile']\n"
+    )
+    assert not _modules_after(code, tmp_path) & set(HEAVY)
+
+
+def test_the_class_names_and_folders_kept_without_torchvision_are_torchvisions():
+    from torchvision import datasets
+
+    from cnnlab.data import cifar, idx
+
+    for name, classes in idx.CLASSES.items():
+        assert classes == [c.split(" - ")[0] for c in getattr(datasets, name).classes]
+    for name, folder in cifar.FOLDERS.items():
+        assert folder == getattr(datasets, name).base_folder
+
+
 @pytest.mark.slow
 def test_bench_startup_section_writes_its_rows(tmp_path):
     bench = [sys.executable, str(REPO / "scripts" / "bench.py")]

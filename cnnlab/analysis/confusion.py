@@ -119,6 +119,7 @@ def confusion_figure(cm: torch.Tensor, classes: Sequence[str], title: str = ""):
                         va="center",
                         fontsize=max(5, label_size - 1),
                         color="white" if v > high else "black",
+                        in_layout=False,  # inside the axes: constrained layout need not measure 2 x k x k texts
                     )
     total, hits = int(cm.sum()), int(cm.diagonal().sum())
     heading = f"confusion matrix: {total:,} images, {100.0 * hits / max(1, total):.2f}% on the diagonal"

@@ -45,6 +45,19 @@ def save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def save_and_tensor(fig: Figure, path: str | Path) -> torch.Tensor:
+    """Write the figure as a PNG and return it as to_tensor does, from one drawing (savefig would draw it again:
+    a confusion matrix's hundreds of texts make that a quarter of a second)."""
+    from matplotlib.image import imsave
+
+    fig.set_facecolor("white")  # what save() asks of savefig
+    picture = to_tensor(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(path, np.asarray(fig.canvas.buffer_rgba()), format="png", dpi=DPI)  # savefig's own last step
+    return picture
+
+
 def show_image(ax, image: torch.Tensor) -> None:
     """A uint8 (C, H, W) image on an axis: grey for one channel, pixels kept sharp, no ticks."""
     ax.set_xticks([])

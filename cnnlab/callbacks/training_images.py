@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab.analysis.confusion import confusion_figure
-from cnnlab.analysis.figures import save, to_tensor
+from cnnlab.analysis.figures import save_and_tensor, to_tensor
 from cnnlab.analysis.grid import denormalise, grid_figure, label_captions, prediction_figure
 from cnnlab.callbacks.base import Callback
 from cnnlab.engine.metrics import evaluate
@@ -82,5 +82,5 @@ class TrainingImages(Callback):
         fig = confusion_figure(
             result["confusion"], trainer.spec.classes, f"validation split, best epoch {best} (best.pt)"
         )
-        save(fig, trainer.run_dir / "val_confusion_matrix.png")
-        trainer.tb.image("visuals/val_confusion_matrix", to_tensor(fig), trainer.state.progress.step)
+        image = save_and_tensor(fig, trainer.run_dir / "val_confusion_matrix.png")
+        trainer.tb.image("visuals/val_confusion_matrix", image, trainer.state.progress.step)

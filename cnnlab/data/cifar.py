@@ -21,17 +21,28 @@ def _unpickle(path: Path, *keys: str) -> dict:
     return batch
 
 
-def _cifar(root: Path, download: bool, tv_class, train_files, test_files, meta_file, label_key, names_key):
-    folder = root / tv_class.base_folder
-    needed = [*train_files, *test_files, meta_file]
-    ensure_files(
-        tv_class.__name__,
-        root,
-        [f"{tv_class.base_folder}/{f}" for f in needed],
-        download,
-        lambda: download_and_extract(tv_class.url, root, filename=tv_class.filename, md5=tv_class.tgz_md5),
-        url=tv_class.url,
-    )
+# torchvision's folder per dataset class (test_startup.py checks they match): reading files that are already
+# there imports no torchvision, which costs start-up time; it is imported only to download.
+FOLDERS = {"CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python"}
+
+
+def _cifar(root: Path, download: bool, name: str, train_files, test_files, meta_file, label_key, names_key):
+    """<root>/<torchvision's folder>/...; missing files are downloaded from where torchvision's class `name` says,
+    md5-checked."""
+    folder = root / FOLDERS[name]
+    expected = [f"{FOLDERS[name]}/{f}" for f in (*train_files, *test_files, meta_file)]
+    if not all((root / path).exists() for path in expected):
+        import torchvision.datasets
+
+        tv_class = getattr(torchvision.datasets, name)
+        ensure_files(
+            name,
+            root,
+            expected,
+            download,
+            lambda: download_and_extract(tv_class.url, root, filename=tv_class.filename, md5=tv_class.tgz_md5),
+            url=tv_class.url,
+        )
 
     def read(files):
         xs, ys = [], []
@@ -70,12 +81,10 @@ def _cifar(root: Path, download: bool, tv_class, train_files, test_files, meta_f
 
 
 def load_cifar10(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import CIFAR10
-
     return _cifar(
         root,
         download,
-        CIFAR10,
+        "CIFAR10",
         [f"data_batch_{i}" for i in range(1, 6)],
         ["test_batch"],
         "batches.meta",
@@ -85,6 +94,4 @@ def load_cifar10(root: Path, download: bool) -> ArrayDataset:
 
 
 def load_cifar100(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import CIFAR100
-
-    return _cifar(root, download, CIFAR100, ["train"], ["test"], "meta", "fine_labels", "fine_label_names")
+    return _cifar(root, download, "CIFAR100", ["train"], ["test"], "meta", "fine_labels", "fine_label_names")

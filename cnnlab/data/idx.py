@@ -57,19 +57,27 @@ def read_idx(path: Path, expect_dims: int) -> torch.Tensor:
     return torch.frombuffer(raw, dtype=torch.uint8).reshape(dims)
 
 
-def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
-    """<root>/<ClassName>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], downloaded from torchvision's
-    mirrors with its md5s."""
-    from torchvision.datasets.utils import download_url
+# The class names as torchvision's datasets define them (MNIST's "0 - zero" kept to its digit; test_startup.py
+# checks they match): reading files that are already there imports no torchvision, which costs start-up time.
+CLASSES = {
+    "MNIST": [str(digit) for digit in range(10)],
+    "FashionMNIST": "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot".split(","),
+    "KMNIST": "o ki su tsu na ha ma ya re wo".split(),
+}
 
-    name = tv_class.__name__
+
+def _idx_dataset(root: Path, download: bool, name: str) -> ArrayDataset:
+    """<root>/<name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; missing files are downloaded from the
+    mirrors of torchvision's dataset class `name`, with its md5s (torchvision is imported only then)."""
     raw = root / name / "raw"
 
     def find(stem: str) -> Path:
         extracted = raw / stem
         return extracted if extracted.is_file() and not (raw / f"{stem}.gz").is_file() else raw / f"{stem}.gz"
 
-    def fetch():
+    def fetch(tv_class):
+        from torchvision.datasets.utils import download_url
+
         for filename, md5 in tv_class.resources:
             if find(filename.removesuffix(".gz")).is_file():
                 continue
@@ -83,14 +91,19 @@ def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
             else:
                 raise errors[-1]
 
-    ensure_files(
-        name,
-        root,
-        [str(find(stem).relative_to(root)) for stem in STEMS.values()],
-        download,
-        fetch,
-        url=f"{tv_class.mirrors[0]}{{{','.join(f for f, _ in tv_class.resources)}}}",
-    )
+    expected = [str(find(stem).relative_to(root)) for stem in STEMS.values()]
+    if not all((root / path).is_file() for path in expected):
+        import torchvision.datasets
+
+        tv_class = getattr(torchvision.datasets, name)
+        ensure_files(
+            name,
+            root,
+            expected,
+            download,
+            lambda: fetch(tv_class),
+            url=f"{tv_class.mirrors[0]}{{{','.join(f for f, _ in tv_class.resources)}}}",
+        )
     arrays = {key: read_idx(find(stem), 3 if key.endswith("x") else 1) for key, stem in STEMS.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
@@ -100,23 +113,17 @@ def _idx_dataset(root: Path, download: bool, tv_class) -> ArrayDataset:
         arrays["train_y"].long(),
         arrays["test_x"].unsqueeze(1),
         arrays["test_y"].long(),
-        [c.split(" - ")[0] for c in tv_class.classes],
+        list(CLASSES[name]),
     )
 
 
 def load_mnist(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import MNIST
-
-    return _idx_dataset(root, download, MNIST)
+    return _idx_dataset(root, download, "MNIST")
 
 
 def load_fashion_mnist(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import FashionMNIST
-
-    return _idx_dataset(root, download, FashionMNIST)
+    return _idx_dataset(root, download, "FashionMNIST")
 
 
 def load_kmnist(root: Path, download: bool) -> ArrayDataset:
-    from torchvision.datasets import KMNIST
-
-    return _idx_dataset(root, download, KMNIST)
+    return _idx_dataset(root, download, "KMNIST")
