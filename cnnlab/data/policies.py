@@ -241,16 +241,23 @@ class BatchedPolicy:
 
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
-        x = x.clone()
         for names, op, mag in self.stages(n, h, w, rng):
+            pieces, members = [], []
             for i, name in enumerate(names):
-                if name == "Identity":
+                group = np.flatnonzero(op == i)
+                if name == "Identity" or len(group) == 0:
                     continue
-                members = np.flatnonzero(op == i)
-                if len(members) == 0:
-                    continue
-                index = torch.from_numpy(members).to(x.device)
-                x.index_copy_(0, index, OPS[name](x.index_select(0, index), torch.from_numpy(mag[members])))
+                index = torch.from_numpy(group).to(x.device)
+                pieces.append(OPS[name](x.index_select(0, index), torch.from_numpy(mag[group])))
+                members.append(group)
+            if not pieces:
+                continue
+            members.append(np.setdiff1d(np.arange(n), np.concatenate(members)))  # the images left as they are
+            pieces.append(x.index_select(0, torch.from_numpy(members[-1]).to(x.device)))
+            # back in batch order with one gather (index_copy_ per group is several times slower on the CPU)
+            where = np.empty(n, dtype=np.int64)
+            where[np.concatenate(members)] = np.arange(n)
+            x = torch.cat(pieces).index_select(0, torch.from_numpy(where).to(x.device))
         return x
 
 
