@@ -135,7 +135,7 @@ def autocontrast(x, m):
 def equalize(x, m):
     """torchvision's equalize_image (PIL's look-up table per channel) with one histogram and one look-up for the
     whole batch, on int32 pixel indices and a float64 table (exact for these integers): no int64 pixels, no
-    torch.where over the pixels, no integer division."""
+    torch.where, no integer division."""
     b, c, h, w = x.shape
     n = b * c
     channel = torch.arange(n, dtype=torch.int32, device=x.device)[:, None] * 256
@@ -147,7 +147,8 @@ def equalize(x, m):
     step = (h * w - top).double().div_(255).floor_()
     lut = (cum[:, :-1] + (step / 2).floor_()).div_(step.clamp(min=1)).floor_().clamp_(0, 255)
     lut = F.pad(lut, (1, 0))  # lut[0] = 0
-    lut = torch.where(step != 0, lut, torch.arange(256.0, device=x.device, dtype=lut.dtype))  # else unchanged
+    keep = (step == 0).double()  # nothing to equalize: the identity table (exact blend of integers, no where)
+    lut = lut.mul_(1.0 - keep).add_(torch.arange(256.0, device=x.device, dtype=lut.dtype) * keep)
     return lut.to(torch.uint8).view(-1).index_select(0, index).view(b, c, h, w)
 
 
