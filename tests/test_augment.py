@@ -390,6 +390,84 @@ def test_alternating_flip_depends_on_the_seed_not_the_batch_order():
     assert torch.equal(alternating_flips(index.flip(0), 0, 0), a.flip(0))
 
 
+# ------------------------------------------------------------- airbench's way: the dataset padded once
+CROPS = [
+    {"crop_pad_mode": "zeros"},
+    {"crop_pad_mode": "reflect"},
+    {"crop_pad_mode": "reflect", "flip": True},
+    {"crop_pad_mode": "zeros", "flip": True, "flip_mode": "alternate"},
+    {"crop_pad_mode": "reflect", "flip": True, "cutout": 3},  # a step after the crop
+]
+
+
+@pytest.mark.parametrize("kw", CROPS)
+def test_loader_crops_from_the_padded_dataset_what_the_batch_path_crops(kw, monkeypatch):
+    """The device loader reads its crops from the dataset padded once (with each row's mirror when flipping): the
+    same pixels and generator draws as padding each gathered batch, and as when the copy is over budget."""
+    from cnnlab.data import augment as augment_module
+    from cnnlab.data.augment import Position
+
+    images = torch.randint(0, 256, (300, 3, 12, 10), dtype=torch.uint8)
+    aug = augment(crop_padding=3, **kw)
+    fast = BatchAugment(aug, (1, 2, 3))
+    loader = DeviceLoader(images, torch.arange(300), 64, *RAW, train=True, augment=fast, seed=4)
+    loader.set_epoch(1)
+    got = list(loader)
+    copy = fast._padded[1]
+    assert fast._padded[0] is loader.images and copy.shape == (300, 3, 18, 32 if aug.flip else 16)
+    list(loader)
+    assert fast._padded[1] is copy  # padded once, not per epoch
+
+    by_batch = BatchAugment(aug, (1, 2, 3))
+    g = torch.Generator().manual_seed(loader.epoch_seed)
+    order = torch.randperm(300, generator=g)
+    rng = np.random.default_rng(loader.augment_seed)
+    for i, (x, y) in enumerate(got):
+        index = order[i * 64 : (i + 1) * 64]
+        want = by_batch(images.index_select(0, index), g, rng, Position(index, 1, 4))
+        assert torch.equal(y, index) and torch.equal(x, want.float())
+
+    monkeypatch.setattr(augment_module, "PREPAD_MAX_BYTES", 0)  # over budget: pads each batch instead
+    over = DeviceLoader(images, torch.arange(300), 64, *RAW, train=True, augment=BatchAugment(aug, (1, 2, 3)), seed=4)
+    over.set_epoch(1)
+    assert torch.equal(stacked(over), stacked(got)) and over.augment._padded is None
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_padded_crop_is_a_window_of_the_padded_image_mirrored_or_not(reflect):
+    from cnnlab.data import transforms as T
+
+    images = torch.randint(0, 256, (40, 2, 9, 11), dtype=torch.uint8)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect" if reflect else "constant")
+    index = torch.randperm(40)[:25]
+    top, left = torch.randint(0, 5, (25,)), torch.randint(0, 5, (25,))
+    got = T.windows(T.pad(images, 2, reflect=reflect), index, top, left, 9, 11)
+    for k, (i, t, c) in enumerate(zip(index.tolist(), top.tolist(), left.tolist())):
+        assert torch.equal(got[k], padded[i, :, t : t + 9, c : c + 11])
+    mirrored = torch.rand(25) < 0.5
+    assert torch.equal(T.mirror(got, mirrored), torch.where(mirrored[:, None, None, None], got.flip(3), got))
+    both = T.pad(images, 2, reflect=reflect, with_mirror=True)
+    assert torch.equal(both[..., :15], padded) and torch.equal(both[..., 15:], padded.flip(3))
+    for flip, given in ((0.5, None), (0.0, mirrored)):
+        one, two = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        plain = T.random_crop_from(padded, index, 2, one, flip, mirrored=given)
+        assert torch.equal(plain, T.random_crop_from(both, index, 2, two, flip, mirrored=given, with_mirror=True))
+
+
+@pytest.mark.parametrize("values", [1, 2, 3, 17, 256])
+def test_equalize_matches_torchvision_on_few_valued_and_large_images(values):
+    from torchvision.transforms.v2 import functional as TF
+
+    from cnnlab.data.policies import equalize
+
+    gen = torch.Generator().manual_seed(values)
+    x = (torch.randint(0, values, (16, 3, 7, 9), generator=gen) * (255 // max(values - 1, 1))).to(torch.uint8)
+    x[0, 0], x[1] = 255, 0
+    big = torch.randint(0, values, (2, 3, 300, 200), generator=gen).to(torch.uint8)
+    for images in (x, big):
+        assert torch.equal(equalize(images, None), TF.equalize(images))
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [

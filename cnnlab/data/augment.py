@@ -41,9 +41,10 @@ class Position:
     epoch: int = 0
     seed: int = 0
 
-    def flips(self, x: torch.Tensor) -> torch.Tensor:
-        index = self.index if self.index is not None else torch.arange(len(x), device=x.device)
-        return T.alternating_flips(index.to(x.device), self.epoch, self.seed)
+    def flips(self, n: int, device: torch.device) -> torch.Tensor:
+        """The alternating flip's mask for the batch's n images."""
+        index = self.index if self.index is not None else torch.arange(n, device=device)
+        return T.alternating_flips(index.to(device), self.epoch, self.seed)
 
 
 Batched = Callable[[torch.Tensor, torch.Generator, np.random.Generator, Position], torch.Tensor]
@@ -98,7 +99,8 @@ class ResizedCrop(Op):
 
 class PaddedCrop(Op):
     """Random crop with zero or reflect padding (a translation by up to crop_padding pixels); on the device it
-    also does the flip (one gather for both)."""
+    also does the flip. Batched, it crops from padded images: the batch padded, or (BatchAugment.take) the
+    whole dataset padded once."""
 
     def check(self, cfg):
         number(cfg, "augment.crop_padding", low=0, integer=True)
@@ -112,11 +114,21 @@ class PaddedCrop(Op):
         return bool(aug.crop_padding)
 
     def batched(self, aug, fill):
-        reflect = aug.crop_pad_mode == "reflect"
+        crop = self.from_padded(aug, with_mirror=False)
+        return lambda x, g, rng, pos: crop(self.pad(aug, x, False), torch.arange(len(x), device=x.device), g, pos)
+
+    def pad(self, aug, images: torch.Tensor, with_mirror: bool) -> torch.Tensor:
+        return T.pad(images, aug.crop_padding, reflect=aug.crop_pad_mode == "reflect", with_mirror=with_mirror)
+
+    def from_padded(self, aug, with_mirror: bool) -> Callable:
+        """(images padded by self.pad, the batch's indices into them, torch generator, Position) -> the batch."""
+        p = aug.crop_padding
         if aug.flip and aug.flip_mode == "alternate":
-            return lambda x, g, rng, pos: T.random_crop(x, aug.crop_padding, g, reflect=reflect, mirrored=pos.flips(x))
+            return lambda padded, index, g, pos: T.random_crop_from(
+                padded, index, p, g, mirrored=pos.flips(len(index), padded.device), with_mirror=with_mirror
+            )
         flip = 0.5 if aug.flip else 0.0
-        return lambda x, g, rng, pos: T.random_crop(x, aug.crop_padding, g, flip=flip, reflect=reflect)
+        return lambda padded, index, g, pos: T.random_crop_from(padded, index, p, g, flip, with_mirror=with_mirror)
 
     def per_image(self, aug, size, fill):
         from torchvision.transforms import v2
@@ -133,7 +145,7 @@ class Flip(Op):
         if aug.crop_padding:  # fused into PaddedCrop's gather, in the same place of the order
             return lambda x, g, rng, pos: x
         if aug.flip_mode == "alternate":
-            return lambda x, g, rng, pos: torch.where(pos.flips(x)[:, None, None, None], x.flip(3), x)
+            return lambda x, g, rng, pos: T.mirror(x, pos.flips(len(x), x.device))
         return lambda x, g, rng, pos: T.random_flip(x, g)
 
     def per_image(self, aug, size, fill):
@@ -254,6 +266,9 @@ def is_active(aug: DictConfig) -> bool:
     return any(op.active(aug) for op in STEPS)
 
 
+PREPAD_MAX_BYTES = 1 << 30  # BatchAugment.take pads a dataset once up to this size; above, each batch
+
+
 class BatchAugment:
     """Train-time augmentation of a uint8 batch on its device (per-image draws from the loader's generators)."""
 
@@ -262,6 +277,7 @@ class BatchAugment:
         self.fill = torch.tensor(fill, dtype=torch.uint8)
         self._ops = [op for op in STEPS if op.active(aug)]
         self._device, self._steps = None, []
+        self._padded: tuple[torch.Tensor, torch.Tensor] | None = None  # (dataset, its padded copy)
 
     @property
     def active(self) -> bool:
@@ -271,12 +287,49 @@ class BatchAugment:
         self, x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator, position: Position | None = None
     ) -> torch.Tensor:
         """`position`: where the batch comes from (the device loader passes it; None: indices 0..B-1, epoch 0)."""
-        position = position or Position()
-        if self._device != x.device:  # once: the fill goes to the device (a copy per batch would sync)
-            self._device = x.device
-            fill = self.fill.to(x.device)
+        return self._run(self._prepare(x.device), x, generator, rng, position or Position())
+
+    def take(
+        self,
+        images: torch.Tensor,
+        index: torch.Tensor,
+        generator: torch.Generator,
+        rng: np.random.Generator,
+        position: Position,
+    ) -> torch.Tensor:
+        """self(images.index_select(0, index), ...), the same pixels and draws, but a padded crop that comes
+        first reads its windows straight from the dataset padded once (airbench's way: no batch is gathered,
+        padded or copied before the crop). The padded copy, with each row's mirror image when flipping (a
+        mirrored crop is then a window too), is kept while `images` is the dataset, up to PREPAD_MAX_BYTES:
+        (1 + 2 padding / H)^2 the dataset's size, twice that with flips (CIFAR-10: 240 MB, 480 MB)."""
+        steps = self._prepare(images.device)
+        first = self._ops[0] if self._ops else None
+        if isinstance(first, PaddedCrop):
+            padded = self._padded_dataset(first, images)
+            if padded is not None:
+                x = first.from_padded(self.aug, bool(self.aug.flip))(padded, index, generator, position)
+                return self._run(steps[1:], x, generator, rng, position)
+        return self._run(steps, images.index_select(0, index), generator, rng, position)
+
+    def _padded_dataset(self, crop: PaddedCrop, images: torch.Tensor) -> torch.Tensor | None:
+        if self._padded is None or self._padded[0] is not images:
+            h, w = images.shape[-2:]
+            p, copies = self.aug.crop_padding, 2 if self.aug.flip else 1
+            if copies * images.numel() * (h + 2 * p) * (w + 2 * p) // (h * w) > PREPAD_MAX_BYTES:
+                return None
+            self._padded = (images, crop.pad(self.aug, images, bool(self.aug.flip)))
+        return self._padded[1]
+
+    def _prepare(self, device: torch.device) -> list[Batched]:
+        if self._device != device:  # once: the fill goes to the device (a copy per batch would sync)
+            self._device = device
+            fill = self.fill.to(device)
             self._steps = [op.batched(self.aug, fill) for op in self._ops]
-        for step in self._steps:
+        return self._steps
+
+    @staticmethod
+    def _run(steps, x, generator, rng, position) -> torch.Tensor:
+        for step in steps:
             x = step(x, generator, rng, position)
         return x
 

@@ -173,11 +173,12 @@ class DeviceLoader(_Loader):
             sl = slice(start + i * self.batch_size, end)
             x, y = self.images[sl], self.labels[sl]
         else:  # index_select: several times faster than x[idx] for a batch of images
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            x, y = self.images.index_select(0, order[sl]), self.labels.index_select(0, order[sl])
-        if self.train and self.augment is not None:
-            where = Position(order[sl] if order is not None else None, self.epoch, self.seed)
-            x = self.augment(x, g, rng, where)
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            y = self.labels.index_select(0, index)
+            if self.augment is not None:  # gathers the batch itself (a padded crop reads the padded dataset)
+                x = self.augment.take(self.images, index, g, rng, Position(index, self.epoch, self.seed))
+            else:
+                x = self.images.index_select(0, index)
         return self._finish(x, y, rng)
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from cnnlab.data.policy_tables import AUTOAUGMENT, SPACES
 
@@ -102,9 +101,12 @@ def sharpness(x, m):
     if h <= 2 or w <= 2:
         return x
     out = x.float()
-    # torchvision's 3x3 kernel (1/13 around, 5/13 in the centre) as an exact integer box sum: the blurred values
-    # are k/13, never within rounding error of a .5 tie, so rounding gives torchvision's pixels.
-    blurred = (F.avg_pool2d(out, 3, 1, divisor_override=1) + 4.0 * out[..., 1:-1, 1:-1]).div_(13.0).round_()
+    # torchvision's 3x3 kernel (1/13 around, 5/13 in the centre) as an exact integer sum (separable 3x3 box sums:
+    # 5-8x faster than avg_pool2d on the CPU): the blurred values are k/13, never within rounding error of a .5
+    # tie, so rounding gives torchvision's pixels.
+    rows = out[..., :-2] + out[..., 1:-1] + out[..., 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    blurred = box.add_(out[..., 1:-1, 1:-1], alpha=4.0).div_(13.0).round_()
     inner = out[..., 1:-1, 1:-1]
     inner.addcmul_(blurred - inner, _as(x, -m.double()))  # factor 1 + m; the border keeps its pixels
     return out.clamp_(0, 255).to(torch.uint8)
@@ -119,7 +121,7 @@ def posterize(x, m):  # keep the top int(m) bits
 def solarize(x, m):  # invert the pixels at or above 255 m: for integers, at or above ceil(255 m)
     threshold = torch.ceil(255.0 * m.double()).clamp(0, 256).to(x.device).view(-1, 1, 1, 1)
     above = (x >= threshold.clamp(max=255).to(torch.uint8)) & (threshold <= 255)
-    return torch.where(above, 255 - x, x)
+    return x ^ above.view(torch.uint8).mul_(255)  # 255 - x where above (torch.where is slow on the CPU)
 
 
 def autocontrast(x, m):
@@ -131,7 +133,23 @@ def autocontrast(x, m):
 
 
 def equalize(x, m):
-    return TF.equalize(x)  # torchvision's kernel is batched and sync-free already
+    """torchvision's equalize_image (PIL's look-up table per channel) with one histogram and one look-up for the
+    whole batch, on int32 pixel indices and a float64 table (exact for these integers): no int64 pixels, no
+    torch.where, no integer division."""
+    b, c, h, w = x.shape
+    n = b * c
+    channel = torch.arange(n, dtype=torch.int32, device=x.device)[:, None] * 256
+    index = x.reshape(n, h * w).int().add_(channel).view(-1)  # (channel, value) -> its bin
+    ones = torch.ones(1, dtype=torch.int32, device=x.device).expand(len(index))
+    hist = torch.zeros(n * 256, dtype=torch.int32, device=x.device).index_add_(0, index, ones).view(n, 256)
+    cum = hist.cumsum(1, dtype=torch.int32)
+    top = hist.gather(1, cum.argmax(1, keepdim=True))  # the count of the channel's largest value
+    step = (h * w - top).double().div_(255).floor_()
+    lut = (cum[:, :-1] + (step / 2).floor_()).div_(step.clamp(min=1)).floor_().clamp_(0, 255)
+    lut = F.pad(lut, (1, 0))  # lut[0] = 0
+    keep = (step == 0).double()  # nothing to equalize: the identity table (exact blend of integers, no where)
+    lut = lut.mul_(1.0 - keep).add_(torch.arange(256.0, device=x.device, dtype=lut.dtype) * keep)
+    return lut.to(torch.uint8).view(-1).index_select(0, index).view(b, c, h, w)
 
 
 def invert(x, m):
@@ -224,16 +242,23 @@ class BatchedPolicy:
 
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
-        x = x.clone()
         for names, op, mag in self.stages(n, h, w, rng):
+            pieces, members = [], []
             for i, name in enumerate(names):
-                if name == "Identity":
+                group = np.flatnonzero(op == i)
+                if name == "Identity" or len(group) == 0:
                     continue
-                members = np.flatnonzero(op == i)
-                if len(members) == 0:
-                    continue
-                index = torch.from_numpy(members).to(x.device)
-                x.index_copy_(0, index, OPS[name](x.index_select(0, index), torch.from_numpy(mag[members])))
+                index = torch.from_numpy(group).to(x.device)
+                pieces.append(OPS[name](x.index_select(0, index), torch.from_numpy(mag[group])))
+                members.append(group)
+            if not pieces:
+                continue
+            members.append(np.setdiff1d(np.arange(n), np.concatenate(members)))  # the images left as they are
+            pieces.append(x.index_select(0, torch.from_numpy(members[-1]).to(x.device)))
+            # back in batch order with one gather (index_copy_ per group is several times slower on the CPU)
+            where = np.empty(n, dtype=np.int64)
+            where[np.concatenate(members)] = np.arange(n)
+            x = torch.cat(pieces).index_select(0, torch.from_numpy(where).to(x.device))
         return x
 
 
