@@ -1,9 +1,11 @@
-"""Shared fixtures: run the real CLI in a subprocess, find the offline datasets."""
+"""Shared fixtures: run the real CLI in a subprocess (or in-process), one torch thread, a tiny trained run, the
+offline datasets."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +17,27 @@ from cnnlab.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m cnnlab ARGS` in `cwd` (the same interpreter and source tree as the tests)."""
-    full_env = {
+def cli_env(**extra: str) -> dict:
+    """The environment of a `cnnlab` subprocess: this source tree first on the path, one OpenMP thread (two busy
+    processes with two threads each thrash a 2-core machine), no HYDRA_FULL_ERROR from the caller's shell."""
+    env = {
         **os.environ,
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "HYDRA_FULL_ERROR": "",
-        "COLUMNS": "200",
+        "OMP_NUM_THREADS": "1",
     }
-    full_env.pop("HYDRA_FULL_ERROR")
-    full_env.update(env or {})
+    env.pop("HYDRA_FULL_ERROR", None)
+    return {**env, **extra}
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m cnnlab ARGS` in `cwd` (the same interpreter and source tree as the tests)."""
     return subprocess.run(
-        [sys.executable, "-m", "cnnlab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "cnnlab", *args],
+        cwd=cwd,
+        env=cli_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -43,6 +54,34 @@ def run_cli(tmp_path):
         return cli(*args, **kwargs)
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread in the test processes too: on a shared 2-core machine, 2 OpenMP threads per process can
+    run 100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_once(tmp_path_factory) -> Path:
+    from trained_run import train_in_process
+
+    return train_in_process(tmp_path_factory.mktemp("tiny_run_once"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(_tiny_run_once, tmp_path_factory) -> Path:
+    """A finished run dir (LeNet-5 on the bundled digits, 2 epochs, trainer.progress=plain), the module's own copy:
+    trained once per test process, copied so that what one module writes beside it no other module sees."""
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    shutil.copytree(_tiny_run_once, run_dir)
+    return run_dir
 
 
 @pytest.fixture(scope="session")

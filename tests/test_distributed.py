@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import REPO, cli, read_json
+from conftest import REPO, cli, cli_env, read_json
 from omegaconf import OmegaConf
 
 from cnnlab import data
@@ -288,16 +288,10 @@ def test_accumulation_under_ddp_all_reduces_once_per_optimizer_step(tmp_path):
 
 # ---------------------------------------------------------------------------------------- torchrun runs
 def torchrun(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -427,7 +421,6 @@ def test_submitit_job_with_two_tasks_trains_one_ddp_model(tmp_path):
         "trainer.epochs=1",
         "data.batch_size=16",
         cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (job,) = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.json")]
@@ -440,8 +433,6 @@ def test_submitit_job_with_two_tasks_trains_one_ddp_model(tmp_path):
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tmp_path):
     """A real kill: SIGTERM to torchrun reaches both ranks; they agree on one step, rank 0 saves last.pt and
     prints the torchrun resume command; resuming with 2 ranks finishes the run."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
     args = [*RUN, "data.batch_size=16", "trainer.epochs=100"]
     proc = subprocess.Popen(
         [
@@ -456,7 +447,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tm
             *args,
         ],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

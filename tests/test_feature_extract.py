@@ -32,14 +32,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def bundle(n: int = 40, size: int = 16, batch: int = 8) -> DataBundle:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
@@ -162,7 +154,6 @@ def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(
         f"hydra.run.dir={run}",
         *TINY,
         cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
@@ -179,7 +170,6 @@ def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(
         f"checkpoint={run / 'checkpoints' / 'best.pt'}",
         f"output={tmp_path / 'eval.json'}",
         cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = read_json(tmp_path / "eval.json")  # the full model on the test images

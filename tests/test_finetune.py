@@ -95,7 +95,6 @@ def test_linear_probe_without_pretrained_weights_warns_once(tmp_path):
         f"hydra.run.dir={tmp_path / 'r'}",
         *TINY,
         cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "randomly initialised" in line]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, cli, read_json
+from conftest import cli, cli_env, read_json
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -30,17 +30,11 @@ from cnnlab.errors import CnnlabError
 ARGS = ["train", "model.act=tanh", "trainer.image_grid=0", "trainer.progress=plain"]
 
 
-def _env(**extra) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
 def _start(tmp_path: Path, *args: str, **env) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cnnlab", *ARGS, *args],
         cwd=tmp_path,
-        env=_env(**env),
+        env=cli_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -353,7 +347,7 @@ def test_dataloader_workers_end_with_a_stopped_run(tmp_path):
             marker,
         ],
         cwd=tmp_path,
-        env=_env(),
+        env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -509,10 +509,8 @@ COMMANDS = ("eval", "predict", "features", "export")
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    from trained_run import train_in_process
-
-    return train_in_process(tmp_path_factory.mktemp("trained")) / "checkpoints" / "best.pt"
+def trained_checkpoint(tiny_run) -> Path:
+    return tiny_run / "checkpoints" / "best.pt"
 
 
 def command_line(command: str, checkpoint: Path, where: Path) -> list[str]:
