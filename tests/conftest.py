@@ -41,6 +41,22 @@ def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> s
     )
 
 
+class Batches:
+    """In-memory (x, y) batches as a Trainer loader: len, iteration, set_epoch, batch_size."""
+
+    def __init__(self, batches: list):
+        self.batches, self.batch_size = batches, len(batches[0][1])
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def set_epoch(self, epoch):
+        pass
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

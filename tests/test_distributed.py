@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import REPO, cli, cli_env, read_json
+from conftest import REPO, Batches, cli, cli_env, read_json
 from omegaconf import OmegaConf
 
 from cnnlab import data
@@ -191,22 +191,6 @@ def test_gloo_helpers_votes_and_sharded_evaluation_on_two_processes():
 
 
 # --------------------------------------------------------------------------------- accumulation under DDP
-class _Batches:
-    """The loader protocol the Trainer uses: len, iteration, set_epoch, batch_size."""
-
-    def __init__(self, batches):
-        self.batches, self.batch_size = batches, len(batches[0][1])
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def set_epoch(self, epoch):
-        pass
-
-
 def _rank_batches(rank: int) -> list:
     """8 micro-batches of 4-d points, different on each rank."""
     g = torch.Generator().manual_seed(100 + rank)
@@ -247,7 +231,7 @@ def _accumulating_rank(rank: int, world: int, port: int, run_dir: str, out) -> N
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     batches = _rank_batches(rank)
-    data = DataBundle(_Batches(batches), _Batches(batches[:1]), _Batches(batches[:1]), DataSpec(2, 1, 2, ["a", "b"]))
+    data = DataBundle(Batches(batches), Batches(batches[:1]), Batches(batches[:1]), DataSpec(2, 1, 2, ["a", "b"]))
     cfg = OmegaConf.merge(
         OmegaConf.structured(TrainerConfig),
         {"epochs": 1, "accumulate": 4, "precision": "fp32", "device": "cpu", "progress": "none"},

@@ -8,24 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli
-from trained_run import compose, one_error_line
+from trained_run import compose, loaders_of, one_error_line
 
 from cnnlab.commands import export
 from cnnlab.commands.trained import load_trained
-from cnnlab.data import build
 from cnnlab.errors import CnnlabError
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_run):
     trained = load_trained(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
-    data = build(
-        trained.config.data,
-        None,
-        torch.device("cpu"),
-        seed=trained.config.seed,
-        stats=(trained.spec.mean, trained.spec.std),
-    )
+    data = loaders_of(trained)
     x, _ = next(iter(data.val))  # other real images than the test batch the parity check uses
     return trained, x[:5]
 

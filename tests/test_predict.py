@@ -10,11 +10,10 @@ import pytest
 import torch
 from conftest import cli, read_json
 from PIL import Image
-from trained_run import compose, one_error_line
+from trained_run import compose, loaders_of, one_error_line
 
 from cnnlab.commands import predict
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
-from cnnlab.data import build
 from cnnlab.errors import CnnlabError
 
 
@@ -27,13 +26,7 @@ def run_dir(tiny_run) -> Path:
 def test_images(run_dir, tmp_path_factory):
     """The first 6 test-split digits as PNG files (what the loaders see: 32x32 grey), plus two odd files."""
     trained = load_trained(run_dir / "checkpoints" / "best.pt", torch.device("cpu"))
-    data = build(
-        trained.config.data,
-        None,
-        torch.device("cpu"),
-        seed=trained.config.seed,
-        stats=(trained.spec.mean, trained.spec.std),
-    )
+    data = loaders_of(trained)
     x, y = next(iter(data.test))
     folder = tmp_path_factory.mktemp("images")
     raw = data.test.images[:6]  # the uint8 images the device loader normalises

@@ -344,6 +344,7 @@ def _corrupt_deflate(path: Path) -> None:
         (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0]))), "shorter than the 16-byte idx header"),
         (_corrupt_deflate, "corrupt or truncated"),
         (lambda p: p.write_bytes(p.read_bytes()[:30]), "corrupt or truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "corrupt or truncated"),  # cut in half
         (lambda p: p.write_bytes(gzip.compress(b"\x08\x08\x08\x08" + bytes(100))), "wrong magic number"),
         (lambda p: p.write_bytes(b"plain bytes, not gzip"), "corrupt or truncated"),
         (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 0, 28, 28))), "holds no data"),

@@ -28,3 +28,14 @@ def train_in_process(where: Path, *overrides: str) -> Path:
     run_dir = where / "run"
     train.run(compose("train", "trainer.epochs=2", "trainer.progress=plain", *overrides), run_dir=run_dir)
     return run_dir
+
+
+def loaders_of(trained):
+    """A loaded checkpoint's (cnnlab.commands.trained.load_trained) own data, unaugmented, on the CPU: its config,
+    seed and normalisation statistics, as eval and export's parity check load them."""
+    import torch
+
+    from cnnlab.data import build
+
+    stats = (trained.spec.mean, trained.spec.std)
+    return build(trained.config.data, None, torch.device("cpu"), seed=trained.config.seed, stats=stats)
