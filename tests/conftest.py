@@ -101,6 +101,23 @@ def tiny_run(_tiny_run_once, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def resnet18_file(tmp_path_factory) -> Path:
+    """A 'pretrained' torchvision ResNet-18 (random weights, BN statistics made non-trivial), as a state dict."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def data_root() -> Path:
     """../shared/datasets via CNNLAB_DATA_ROOT; skips when unset unless CNNLAB_REQUIRE_DATA=1 (CI), then fails."""
     root = os.environ.get("CNNLAB_DATA_ROOT")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from conftest import cli, read_json
 from omegaconf import OmegaConf
 from torch import nn
@@ -126,19 +125,6 @@ def test_models_it_cannot_split_are_one_clear_error():
         prepare(Scaled(), bundle(), torch.device("cpu"), seed=0)
     with pytest.raises(CnnlabError, match="no.*use finetune=linear_probe|has none"):
         classifier_of(nn.Sequential(nn.Conv2d(3, 4, 3)))
-
-
-@pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory):
-    torch.manual_seed(1)
-    model = torchvision.models.resnet18()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.mark.slow
