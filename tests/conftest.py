@@ -131,7 +131,8 @@ def data_root() -> Path:
 
 @pytest.fixture
 def run_main(tmp_path, monkeypatch, capfd):
-    """run_main(*argv) -> (exit code, stderr) of cnnlab in this process, in a fresh working directory."""
+    """run_main(*argv) -> (exit code, stderr) of cnnlab in this process, in a fresh working directory; its stdout
+    is left in run_main.stdout."""
     from hydra.core.global_hydra import GlobalHydra
 
     monkeypatch.chdir(tmp_path)
@@ -147,6 +148,8 @@ def run_main(tmp_path, monkeypatch, capfd):
             code = ex.code if isinstance(ex.code, int) else 1
         finally:
             GlobalHydra.instance().clear()
-        return code, capfd.readouterr().err
+        captured = capfd.readouterr()
+        run.stdout = captured.out
+        return code, captured.err
 
     return run

@@ -122,22 +122,23 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert proc.returncode == 130 and "exiting at once" in err and "Traceback" not in err
 
 
-def test_a_finished_run_is_never_trained_into_again_unless_asked(tmp_path):
-    first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+def test_a_finished_run_is_never_trained_into_again_unless_asked(tmp_path, run_main):
+    one_epoch = [*ARGS, "trainer.epochs=1", "hydra.run.dir=run"]
+    code, err = run_main(*one_epoch)
+    assert code == 0, err
     files = {
         p: p.read_bytes()
         for p in (tmp_path / "run").rglob("*")
         if p.is_file() and p.suffix != ".log" and p.name != rundir.LOCK_NAME
     }
-    again = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "optimizer.lr=0.1", cwd=tmp_path)
-    assert again.returncode == 2 and "already holds a finished run" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1
-    auto = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
-    assert auto.returncode == 0 and "finished run: nothing to resume" in auto.stdout
+    code, err = run_main(*one_epoch, "optimizer.lr=0.1")
+    assert code == 2 and "already holds a finished run" in err
+    assert len(err.strip().splitlines()) == 1
+    code, err = run_main(*one_epoch, "trainer.resume=auto")
+    assert code == 0 and "finished run: nothing to resume" in run_main.stdout, err
     assert {p: p.read_bytes() for p in files} == files  # config, overrides, checkpoints, metrics, events
-    over = cli(*ARGS, "trainer.epochs=2", "hydra.run.dir=run", "trainer.overwrite=true", cwd=tmp_path)
-    assert over.returncode == 0, over.stderr
+    code, err = run_main(*ARGS, "trainer.epochs=2", "hydra.run.dir=run", "trainer.overwrite=true")
+    assert code == 0, err
     assert read_json(tmp_path / "run" / "metrics.json")["epochs"] == 2
 
 
