@@ -4,21 +4,12 @@ trainer.image_every epochs and at the last one, and the best epoch's validation 
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import read_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trained_run import compose, train_in_process
 
 from cnnlab.errors import CnnlabError
 from cnnlab.schema.train import validate as validate_train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def images(run_dir) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli
+from conftest import cli, cli_env
 from test_data import jpeg, mat_v5, write_idx
 from test_untrusted_data import RunsCode, png_header_only, write_cifar
 
@@ -592,9 +592,8 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # lenet5's checkpoint is ~750 kB
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "cnnlab", "train", *TINY, "trainer.image_grid=0", "hydra.run.dir=run"]
-    result = subprocess.run(argv, cwd=tmp_path, env=env, preexec_fn=limit, capture_output=True, text=True)
+    result = subprocess.run(argv, cwd=tmp_path, env=cli_env(), preexec_fn=limit, capture_output=True, text=True)
     assert_one_error_line(result.returncode, result.stderr, "a file write failed (the disk is full")
     assert "cannot write checkpoint" in result.stderr
     assert "error: cannot write" in (tmp_path / "run" / "train.log").read_text()
@@ -606,11 +605,10 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     import subprocess
     import time
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cnnlab", "train", *TINY],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import REPO, cli, read_json
+from conftest import REPO, Batches, cli, cli_env, read_json
 from omegaconf import OmegaConf
 
 from cnnlab import data
@@ -191,22 +191,6 @@ def test_gloo_helpers_votes_and_sharded_evaluation_on_two_processes():
 
 
 # --------------------------------------------------------------------------------- accumulation under DDP
-class _Batches:
-    """The loader protocol the Trainer uses: len, iteration, set_epoch, batch_size."""
-
-    def __init__(self, batches):
-        self.batches, self.batch_size = batches, len(batches[0][1])
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def set_epoch(self, epoch):
-        pass
-
-
 def _rank_batches(rank: int) -> list:
     """8 micro-batches of 4-d points, different on each rank."""
     g = torch.Generator().manual_seed(100 + rank)
@@ -247,7 +231,7 @@ def _accumulating_rank(rank: int, world: int, port: int, run_dir: str, out) -> N
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     schedule = Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     batches = _rank_batches(rank)
-    data = DataBundle(_Batches(batches), _Batches(batches[:1]), _Batches(batches[:1]), DataSpec(2, 1, 2, ["a", "b"]))
+    data = DataBundle(Batches(batches), Batches(batches[:1]), Batches(batches[:1]), DataSpec(2, 1, 2, ["a", "b"]))
     cfg = OmegaConf.merge(
         OmegaConf.structured(TrainerConfig),
         {"epochs": 1, "accumulate": 4, "precision": "fp32", "device": "cpu", "progress": "none"},
@@ -288,16 +272,10 @@ def test_accumulation_under_ddp_all_reduces_once_per_optimizer_step(tmp_path):
 
 # ---------------------------------------------------------------------------------------- torchrun runs
 def torchrun(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -427,7 +405,6 @@ def test_submitit_job_with_two_tasks_trains_one_ddp_model(tmp_path):
         "trainer.epochs=1",
         "data.batch_size=16",
         cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (job,) = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.json")]
@@ -440,8 +417,6 @@ def test_submitit_job_with_two_tasks_trains_one_ddp_model(tmp_path):
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tmp_path):
     """A real kill: SIGTERM to torchrun reaches both ranks; they agree on one step, rank 0 saves last.pt and
     prints the torchrun resume command; resuming with 2 ranks finishes the run."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
     args = [*RUN, "data.batch_size=16", "trainer.epochs=100"]
     proc = subprocess.Popen(
         [
@@ -456,7 +431,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_finishes(tm
             *args,
         ],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,25 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli, read_json
-from trained_run import ONE_THREAD, compose, one_error_line, train_in_process
+from trained_run import compose, one_error_line, train_in_process
 
 from cnnlab.commands import evaluate
 from cnnlab.errors import CnnlabError
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield train_in_process(tmp_path_factory.mktemp("eval"))
-    torch.set_num_threads(threads)
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
 def report(run_dir, tmp_path_factory):
     """The real command line, from an empty working directory."""
     cwd = tmp_path_factory.mktemp("cwd")
-    result = cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", cwd=cwd, env=ONE_THREAD)
+    result = cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(cwd.iterdir()) == []  # everything went beside the run, nothing into the working directory
     return result, run_dir / "eval" / "test"
@@ -101,9 +98,7 @@ def test_bad_inputs(run_dir, tmp_path):
             args = [f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", *args]
         with pytest.raises(CnnlabError, match=message):
             evaluate.run(compose("eval", *args))
-    line = one_error_line(
-        cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate", cwd=tmp_path, env=ONE_THREAD)
-    )
+    line = one_error_line(cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate", cwd=tmp_path))
     assert line == "error: tta must be one of none, flip, flip_translate; got 'rotate'"
 
 

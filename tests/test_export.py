@@ -8,30 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli
-from trained_run import ONE_THREAD, compose, one_error_line, train_in_process
+from trained_run import compose, loaders_of, one_error_line
 
 from cnnlab.commands import export
 from cnnlab.commands.trained import load_trained
-from cnnlab.data import build
 from cnnlab.errors import CnnlabError
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    run_dir = train_in_process(tmp_path_factory.mktemp("export"))
-    trained = load_trained(run_dir / "checkpoints" / "best.pt", torch.device("cpu"))
-    data = build(
-        trained.config.data,
-        None,
-        torch.device("cpu"),
-        seed=trained.config.seed,
-        stats=(trained.spec.mean, trained.spec.std),
-    )
+def trained(tiny_run):
+    trained = load_trained(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
+    data = loaders_of(trained)
     x, _ = next(iter(data.val))  # other real images than the test batch the parity check uses
-    yield trained, x[:5]
-    torch.set_num_threads(threads)
+    return trained, x[:5]
 
 
 def test_onnx_runs_in_onnxruntime_with_any_batch(trained, tmp_path):
@@ -43,7 +32,6 @@ def test_onnx_runs_in_onnxruntime_with_any_batch(trained, tmp_path):
         "format=onnx",
         f"output={tmp_path / 'm.onnx'}",
         cwd=tmp_path,
-        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]  # no temp file, nothing else
@@ -103,5 +91,5 @@ def test_bad_inputs(trained, tmp_path):
         export.run(compose("export", f"checkpoint={model.path}", f"output={model.path}"))
     with pytest.raises(CnnlabError, match="tolerance must be >= 0"):
         export.run(compose("export", f"checkpoint={model.path}", "tolerance=-1"))
-    line = one_error_line(cli("export", f"checkpoint={tmp_path / 'nope.pt'}", cwd=tmp_path, env=ONE_THREAD))
+    line = one_error_line(cli("export", f"checkpoint={tmp_path / 'nope.pt'}", cwd=tmp_path))
     assert "does not exist" in line

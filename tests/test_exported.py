@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from trained_run import compose, train_in_process
+from trained_run import compose
 
 from cnnlab.commands import export, predict
 from cnnlab.commands.exported import EXTRA_FILE
@@ -22,13 +22,10 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tiny_run, tmp_path_factory):
     """A tiny trained run, its ONNX and TorchScript exports and six digit PNGs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     where = tmp_path_factory.mktemp("exported")
-    run_dir = train_in_process(where, "data.eval_subset=64")
-    best = run_dir / "checkpoints" / "best.pt"
+    best = tiny_run / "checkpoints" / "best.pt"
     files = {}
     for fmt in ("onnx", "torchscript"):
         files[fmt] = export.run(compose("export", f"checkpoint={best}", f"format={fmt}", "batch_size=8"))["output"]
@@ -37,8 +34,7 @@ def exported(tmp_path_factory):
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f"img_{i}.png")
-    yield load_trained(best, torch.device("cpu")), files, folder
-    torch.set_num_threads(threads)
+    return load_trained(best, torch.device("cpu")), files, folder
 
 
 def _expected(spec):

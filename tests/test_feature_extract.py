@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from conftest import cli, read_json
 from omegaconf import OmegaConf
 from torch import nn
@@ -30,14 +29,6 @@ TINY = [
     "optimizer.lr=0.01",
     "scheduler=none",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def bundle(n: int = 40, size: int = 16, batch: int = 8) -> DataBundle:
@@ -136,19 +127,6 @@ def test_models_it_cannot_split_are_one_clear_error():
         classifier_of(nn.Sequential(nn.Conv2d(3, 4, 3)))
 
 
-@pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory):
-    torch.manual_seed(1)
-    model = torchvision.models.resnet18()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.mark.slow
 def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(resnet18_file, tmp_path):
     run = tmp_path / "fx"
@@ -162,7 +140,6 @@ def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(
         f"hydra.run.dir={run}",
         *TINY,
         cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
@@ -179,7 +156,6 @@ def test_cli_run_dir_checkpoint_holds_backbone_and_head_and_evaluates_on_images(
         f"checkpoint={run / 'checkpoints' / 'best.pt'}",
         f"output={tmp_path / 'eval.json'}",
         cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = read_json(tmp_path / "eval.json")  # the full model on the test images

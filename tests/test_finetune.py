@@ -23,18 +23,15 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory):
-    """A 'pretrained' torchvision ResNet-18 (random weights, BN statistics made non-trivial), as a state dict."""
-    torch.manual_seed(1)
-    model = torchvision.models.resnet18()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(model.state_dict(), path)
-    return path
+def train(where, *overrides: str):
+    """`cnnlab train` on TINY with OVERRIDES into where/run, which must succeed: (the result, the run dir)."""
+    result = cli("train", *overrides, "hydra.run.dir=run", *TINY, cwd=where)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result, where / "run"
+
+
+def resnet18(weights) -> list[str]:
+    return ["model=torchvision", "model.name=resnet18", f"model.weights_path={weights}"]
 
 
 def finetune_cfg(name, **kw):
@@ -65,19 +62,7 @@ def test_discriminative_lrs_decay_towards_the_input():
 
 
 def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, tmp_path):
-    run = tmp_path / "probe"
-    result = cli(
-        "train",
-        "model=torchvision",
-        "model.name=resnet18",
-        f"model.weights_path={resnet18_file}",
-        "finetune=linear_probe",
-        "trainer.epochs=2",
-        f"hydra.run.dir={run}",
-        *TINY,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result, run = train(tmp_path, *resnet18(resnet18_file), "finetune=linear_probe", "trainer.epochs=2")
     loaded = torch.load(resnet18_file, weights_only=True)
     trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     backbone = [k for k in loaded if not k.startswith("fc.")]
@@ -87,17 +72,7 @@ def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, tmp_p
 
 
 def test_linear_probe_without_pretrained_weights_warns_once(tmp_path):
-    result = cli(
-        "train",
-        "model=lenet5",
-        "finetune=linear_probe",
-        "trainer.epochs=1",
-        f"hydra.run.dir={tmp_path / 'r'}",
-        *TINY,
-        cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result, _ = train(tmp_path, "model=lenet5", "finetune=linear_probe", "trainer.epochs=1")
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "randomly initialised" in line]
     assert lines == [
         "finetune=linear_probe freezes a randomly initialised backbone: the model has no pretrained "
@@ -106,36 +81,22 @@ def test_linear_probe_without_pretrained_weights_warns_once(tmp_path):
 
 
 def test_group_learning_rates_are_what_the_config_says(resnet18_file, tmp_path):
-    run = tmp_path / "disc"
-    result = cli(
-        "train",
-        "model=torchvision",
-        "model.name=resnet18",
-        f"model.weights_path={resnet18_file}",
+    _, run = train(
+        tmp_path,
+        *resnet18(resnet18_file),
         "finetune=discriminative",
         "finetune.lr_decay=0.5",
         "optimizer.lr=0.01",
         "optimizer.head_lr_mult=10",
         "trainer.epochs=1",
-        f"hydra.run.dir={run}",
-        *TINY,
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     groups = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["name"] for g in groups] == [f"stage{i}" for i in range(6)] + ["head"]
     assert [g["lr"] for g in groups] == pytest.approx([0.01 * 0.5**k for k in range(6, 0, -1)] + [0.1])
 
 
 def test_missing_weights_file_is_one_clear_line(tmp_path):
-    result = cli(
-        "train",
-        "model=torchvision",
-        "model.name=resnet18",
-        f"model.weights_path={tmp_path}/nope.pth",
-        *TINY,
-        cwd=tmp_path,
-    )
+    result = cli("train", *resnet18(f"{tmp_path}/nope.pth"), *TINY, cwd=tmp_path)
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines() == [f"error: model.weights_path: {tmp_path}/nope.pth does not exist"]

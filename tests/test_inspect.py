@@ -9,24 +9,19 @@ import pytest
 import torch
 from conftest import cli
 from PIL import Image
-from trained_run import ONE_THREAD, compose, one_error_line, train_in_process
+from trained_run import compose, one_error_line
 
 from cnnlab.commands import features
 from cnnlab.errors import CnnlabError
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    where = tmp_path_factory.mktemp("features")
-    run_dir = train_in_process(where)
-    image = where / "digit.png"
+def setup(tiny_run, tmp_path_factory):
+    image = tmp_path_factory.mktemp("features") / "digit.png"
     digit = torch.zeros(32, 32, dtype=torch.uint8)
     digit[6:26, 14:18] = 255  # a "1"
     Image.fromarray(digit.numpy()).save(image)
-    yield run_dir / "checkpoints" / "best.pt", image
-    torch.set_num_threads(threads)
+    return tiny_run / "checkpoints" / "best.pt", image
 
 
 def test_every_stage_filters_and_gradcam(setup, tmp_path):
@@ -37,7 +32,6 @@ def test_every_stage_filters_and_gradcam(setup, tmp_path):
         f"input={image}",
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
-        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "run"
@@ -89,7 +83,5 @@ def test_bad_inputs(setup, tmp_path):
         features.run(compose("features", f"checkpoint={ckpt}", f"input={text}"), run_dir=tmp_path)
     with pytest.raises(CnnlabError, match="does not exist"):
         features.run(compose("features", f"checkpoint={ckpt}", f"input={tmp_path / 'none.png'}"), run_dir=tmp_path)
-    line = one_error_line(
-        cli("features", f"checkpoint={ckpt}", f"input={image}", "layers=[nope]", cwd=tmp_path, env=ONE_THREAD)
-    )
+    line = one_error_line(cli("features", f"checkpoint={ckpt}", f"input={image}", "layers=[nope]", cwd=tmp_path))
     assert "unknown layer 'nope'" in line

@@ -56,15 +56,6 @@ NOT_AT_224 = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process can run 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name: str, image_size: int = 32, channels: int = 3, num_classes: int = 10, /, **overrides) -> nn.Module:
     cfg = OmegaConf.merge(load_yaml(CONFIGS / f"{name}.yaml"), overrides)
     return build(cfg, DataSpec(num_classes=num_classes, channels=channels, image_size=image_size))
@@ -463,7 +454,6 @@ def test_train_cli_end_to_end(run_cli, args):
         "trainer.epochs=1",
         "trainer.device=cpu",
         "trainer.image_grid=0",
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -476,7 +466,6 @@ def test_train_cli_bad_knob_is_one_line(run_cli):
         "data=synthetic",
         "data.num_samples=16",
         "trainer.epochs=1",
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 2
     assert "model.pool must be one of" in result.stderr and "Traceback" not in result.stderr

@@ -112,7 +112,6 @@ def test_resnet20_recipe_trains_end_to_end_on_synthetic_images(run_cli, tmp_path
         "trainer.image_grid=0",
         "model.width_mult=0.5",
         f"hydra.run.dir={run}",
-        env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = read_json(run / "metrics.json")

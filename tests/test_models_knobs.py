@@ -17,14 +17,6 @@ from cnnlab.models.resnet import PadShortcut
 SMALL = ("lenet5", "mnist_cnn", "simple_cnn", "cifar_cnn")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(model: nn.Module, kind) -> int:
     return sum(isinstance(m, kind) for m in model.modules())
 

@@ -10,33 +10,23 @@ import pytest
 import torch
 from conftest import cli, read_json
 from PIL import Image
-from trained_run import ONE_THREAD, compose, one_error_line, train_in_process
+from trained_run import compose, loaders_of, one_error_line
 
 from cnnlab.commands import predict
 from cnnlab.commands.trained import find_files, load_image, load_trained, normalise
-from cnnlab.data import build
 from cnnlab.errors import CnnlabError
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield train_in_process(tmp_path_factory.mktemp("predict"))
-    torch.set_num_threads(threads)
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
 def test_images(run_dir, tmp_path_factory):
     """The first 6 test-split digits as PNG files (what the loaders see: 32x32 grey), plus two odd files."""
     trained = load_trained(run_dir / "checkpoints" / "best.pt", torch.device("cpu"))
-    data = build(
-        trained.config.data,
-        None,
-        torch.device("cpu"),
-        seed=trained.config.seed,
-        stats=(trained.spec.mean, trained.spec.std),
-    )
+    data = loaders_of(trained)
     x, y = next(iter(data.test))
     folder = tmp_path_factory.mktemp("images")
     raw = data.test.images[:6]  # the uint8 images the device loader normalises
@@ -88,7 +78,6 @@ def test_cli_table_and_json(test_images, tmp_path):
         "topk=2",
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
-        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = read_json(tmp_path / "run" / "predictions.json")
@@ -108,7 +97,5 @@ def test_bad_inputs(test_images, tmp_path):
         predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder}/*.gif"), run_dir=tmp_path)
     with pytest.raises(CnnlabError, match="topk must be >= 1"):
         predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder}", "topk=0"), run_dir=tmp_path)
-    line = one_error_line(
-        cli("predict", f"checkpoint={tmp_path / 'missing.pt'}", f"inputs={folder}", cwd=tmp_path, env=ONE_THREAD)
-    )
+    line = one_error_line(cli("predict", f"checkpoint={tmp_path / 'missing.pt'}", f"inputs={folder}", cwd=tmp_path))
     assert "does not exist" in line

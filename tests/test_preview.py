@@ -6,19 +6,11 @@ import pytest
 import torch
 from conftest import cli
 from PIL import Image
-from trained_run import ONE_THREAD, compose, one_error_line
+from trained_run import compose, one_error_line
 
 from cnnlab.commands import preview
 from cnnlab.data import build
 from cnnlab.errors import CnnlabError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_batch_is_the_training_loaders(tmp_path):
@@ -53,7 +45,6 @@ def test_cli_writes_the_png(tmp_path):
         f"output={out}",
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
-        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:4] == b"\x89PNG" and "8 augmented digits images" in result.stdout
@@ -62,5 +53,5 @@ def test_cli_writes_the_png(tmp_path):
 def test_bad_values(tmp_path):
     with pytest.raises(CnnlabError, match="count must be >= 1"):
         preview.run(compose("preview", "count=0"), run_dir=tmp_path)
-    line = one_error_line(cli("preview", "augment.cutout=-3", cwd=tmp_path, env=ONE_THREAD))
+    line = one_error_line(cli("preview", "augment.cutout=-3", cwd=tmp_path))
     assert "augment.cutout" in line

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, cli, read_json
+from conftest import Batches, cli, cli_env, read_json
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -30,17 +30,11 @@ from cnnlab.schema.train import TrainerConfig
 ARGS = ["train", "model.act=tanh", "trainer.image_grid=0", "trainer.progress=plain", "trainer.log_every=5"]
 
 
-def _env(**extra) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
 def _start(tmp_path: Path, *args: str, **env) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cnnlab", *ARGS, *args],
         cwd=tmp_path,
-        env=_env(**env),
+        env=cli_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -94,16 +88,18 @@ def straight(tmp_path_factory) -> Path:
 
 
 def test_sigkill_inside_a_checkpoint_write_then_resume_gives_the_uninterrupted_weights(tmp_path, straight):
-    """The write is slowed by a test hook; SIGKILL lands while the temp file is half-way to last.pt."""
+    """The write is slowed by a test hook; SIGKILL lands while the temp file is half-way to last.pt. The same
+    command line (trainer.resume=auto: a fresh start the first time) run again finishes the run."""
     ckpt = tmp_path / "run" / "checkpoints"
-    proc = _start(tmp_path, "trainer.epochs=4", "hydra.run.dir=run", **{checkpoint.SLOW_SAVE_ENV: "2"})
+    args = ["trainer.epochs=4", "hydra.run.dir=run", "trainer.resume=auto"]
+    proc = _start(tmp_path, *args, **{checkpoint.SLOW_SAVE_ENV: "2"})
     # Epoch 2's last.pt write: an earlier last.pt exists and a temp file for the new one is being written.
     _wait_for(lambda: (ckpt / "last.pt").is_file() and any(ckpt.glob(".last.pt.*.tmp")), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(ckpt.glob(".last.pt.*.tmp")), "the kill should have left the half-written temp file behind"
     assert checkpoint.load(ckpt / "last.pt")["epoch"] < 4  # the previous last.pt is intact and readable
-    resumed = cli(*ARGS, "trainer.epochs=4", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    resumed = cli(*ARGS, *args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
     assert not list(ckpt.glob("*.tmp")), "stale temp files are removed once the run dir is claimed again"
@@ -146,22 +142,23 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert proc.returncode == 130 and "exiting at once" in err and "Traceback" not in err
 
 
-def test_a_finished_run_is_never_trained_into_again_unless_asked(tmp_path):
-    first = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+def test_a_finished_run_is_never_trained_into_again_unless_asked(tmp_path, run_main):
+    one_epoch = [*ARGS, "trainer.epochs=1", "hydra.run.dir=run"]
+    code, err = run_main(*one_epoch)
+    assert code == 0, err
     files = {
         p: p.read_bytes()
         for p in (tmp_path / "run").rglob("*")
         if p.is_file() and p.suffix != ".log" and p.name != rundir.LOCK_NAME
     }
-    again = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "optimizer.lr=0.1", cwd=tmp_path)
-    assert again.returncode == 2 and "already holds a finished run" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1
-    auto = cli(*ARGS, "trainer.epochs=1", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
-    assert auto.returncode == 0 and "finished run: nothing to resume" in auto.stdout
+    code, err = run_main(*one_epoch, "optimizer.lr=0.1")
+    assert code == 2 and "already holds a finished run" in err
+    assert len(err.strip().splitlines()) == 1
+    code, err = run_main(*one_epoch, "trainer.resume=auto")
+    assert code == 0 and "finished run: nothing to resume" in run_main.stdout, err
     assert {p: p.read_bytes() for p in files} == files  # config, overrides, checkpoints, metrics, events
-    over = cli(*ARGS, "trainer.epochs=2", "hydra.run.dir=run", "trainer.overwrite=true", cwd=tmp_path)
-    assert over.returncode == 0, over.stderr
+    code, err = run_main(*ARGS, "trainer.epochs=2", "hydra.run.dir=run", "trainer.overwrite=true")
+    assert code == 0, err
     assert read_json(tmp_path / "run" / "metrics.json")["epochs"] == 2
 
 
@@ -286,23 +283,6 @@ def test_a_stored_config_is_plain_data(tmp_path, monkeypatch):
                 checkpoint.run_config(bad, "ckpt")
 
 
-class _Batches:
-    """The loader protocol the Trainer uses: len, iteration, set_epoch, batch_size."""
-
-    def __init__(self, batches):
-        self.batches = batches
-        self.batch_size = len(batches[0][1])
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def set_epoch(self, epoch):
-        pass
-
-
 def _separable(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n points in 4-d labelled by the sign of their first coordinate, and a copy of the first 16 with a NaN."""
     torch.manual_seed(0)
@@ -322,7 +302,7 @@ def _fit(tmp_path, model, optimizer, train: list, val: tuple, **trainer) -> dict
     from cnnlab.optim import Schedule
 
     spec = DataSpec(2, 1, 2, ["a", "b"], (0.0,), (1.0,))
-    data = DataBundle(_Batches(train), _Batches([val]), _Batches([val]), spec)
+    data = DataBundle(Batches(train), Batches([val]), Batches([val]), spec)
     cfg = OmegaConf.merge(
         OmegaConf.structured(TrainerConfig),
         {"precision": "fp32", "device": "cpu", "progress": "none", **trainer},
@@ -373,7 +353,7 @@ def test_dataloader_workers_end_with_a_stopped_run(tmp_path):
             marker,
         ],
         cwd=tmp_path,
-        env=_env(),
+        env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

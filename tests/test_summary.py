@@ -19,16 +19,6 @@ from cnnlab.models import build, load_yaml
 from cnnlab.models.knobs import POOLS
 from cnnlab.models.pooling import make_pool
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_models.py
-    yield
-    torch.set_num_threads(threads)
-
 
 def summary_of(name: str, image_size: int, channels: int = 3, num_classes: int = 1000) -> dict:
     cfg = load_yaml(REPO / "configs" / "model" / f"{name}.yaml")  # with its family base (defaults list)
@@ -149,7 +139,6 @@ def test_cli_json(run_cli, tmp_path):
         "data.image_size=224",
         "data.num_classes=1000",
         "format=json",
-        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -171,25 +160,25 @@ def test_cli_json(run_cli, tmp_path):
 
 
 def test_cli_table_and_collapse_warning(run_cli):
-    result = run_cli("summary", "model=vgg16", "data=cifar10", env=ONE_THREAD)
+    result = run_cli("summary", "model=vgg16", "data=cifar10")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "features.0.0" in result.stdout and "33,638,218" in result.stdout
     assert "receptive field 212 px, jump 32 px" in result.stdout
     header = next(line for line in result.stdout.splitlines() if "layer" in line and "MACs" in line)
     assert header.split()[-4:] == ["RF", "┃", "jump", "┃"]
-    result = run_cli("summary", "model=torchvision", "model.name=alexnet", "data=mnist", env=ONE_THREAD)
+    result = run_cli("summary", "model=torchvision", "model.name=alexnet", "data=mnist")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "collapses below 1 at features.5 (MaxPool2d)" in " ".join(result.stdout.split())
 
 
 def test_cli_bad_format_is_one_line(run_cli):
-    result = run_cli("summary", "format=xml", env=ONE_THREAD)
+    result = run_cli("summary", "format=xml")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: format must be one of table, json; got 'xml'"
 
 
 def test_sweep_writes_nothing_here(run_cli, tmp_path):
-    result = run_cli("summary", "-m", "model=lenet5,mnist_cnn", "format=json", env=ONE_THREAD)
+    result = run_cli("summary", "-m", "model=lenet5,mnist_cnn", "format=json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert [json.loads(line)["model"] for line in result.stdout.splitlines() if line.startswith("{")] == [
         "LeNet5",

@@ -344,6 +344,7 @@ def _corrupt_deflate(path: Path) -> None:
         (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0]))), "shorter than the 16-byte idx header"),
         (_corrupt_deflate, "corrupt or truncated"),
         (lambda p: p.write_bytes(p.read_bytes()[:30]), "corrupt or truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "corrupt or truncated"),  # cut in half
         (lambda p: p.write_bytes(gzip.compress(b"\x08\x08\x08\x08" + bytes(100))), "wrong magic number"),
         (lambda p: p.write_bytes(b"plain bytes, not gzip"), "corrupt or truncated"),
         (lambda p: p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 0, 28, 28))), "holds no data"),
@@ -509,10 +510,8 @@ COMMANDS = ("eval", "predict", "features", "export")
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    from trained_run import train_in_process
-
-    return train_in_process(tmp_path_factory.mktemp("trained")) / "checkpoints" / "best.pt"
+def trained_checkpoint(tiny_run) -> Path:
+    return tiny_run / "checkpoints" / "best.pt"
 
 
 def command_line(command: str, checkpoint: Path, where: Path) -> list[str]:

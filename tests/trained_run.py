@@ -1,28 +1,8 @@
-"""A tiny trained run for the tests that start from a checkpoint (eval, predict, features, export)."""
+"""Helpers for the tests that start from a trained run or check a command's one-line errors."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from conftest import cli
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def train_tiny(where: Path, *overrides: str) -> Path:
-    """`cnnlab train` on the defaults (LeNet-5 on the bundled digits at 32x32), 2 epochs: a few seconds."""
-    run_dir = where / "run"
-    result = cli(
-        "train",
-        "trainer.epochs=2",
-        "trainer.progress=plain",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-        cwd=where,
-        env=ONE_THREAD,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return run_dir
 
 
 def one_error_line(result) -> str:
@@ -41,9 +21,21 @@ def compose(command: str, *overrides: str):
 
 
 def train_in_process(where: Path, *overrides: str) -> Path:
-    """train_tiny without a subprocess (saves the interpreter start-up and imports)."""
+    """`cnnlab train` on the defaults (LeNet-5 on the bundled digits at 32x32), 2 epochs, in this process (no
+    interpreter start-up): a few seconds. Returns the run dir, where/run."""
     from cnnlab.commands import train
 
     run_dir = where / "run"
     train.run(compose("train", "trainer.epochs=2", "trainer.progress=plain", *overrides), run_dir=run_dir)
     return run_dir
+
+
+def loaders_of(trained):
+    """A loaded checkpoint's (cnnlab.commands.trained.load_trained) own data, unaugmented, on the CPU: its config,
+    seed and normalisation statistics, as eval and export's parity check load them."""
+    import torch
+
+    from cnnlab.data import build
+
+    stats = (trained.spec.mean, trained.spec.std)
+    return build(trained.config.data, None, torch.device("cpu"), seed=trained.config.seed, stats=stats)
