@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, cli, read_json
-from trained_run import ONE_THREAD, compose, train_in_process
+from conftest import REPO, cli, cli_env, read_json
+from trained_run import compose, train_in_process
 
 from cnnlab.callbacks.build import build
 from cnnlab.callbacks.gradient_flow import GradientFlow
@@ -82,7 +82,7 @@ def test_a_user_callback_from_config_dir_runs_its_hooks_beside_the_defaults(tmp_
         "trainer.progress=plain",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
-        env={**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(mods), str(REPO)])},
+        env=cli_env(PYTHONPATH=os.pathsep.join([str(mods), str(REPO)])),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert hooks.read_text().split("\n")[:-1] == [
