@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.datasets import ArrayDataset, ensure_files
+from cnnlab.data.datasets import ArrayDataset, ensure_torchvision_files
 from cnnlab.data.safe_archive import download_and_extract
 from cnnlab.data.safe_pickle import load_data_pickle
 from cnnlab.errors import CnnlabError
@@ -31,18 +31,14 @@ def _cifar(root: Path, download: bool, name: str, train_files, test_files, meta_
     md5-checked."""
     folder = root / FOLDERS[name]
     expected = [f"{FOLDERS[name]}/{f}" for f in (*train_files, *test_files, meta_file)]
-    if not all((root / path).exists() for path in expected):
-        import torchvision.datasets
-
-        tv_class = getattr(torchvision.datasets, name)
-        ensure_files(
-            name,
-            root,
-            expected,
-            download,
-            lambda: download_and_extract(tv_class.url, root, filename=tv_class.filename, md5=tv_class.tgz_md5),
-            url=tv_class.url,
-        )
+    ensure_torchvision_files(
+        name,
+        root,
+        expected,
+        download,
+        lambda tv: download_and_extract(tv.url, root, filename=tv.filename, md5=tv.tgz_md5),
+        url=lambda tv: tv.url,
+    )
 
     def read(files):
         xs, ys = [], []

@@ -107,6 +107,19 @@ def ensure_files(
         raise CnnlabError(f"{what}: the download did not produce {', '.join(still)} under {root}")
 
 
+def ensure_torchvision_files(
+    name: str, root: Path, expected: list[str], download: bool, fetch: Callable, url: Callable[[object], str]
+) -> None:
+    """ensure_files for a dataset torchvision knows how to download: torchvision's class `name` (imported only
+    when files are missing: start-up cost) gives `fetch(tv_class)` and `url(tv_class)` their addresses."""
+    if all((root / path).is_file() for path in expected):
+        return
+    import torchvision.datasets
+
+    tv_class = getattr(torchvision.datasets, name)
+    ensure_files(name, root, expected, download, lambda: fetch(tv_class), url=url(tv_class))
+
+
 def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()

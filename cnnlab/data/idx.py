@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.datasets import ArrayDataset, corrupt, ensure_files
+from cnnlab.data.datasets import ArrayDataset, corrupt, ensure_torchvision_files
 from cnnlab.errors import CnnlabError
 
 CHUNK = 1 << 24  # bytes read at a time
@@ -92,18 +92,14 @@ def _idx_dataset(root: Path, download: bool, name: str) -> ArrayDataset:
                 raise errors[-1]
 
     expected = [str(find(stem).relative_to(root)) for stem in STEMS.values()]
-    if not all((root / path).is_file() for path in expected):
-        import torchvision.datasets
-
-        tv_class = getattr(torchvision.datasets, name)
-        ensure_files(
-            name,
-            root,
-            expected,
-            download,
-            lambda: fetch(tv_class),
-            url=f"{tv_class.mirrors[0]}{{{','.join(f for f, _ in tv_class.resources)}}}",
-        )
+    ensure_torchvision_files(
+        name,
+        root,
+        expected,
+        download,
+        fetch,
+        url=lambda tv: f"{tv.mirrors[0]}{{{','.join(f for f, _ in tv.resources)}}}",
+    )
     arrays = {key: read_idx(find(stem), 3 if key.endswith("x") else 1) for key, stem in STEMS.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
