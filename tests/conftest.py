@@ -4,6 +4,7 @@ offline datasets."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -82,6 +83,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def cnnlab_logger_reaches_caplog():
+    """An in-process Hydra run (run_main, api) configures logging for its run dir; the next test in the same
+    worker must still see the cnnlab logger's records (caplog listens on the root logger)."""
+    log = logging.getLogger("cnnlab")
+    log.disabled, log.propagate = False, True
+    logging.disable(logging.NOTSET)
+    yield
 
 
 @pytest.fixture(scope="session")

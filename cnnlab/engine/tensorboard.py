@@ -25,6 +25,8 @@ for all of its jobs (experiments/hparams.write_sweep_experiment), with the varie
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +103,33 @@ def experiment_pb(values: dict[str, list], first=()):
     return Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=content, tensor=metadata.NULL_TENSOR)])
 
 
+_LOG_DIRS: set[Path] = set()  # every writer's log dir in this process
+
+
+def _quiet_when_deleted(log_dir: Path) -> None:
+    """The event writer's thread opens its file by path on every write: when the run dir is deleted mid-run it
+    dies with a traceback on stderr. The trainer reports that in one line (run dir deleted), so the thread's
+    FileNotFoundError inside a log dir that is gone is not printed a second time."""
+    if not _LOG_DIRS:
+        previous = threading.excepthook
+
+        def hook(args):
+            name = os.fsdecode(getattr(args.exc_value, "filename", None) or "")  # the writer gives bytes
+            gone = isinstance(args.exc_value, FileNotFoundError) and any(
+                name.startswith(str(d)) and not d.is_dir() for d in _LOG_DIRS
+            )
+            if not gone:
+                previous(args)
+
+        threading.excepthook = hook
+    _LOG_DIRS.add(log_dir)
+
+
 class TensorBoard:
     def __init__(self, log_dir: Path, step: int = 0):
         """`step`: the optimizer step the run starts from (a resume's); what was written after it is purged."""
         self.writer = SummaryWriter(str(log_dir), purge_step=step + 1 if step else None)
+        _quiet_when_deleted(Path(log_dir))
         self.last_step = step
         self.written: dict[str, int] = {}  # tag -> its last step: a value logged twice at one step is written once
 

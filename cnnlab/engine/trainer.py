@@ -184,6 +184,7 @@ class Trainer:
                 loss_sum, correct, bad, counted = sums.read()
                 check_finite(cfg.nan_policy, p.epoch + 1, bad, sums.first_bad)
                 if logs and self.tb is not None:  # the per-step curves, read at this sync
+                    self._check_run_dir()
                     interval_loss = sums.loss_since_log(loss_sum, counted)
                     self.tb.train_step(p.step, p.epoch + 1, interval_loss, self.state.optimizer)
                 if due:
@@ -340,10 +341,13 @@ class Trainer:
             p.finished, self.signals.received = True, ex.signum
             return stopped_early(self, ", before the test evaluation (training is complete)")
 
+    def _check_run_dir(self) -> None:
+        if self.is_main and not self.run_dir.is_dir():  # nothing can be saved: say so, not a traceback
+            raise CnnlabError(f"the run dir {self.run_dir} was deleted during epoch {self.state.progress.epoch + 1}")
+
     def _end_epoch(self, eval_model, val_loader, train: dict, display) -> None:
         p = self.state.progress
-        if self.is_main and not self.run_dir.is_dir():  # nothing can be saved: say so, not a traceback
-            raise CnnlabError(f"the run dir {self.run_dir} was deleted during epoch {p.epoch + 1}: stopped")
+        self._check_run_dir()
         val = evaluate(eval_model, val_loader, self.spec.num_classes, self.autocast, self.memory_format)
         p.epoch += 1
         epoch = p.epoch
