@@ -161,6 +161,7 @@ class Net(nn.Sequential):  # a user's own model with a bug when fail=true
 """
 
 
+@pytest.mark.slow  # an end-to-end run: CI's make test-all runs it
 def test_a_crashed_job_keeps_its_traceback_and_the_sweep_still_writes_its_summary(tmp_path):
     (tmp_path / "crashy.py").write_text(CRASHY)
     argv = ["train", "-m", "model._target_=crashy.Net", "+model.fail=true,false", *TINY, "hydra.sweep.dir=sweep"]

@@ -159,6 +159,7 @@ def test_cli_json(run_cli, tmp_path):
     assert list(tmp_path.iterdir()) == []  # a summary writes nothing
 
 
+@pytest.mark.slow  # an end-to-end run: CI's make test-all runs it
 def test_cli_table_and_collapse_warning(run_cli):
     result = run_cli("summary", "model=vgg16", "data=cifar10")
     assert result.returncode == 0, result.stderr[-2000:]

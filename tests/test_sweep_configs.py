@@ -134,6 +134,7 @@ def test_launchers_compose_with_their_resource_keys(launcher, target, keys):
         assert cfg.hydra.launcher[key] == value, key
 
 
+@pytest.mark.slow  # an end-to-end run: CI's make test-all runs it
 def test_two_trial_optuna_study_on_digits(tmp_path):
     result = cli(
         "train",

@@ -106,6 +106,7 @@ def test_val_split_test_says_so(tmp_path):
     assert read_json(metrics)["val_is_test"] is True
 
 
+@pytest.mark.slow  # an end-to-end run: CI's make test-all runs it
 def test_mnist_from_data_root(data_root, tmp_path):
     """A few hundred steps of LeNet-5 on the real MNIST files (211 steps of batch 256)."""
     result = cli(
