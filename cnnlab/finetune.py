@@ -7,6 +7,8 @@
 - gradual: the head first, then one more stage from the top every finetune.unfreeze_every epochs.
 - feature_extract: the frozen backbone runs once; its features are cached on the device and only the
   classifier trains on them (cnnlab/feature_extract.py), many epochs in seconds.
+- scratch: the same model from random weights (its pretrained weights are not loaded): the baseline that
+  shows what the pretraining was worth, in the same sweep as the transfer modes.
 `finetune.freeze_bn` additionally keeps every BatchNorm layer as loaded (statistics and affine weights).
 """
 
@@ -27,7 +29,7 @@ class Finetune:
 
     @property
     def active(self) -> bool:
-        return self.name not in ("none", "full") or self.freeze_bn
+        return self.name not in ("none", "full", "scratch") or self.freeze_bn
 
     def trainable_stages(self, epoch: int) -> int:
         """How many stages, counted from the head, train in this epoch."""
@@ -54,6 +56,13 @@ class Finetune:
 
 
 FROZEN_BACKBONE = ("linear_probe", "feature_extract")
+
+
+def model_config(cfg: DictConfig) -> DictConfig:
+    """The model config to build: finetune=scratch drops the pretrained weights the model config names."""
+    if cfg.finetune.name != "scratch":
+        return cfg.model
+    return OmegaConf.merge(cfg.model, {k: None for k in ("weights", "weights_path") if k in cfg.model})
 
 
 def pretrained(model_cfg: DictConfig) -> bool:

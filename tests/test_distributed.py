@@ -309,6 +309,7 @@ def test_two_ranks_take_half_the_steps_of_one_process_at_the_same_per_rank_batch
     assert ddp["steps"] == same_per_rank["steps"] // 2 == 3 * 16
 
 
+@pytest.mark.slow  # the `runs` fixture trains twice (torchrun + one process): ~20 s
 def test_two_ranks_match_the_single_process_run_at_the_same_global_batch(runs):
     ddp, same_global = (read_json(runs[k] / "metrics.json") for k in ("ddp", "same_global"))
     assert ddp["world_size"] == 2 and ddp["global_batch"] == 32 and same_global["world_size"] == 1
@@ -318,6 +319,7 @@ def test_two_ranks_match_the_single_process_run_at_the_same_global_batch(runs):
     assert ddp["best_val_acc"] > 50  # it learned something (10 classes)
 
 
+@pytest.mark.slow  # the `runs` fixture trains twice (torchrun + one process): ~20 s
 def test_only_rank_zero_writes(runs):
     run_dir = runs["ddp"]
     log = (run_dir / "train.log").read_text()
@@ -326,6 +328,7 @@ def test_only_rank_zero_writes(runs):
     assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow  # the `runs` fixture trains twice (torchrun + one process): ~20 s
 def test_ddp_checkpoint_evaluates_in_one_process(runs, tmp_path):
     ckpt = runs["ddp"] / "checkpoints" / "best.pt"
     state = torch.load(ckpt, weights_only=True)

@@ -8,6 +8,7 @@ import torchvision
 from conftest import cli
 from omegaconf import OmegaConf
 
+import cnnlab
 from cnnlab import optim
 from cnnlab.finetune import Finetune, optimizer_config
 
@@ -103,3 +104,16 @@ def test_missing_weights_file_is_one_clear_line(tmp_path):
         or "does not exist" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+@pytest.mark.parametrize("mode", ["scratch", "full"])
+def test_scratch_ignores_the_pretrained_weights_that_full_starts_from(mode, resnet18_file, tmp_path):
+    """The transfer study's baseline: the same model and recipe from random weights. With lr 1e-30 one step leaves
+    every weight as it was built."""
+    overrides = ["trainer.max_steps=1", "optimizer.lr=1e-30", f"finetune={mode}", *TINY]
+    cfg = cnnlab.compose([*resnet18(resnet18_file), *overrides])
+    cnnlab.train(cfg, tmp_path / "run")
+    loaded = torch.load(resnet18_file, weights_only=True)
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    convs = [k for k in loaded if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
+    assert len(convs) == 17 and all(torch.equal(loaded[k], trained[k]) == (mode == "full") for k in convs)

@@ -21,6 +21,7 @@ def test_console_script_runs_from_any_directory(tmp_path):
     assert "name: digits" in result.stdout
 
 
+@pytest.mark.slow  # builds a wheel, installs it into a target dir and trains from there
 def test_wheel_ships_configs_and_data_and_runs_outside_the_repo(tmp_path):
     build = subprocess.run(
         [

@@ -87,6 +87,7 @@ def straight(tmp_path_factory) -> Path:
     return cwd / "run"
 
 
+@pytest.mark.slow  # 22 s; the SIGINT mid-epoch resume test below stays in make test
 def test_sigkill_inside_a_checkpoint_write_then_resume_gives_the_uninterrupted_weights(tmp_path, straight):
     """The write is slowed by a test hook; SIGKILL lands while the temp file is half-way to last.pt. The same
     command line (trainer.resume=auto: a fresh start the first time) run again finishes the run."""

@@ -22,7 +22,7 @@ from cnnlab.engine.trainer import Trainer, planned_steps
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments.hparams import session_of
 from cnnlab.experiments.runs import objective as best_monitored
-from cnnlab.finetune import Finetune, optimizer_config
+from cnnlab.finetune import Finetune, model_config, optimizer_config
 from cnnlab.finetune import prepare as finetune_prepare
 from cnnlab.schema.train import validate as validate_train
 
@@ -122,7 +122,7 @@ def _train(cfg: DictConfig, run_dir: Path, claim: rundir.Claim) -> dict:
         torch.set_num_threads(cfg.trainer.threads)
     device = distributed.device_for(resolve_device(cfg.trainer.device))
     data = data_lib.build(cfg.data, cfg.augment, device, seed=cfg.seed)
-    model = models.build(cfg.model, data.spec)
+    model = models.build(model_config(cfg), data.spec)  # finetune=scratch: without its pretrained weights
     model, data = finetune_prepare(cfg, model, data, device)  # feature_extract: cached features, head-only model
     if distributed.world_size() > 1:  # DDP gives every rank rank 0's weights; dropout draws differ per rank
         torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())

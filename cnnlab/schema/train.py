@@ -55,7 +55,7 @@ class TrainerConfig:
 
 @dataclass
 class FinetuneConfig:
-    name: str = "none"  # none | linear_probe | full | discriminative | gradual | feature_extract
+    name: str = "none"  # none | linear_probe | full | discriminative | gradual | feature_extract | scratch
     freeze_bn: bool = False  # keep BatchNorm running statistics and affine parameters as loaded
     lr_decay: float = 1.0  # discriminative: each earlier stage gets lr x lr_decay of the next one
     unfreeze_every: int = 1  # gradual: epochs between unfreezing the next stage (head first)
@@ -139,7 +139,8 @@ def validate(cfg: DictConfig) -> None:
     number(cfg, "trainer.time_limit", low=0, low_open=True)
     for key in ("limit_train_batches", "limit_val_batches", "overfit_batches"):
         number(cfg, f"trainer.{key}", low=1, integer=True)
-    choice(cfg, "finetune.name", ("none", "linear_probe", "full", "discriminative", "gradual", "feature_extract"))
+    modes = ("none", "linear_probe", "full", "discriminative", "gradual", "feature_extract", "scratch")
+    choice(cfg, "finetune.name", modes)
     number(cfg, "finetune.lr_decay", low=0, low_open=True, high=1)
     number(cfg, "finetune.unfreeze_every", low=1, integer=True)
     for key in ("head_lr_mult", "backbone_lr_mult", "layer_decay"):
