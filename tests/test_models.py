@@ -248,7 +248,8 @@ def forward_backward(model: nn.Module, channels: int, size: int, num_classes: in
 
 
 # The deepest relatives of cheaper models (same code paths) train their step in `make test-all` only.
-SLOW_SMALL = {"resnet1202", "densenet169", "densenet201"}
+SLOW_SMALL = {"resnet1202", "resnet152", "resnet101", "preact_resnet101", "densenet169", "densenet201"}
+SLOW_SMALL |= {"wide_resnet50_2", "wide_resnet28_10", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMALL else n for n in ZOO])
