@@ -437,6 +437,7 @@ def test_torchvision_weights_path(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------- through the CLI
+@pytest.mark.slow  # ~5 s each; every zoo model's forward/backward runs in make test, the CLI path in test_train
 @pytest.mark.parametrize(
     "args",
     [

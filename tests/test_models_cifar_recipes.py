@@ -99,6 +99,7 @@ def test_bad_schedule_keys_name_the_key(key, value, message):
         optim.schedule_factor(cfg, 10, 40)
 
 
+@pytest.mark.slow  # ~6 s; the recipe's schedule and knobs are checked above without training
 def test_resnet20_recipe_trains_end_to_end_on_synthetic_images(run_cli, tmp_path):
     run = tmp_path / "run"
     result = run_cli(
