@@ -56,18 +56,19 @@ class Finetune:
 
 
 FROZEN_BACKBONE = ("linear_probe", "feature_extract")
+WEIGHT_KEYS = ("weights", "weights_path")  # the model config keys that load pretrained weights
 
 
 def model_config(cfg: DictConfig) -> DictConfig:
     """The model config to build: finetune=scratch drops the pretrained weights the model config names."""
     if cfg.finetune.name != "scratch":
         return cfg.model
-    return OmegaConf.merge(cfg.model, {k: None for k in ("weights", "weights_path") if k in cfg.model})
+    return OmegaConf.merge(cfg.model, {k: None for k in WEIGHT_KEYS if k in cfg.model})
 
 
 def pretrained(model_cfg: DictConfig) -> bool:
     """Whether the model config loads pretrained weights (model=torchvision's weights / weights_path)."""
-    return bool(model_cfg.get("weights") or model_cfg.get("weights_path"))
+    return any(model_cfg.get(k) for k in WEIGHT_KEYS)
 
 
 def prepare(cfg: DictConfig, model: nn.Module, data, device, console=None):
