@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, read_json
+from conftest import read_json
 
 
 def test_help_lists_commands(run_cli):
@@ -106,7 +106,7 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(run_cli, tmp_path):
     assert bad.read_bytes() == b"\x00" * 100  # nothing the user had is touched
 
 
-def test_user_config_dir_adds_a_model_of_their_own(run_cli, tmp_path):
+def test_user_config_dir_adds_a_model_of_their_own(run_main, tmp_path, monkeypatch):
     """A user's own model class and config folder, found through --config-dir and `_target_`."""
     (tmp_path / "my_models.py").write_text(
         "import torch.nn as nn\n"
@@ -120,15 +120,9 @@ def test_user_config_dir_adds_a_model_of_their_own(run_cli, tmp_path):
     )
     (tmp_path / "mycfg" / "model").mkdir(parents=True)
     (tmp_path / "mycfg" / "model" / "tiny.yaml").write_text("# my tiny model\n_target_: my_models.Tiny\nwidth: 4\n")
-    result = run_cli(
-        "train",
-        "--config-dir",
-        "mycfg",
-        "model=tiny",
-        "trainer.epochs=1",
-        "trainer.image_grid=0",
-        "hydra.run.dir=run",
-        env={"PYTHONPATH": f"{tmp_path}:{REPO}"},
+    monkeypatch.syspath_prepend(tmp_path)
+    code, err = run_main(
+        "train", "--config-dir", "mycfg", "model=tiny", "trainer.epochs=1", "trainer.image_grid=0", "hydra.run.dir=run"
     )
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     assert read_json(tmp_path / "run" / "metrics.json")["params"] == 4 * 1 * 9 + 4 + 4 * 10 + 10

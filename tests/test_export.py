@@ -23,19 +23,13 @@ def trained(tiny_run):
     return trained, x[:5]
 
 
-def test_onnx_runs_in_onnxruntime_with_any_batch(trained, tmp_path):
+def test_onnx_runs_in_onnxruntime_with_any_batch(trained, run_main, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model, x = trained
-    result = cli(
-        "export",
-        f"checkpoint={model.path}",
-        "format=onnx",
-        f"output={tmp_path / 'm.onnx'}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, err = run_main("export", f"checkpoint={model.path}", "format=onnx", f"output={tmp_path / 'm.onnx'}")
+    assert code == 0, err[-2000:]
     assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]  # no temp file, nothing else
-    out = " ".join(result.stdout.split())
+    out = " ".join(run_main.stdout.split())
     diff = float(out.split("max abs difference ")[1].split()[0])
     assert diff < 1e-4 and "top-1 agreement 100.0%" in out
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from conftest import cli
 from omegaconf import OmegaConf
 
 import cnnlab
@@ -24,11 +23,17 @@ TINY = [
 ]
 
 
-def train(where, *overrides: str):
-    """`cnnlab train` on TINY with OVERRIDES into where/run, which must succeed: (the result, the run dir)."""
-    result = cli("train", *overrides, "hydra.run.dir=run", *TINY, cwd=where)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result, where / "run"
+@pytest.fixture
+def train(run_main, tmp_path):
+    """train(*overrides): `cnnlab train` in this process on TINY into tmp_path/run, which must succeed:
+    (its stdout and stderr together, the run dir)."""
+
+    def train(*overrides: str):
+        code, err = run_main("train", *overrides, "hydra.run.dir=run", *TINY)
+        assert code == 0, err[-2000:]
+        return run_main.stdout + err, tmp_path / "run"
+
+    return train
 
 
 def resnet18(weights) -> list[str]:
@@ -62,28 +67,27 @@ def test_discriminative_lrs_decay_towards_the_input():
     assert [g["lr"] for g in groups] == pytest.approx([0.1 * 0.5**k for k in range(6, -1, -1)])
 
 
-def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, tmp_path):
-    result, run = train(tmp_path, *resnet18(resnet18_file), "finetune=linear_probe", "trainer.epochs=2")
+def test_linear_probe_leaves_the_backbone_exactly_as_loaded(resnet18_file, train):
+    output, run = train(*resnet18(resnet18_file), "finetune=linear_probe", "trainer.epochs=2")
     loaded = torch.load(resnet18_file, weights_only=True)
     trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     backbone = [k for k in loaded if not k.startswith("fc.")]
     assert all(torch.equal(loaded[k], trained[k]) for k in backbone)  # weights and BN statistics
     assert trained["fc.weight"].shape == (10, 512)
-    assert "randomly initialised" not in result.stdout + result.stderr  # it has pretrained weights
+    assert "randomly initialised" not in output  # it has pretrained weights
 
 
-def test_linear_probe_without_pretrained_weights_warns_once(tmp_path):
-    result, _ = train(tmp_path, "model=lenet5", "finetune=linear_probe", "trainer.epochs=1")
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if "randomly initialised" in line]
+def test_linear_probe_without_pretrained_weights_warns_once(train):
+    output, _ = train("model=lenet5", "finetune=linear_probe", "trainer.epochs=1")
+    lines = [line for line in output.splitlines() if "randomly initialised" in line]
     assert lines == [
         "finetune=linear_probe freezes a randomly initialised backbone: the model has no pretrained "
         "weights (model=torchvision model.weights=DEFAULT or model.weights_path=FILE)"
     ]
 
 
-def test_group_learning_rates_are_what_the_config_says(resnet18_file, tmp_path):
+def test_group_learning_rates_are_what_the_config_says(resnet18_file, train):
     _, run = train(
-        tmp_path,
         *resnet18(resnet18_file),
         "finetune=discriminative",
         "finetune.lr_decay=0.5",
@@ -96,14 +100,10 @@ def test_group_learning_rates_are_what_the_config_says(resnet18_file, tmp_path):
     assert [g["lr"] for g in groups] == pytest.approx([0.01 * 0.5**k for k in range(6, 0, -1)] + [0.1])
 
 
-def test_missing_weights_file_is_one_clear_line(tmp_path):
-    result = cli("train", *resnet18(f"{tmp_path}/nope.pth"), *TINY, cwd=tmp_path)
-    assert result.returncode == 2
-    assert (
-        result.stderr.strip().splitlines() == [f"error: model.weights_path: {tmp_path}/nope.pth does not exist"]
-        or "does not exist" in result.stderr
-        and "Traceback" not in result.stderr
-    )
+def test_missing_weights_file_is_one_clear_line(run_main, tmp_path):
+    code, err = run_main("train", *resnet18(f"{tmp_path}/nope.pth"), *TINY)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: model.weights_path: {tmp_path}/nope.pth does not exist"]
 
 
 @pytest.mark.parametrize("mode", ["scratch", "full"])

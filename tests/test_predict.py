@@ -69,20 +69,15 @@ def test_preprocessing_follows_the_data_spec(test_images):
     assert len(find_files([str(folder / "digit_0.png"), str(folder / "digit_1.png")])) == 2
 
 
-def test_cli_table_and_json(test_images, tmp_path):
+def test_cli_table_and_json(test_images, run_main, tmp_path):
     trained, folder, _, _ = test_images
-    result = cli(
-        "predict",
-        f"checkpoint={trained.path}",
-        f"inputs={folder}/digit_*.png",
-        "topk=2",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
+    code, err = run_main(
+        "predict", f"checkpoint={trained.path}", f"inputs={folder}/digit_*.png", "topk=2", "hydra.run.dir=run"
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert code == 0, err[-2000:]
     report = read_json(tmp_path / "run" / "predictions.json")
     assert len(report["predictions"]) == 6 and all(len(e["topk"]) == 2 for e in report["predictions"])
-    assert "digit_5.png" in result.stdout and "predictions for 6 file(s)" in " ".join(result.stdout.split())
+    assert "digit_5.png" in run_main.stdout and "predictions for 6 file(s)" in " ".join(run_main.stdout.split())
 
 
 def test_bad_inputs(test_images, tmp_path):

@@ -36,18 +36,11 @@ def test_more_images_than_one_batch_and_mixup_captions(tmp_path):
     assert torch.allclose(y.sum(1), torch.ones(20))
 
 
-def test_cli_writes_the_png(tmp_path):
+def test_cli_writes_the_png(run_main, tmp_path):
     out = tmp_path / "aug.png"
-    result = cli(
-        "preview",
-        "augment=[basic]",
-        "count=8",
-        f"output={out}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert out.read_bytes()[:4] == b"\x89PNG" and "8 augmented digits images" in result.stdout
+    code, err = run_main("preview", "augment=[basic]", "count=8", f"output={out}", "hydra.run.dir=run")
+    assert code == 0, err[-2000:]
+    assert out.read_bytes()[:4] == b"\x89PNG" and "8 augmented digits images" in run_main.stdout
 
 
 def test_bad_values(tmp_path):

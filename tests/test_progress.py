@@ -6,6 +6,7 @@ import io
 import logging
 
 import pytest
+from conftest import read_json
 from rich.console import Console
 
 import cnnlab
@@ -164,8 +165,9 @@ def test_a_real_run_talks_inside_its_epochs(tmp_path, monkeypatch, capsys):
     assert out.count("min/epoch on cpu; a GPU or a smaller model is faster") == 1, out
 
 
-def test_train_log_is_plain_text(run_cli, tmp_path):
-    result = run_cli(
+def test_train_log_is_plain_text(run_main, tmp_path):
+    """A run selected on the test split says so, on the console and in train.log, without rich markup there."""
+    code, err = run_main(
         "train",
         "data=synthetic",
         "data.num_samples=128",
@@ -175,8 +177,9 @@ def test_train_log_is_plain_text(run_cli, tmp_path):
         "trainer.progress=plain",
         "hydra.run.dir=run",
     )
-    assert result.returncode == 0, result.stderr
-    assert "data.val_split=test: the best checkpoint is selected on the test split" in result.stdout
+    assert code == 0, err
+    assert "data.val_split=test: the best checkpoint is selected on the test split" in run_main.stdout
+    assert read_json(tmp_path / "run" / "metrics.json")["val_is_test"] is True
     log = (tmp_path / "run" / "train.log").read_text()
     assert "data.val_split=test: the best checkpoint is selected on the test split" in log
     assert "[yellow]" not in log and "[/" not in log

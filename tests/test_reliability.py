@@ -337,6 +337,7 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # a subprocess with worker processes: CI's make test-all runs it
 def test_dataloader_workers_end_with_a_stopped_run(tmp_path):
     marker = f"hydra.run.dir={tmp_path}/workers_run"
     proc = subprocess.Popen(

@@ -53,6 +53,7 @@ def test_eval_subset_and_threads_reach_metrics_json_and_the_summary(tmp_path):
     assert report.rows[0]["test images"] == 16 and "test images" in report_lib.to_markdown(report)
 
 
+@pytest.mark.slow  # a subprocess for its environment: CI's make test-all runs it
 def test_threads_default_follows_omp_num_threads(tmp_path):
     result = cli("train", *TINY, "data.eval_subset=32", "hydra.run.dir=run", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr

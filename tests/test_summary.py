@@ -131,8 +131,8 @@ def test_spec_from_data_config_without_loading():
         spec_of(OmegaConf.create({"name": "folder", "channels": 3, "image_size": 64, "num_classes": None}))
 
 
-def test_cli_json(run_cli, tmp_path):
-    result = run_cli(
+def test_cli_json(run_main, tmp_path):
+    code, err = run_main(
         "summary",
         "model=resnet18",
         "data=synthetic",
@@ -140,8 +140,8 @@ def test_cli_json(run_cli, tmp_path):
         "data.num_classes=1000",
         "format=json",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout)
+    assert code == 0, err[-2000:]
+    report = json.loads(run_main.stdout)
     for key in ("params", "trainable_params", "macs", "activation_bytes", "receptive_field", "layers"):
         assert key in report
     assert report["params"] == 11_689_512
@@ -178,10 +178,10 @@ def test_cli_bad_format_is_one_line(run_cli):
     assert result.stderr.strip() == "error: format must be one of table, json; got 'xml'"
 
 
-def test_sweep_writes_nothing_here(run_cli, tmp_path):
-    result = run_cli("summary", "-m", "model=lenet5,mnist_cnn", "format=json")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert [json.loads(line)["model"] for line in result.stdout.splitlines() if line.startswith("{")] == [
+def test_sweep_writes_nothing_here(run_main, tmp_path):
+    code, err = run_main("summary", "-m", "model=lenet5,mnist_cnn", "format=json")
+    assert code == 0, err[-2000:]
+    assert [json.loads(line)["model"] for line in run_main.stdout.splitlines() if line.startswith("{")] == [
         "LeNet5",
         "MnistCNN",
     ]

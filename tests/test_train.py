@@ -98,14 +98,6 @@ def test_eval_of_best_checkpoint_matches_reported_test_accuracy(default_run, tmp
     assert "top-5" in result.stdout and "per" not in result.stderr
 
 
-def test_val_split_test_says_so(tmp_path):
-    result = cli("train", "data.val_split=test", "trainer.epochs=1", *FAST, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "selected on the test split" in result.stdout
-    (metrics,) = (tmp_path / "outputs").glob("*/*/metrics.json")
-    assert read_json(metrics)["val_is_test"] is True
-
-
 @pytest.mark.slow  # an end-to-end run: CI's make test-all runs it
 def test_mnist_from_data_root(data_root, tmp_path):
     """A few hundred steps of LeNet-5 on the real MNIST files (211 steps of batch 256)."""
@@ -190,8 +182,8 @@ def test_multirun_sweep_writes_one_run_per_job(tmp_path):
     assert lrs == [0.01, 0.001]
 
 
-def test_synthetic_data_trains(tmp_path):
-    result = cli(
+def test_synthetic_data_trains(run_main, tmp_path):
+    code, err = run_main(
         "train",
         "data=synthetic",
         "data.num_samples=512",
@@ -200,8 +192,7 @@ def test_synthetic_data_trains(tmp_path):
         "trainer.epochs=3",
         "hydra.run.dir=run",
         "trainer.image_grid=4",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["best_val_acc"] > 50.0  # 4 classes: chance is 25%; the class templates are learnable
