@@ -97,12 +97,12 @@ def test_bad_eval_input_is_one_line_exit_2(run_main, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
-def test_eval_rejects_a_file_that_is_not_a_checkpoint(run_cli, tmp_path):
+def test_eval_rejects_a_file_that_is_not_a_checkpoint(run_main, tmp_path):
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"\x00" * 100)
-    result = run_cli("eval", f"checkpoint={bad}")
-    assert result.returncode == 2
-    assert "is not a readable cnnlab checkpoint" in result.stderr
+    code, err = run_main("eval", f"checkpoint={bad}")
+    assert code == 2
+    assert "is not a readable cnnlab checkpoint" in err
     assert bad.read_bytes() == b"\x00" * 100  # nothing the user had is touched
 
 

@@ -87,7 +87,7 @@ def test_misclassified_are_the_most_confident_mistakes(run_dir):
     assert hook.wrong == 4 and hook.prob[0] > 0.999999 and len(hook.y) == 3
 
 
-def test_bad_inputs(run_dir, tmp_path):
+def test_bad_inputs(run_dir, tmp_path, run_main):
     (tmp_path / "garbage.pt").write_bytes(b"\x00" * 64)
     for args, message in (
         (["checkpoint=" + str(tmp_path / "none.pt")], "does not exist"),
@@ -98,7 +98,7 @@ def test_bad_inputs(run_dir, tmp_path):
             args = [f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", *args]
         with pytest.raises(CnnlabError, match=message):
             evaluate.run(compose("eval", *args))
-    line = one_error_line(cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate", cwd=tmp_path))
+    line = one_error_line(run_main("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "tta=rotate"))
     assert line == "error: tta must be one of none, flip, flip_translate; got 'rotate'"
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli
 from trained_run import compose, loaders_of, one_error_line
 
 from cnnlab.commands import export
@@ -77,7 +76,7 @@ def test_parity_on_image_files(trained, tmp_path):
     assert report["images"] == 1 and report["max_abs_diff"] < 1e-5
 
 
-def test_bad_inputs(trained, tmp_path):
+def test_bad_inputs(trained, tmp_path, run_main):
     model, _ = trained
     with pytest.raises(CnnlabError, match="format must be one of onnx, torchscript; got 'tflite'"):
         export.run(compose("export", f"checkpoint={model.path}", "format=tflite"))
@@ -85,5 +84,5 @@ def test_bad_inputs(trained, tmp_path):
         export.run(compose("export", f"checkpoint={model.path}", f"output={model.path}"))
     with pytest.raises(CnnlabError, match="tolerance must be >= 0"):
         export.run(compose("export", f"checkpoint={model.path}", "tolerance=-1"))
-    line = one_error_line(cli("export", f"checkpoint={tmp_path / 'nope.pt'}", cwd=tmp_path))
+    line = one_error_line(run_main("export", f"checkpoint={tmp_path / 'nope.pt'}"))
     assert "does not exist" in line

@@ -67,7 +67,7 @@ def test_chosen_layers(setup, tmp_path):
     assert sorted(p.name for p in (tmp_path / "feature_maps").iterdir()) == ["00_features.1.png", "01_features.2.png"]
 
 
-def test_bad_inputs(setup, tmp_path):
+def test_bad_inputs(setup, tmp_path, run_main):
     ckpt, image = setup
     with pytest.raises(
         CnnlabError,
@@ -83,5 +83,5 @@ def test_bad_inputs(setup, tmp_path):
         features.run(compose("features", f"checkpoint={ckpt}", f"input={text}"), run_dir=tmp_path)
     with pytest.raises(CnnlabError, match="does not exist"):
         features.run(compose("features", f"checkpoint={ckpt}", f"input={tmp_path / 'none.png'}"), run_dir=tmp_path)
-    line = one_error_line(cli("features", f"checkpoint={ckpt}", f"input={image}", "layers=[nope]", cwd=tmp_path))
+    line = one_error_line(run_main("features", f"checkpoint={ckpt}", f"input={image}", "layers=[nope]"))
     assert "unknown layer 'nope'" in line

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli, read_json
+from conftest import read_json
 from PIL import Image
 from trained_run import compose, loaders_of, one_error_line
 
@@ -80,7 +80,7 @@ def test_cli_table_and_json(test_images, run_main, tmp_path):
     assert "digit_5.png" in run_main.stdout and "predictions for 6 file(s)" in " ".join(run_main.stdout.split())
 
 
-def test_bad_inputs(test_images, tmp_path):
+def test_bad_inputs(test_images, tmp_path, run_main):
     trained, folder, _, _ = test_images
     with pytest.raises(CnnlabError, match="none of the 1 input file"):
         predict.run(
@@ -92,5 +92,5 @@ def test_bad_inputs(test_images, tmp_path):
         predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder}/*.gif"), run_dir=tmp_path)
     with pytest.raises(CnnlabError, match="topk must be >= 1"):
         predict.run(compose("predict", f"checkpoint={trained.path}", f"inputs={folder}", "topk=0"), run_dir=tmp_path)
-    line = one_error_line(cli("predict", f"checkpoint={tmp_path / 'missing.pt'}", f"inputs={folder}", cwd=tmp_path))
+    line = one_error_line(run_main("predict", f"checkpoint={tmp_path / 'missing.pt'}", f"inputs={folder}"))
     assert "does not exist" in line

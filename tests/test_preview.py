@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cli
 from PIL import Image
 from trained_run import compose, one_error_line
 
@@ -43,8 +42,8 @@ def test_cli_writes_the_png(run_main, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG" and "8 augmented digits images" in run_main.stdout
 
 
-def test_bad_values(tmp_path):
+def test_bad_values(tmp_path, run_main):
     with pytest.raises(CnnlabError, match="count must be >= 1"):
         preview.run(compose("preview", "count=0"), run_dir=tmp_path)
-    line = one_error_line(cli("preview", "augment.cutout=-3", cwd=tmp_path))
+    line = one_error_line(run_main("preview", "augment.cutout=-3"))
     assert "augment.cutout" in line

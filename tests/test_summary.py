@@ -172,10 +172,9 @@ def test_cli_table_and_collapse_warning(run_cli):
     assert "collapses below 1 at features.5 (MaxPool2d)" in " ".join(result.stdout.split())
 
 
-def test_cli_bad_format_is_one_line(run_cli):
-    result = run_cli("summary", "format=xml")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: format must be one of table, json; got 'xml'"
+def test_cli_bad_format_is_one_line(run_main):
+    code, err = run_main("summary", "format=xml")
+    assert (code, err.strip()) == (2, "error: format must be one of table, json; got 'xml'")
 
 
 def test_sweep_writes_nothing_here(run_main, tmp_path):

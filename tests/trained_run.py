@@ -6,10 +6,12 @@ from pathlib import Path
 
 
 def one_error_line(result) -> str:
-    """The single `error: ...` line of a failed command (exit 2), or an assertion error."""
-    assert result.returncode == 2, (result.returncode, result.stdout[-1500:], result.stderr[-1500:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
+    """The single `error: ...` line of a failed command (exit 2), or an assertion error. RESULT is a subprocess's
+    CompletedProcess or run_main's (exit code, stderr)."""
+    code, err = result if isinstance(result, tuple) else (result.returncode, result.stderr)
+    assert code == 2, (code, err[-1500:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-1500:]
     return lines[0]
 
 
