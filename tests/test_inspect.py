@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import cli
 from PIL import Image
 from trained_run import compose, one_error_line
 
@@ -24,16 +23,10 @@ def setup(tiny_run, tmp_path_factory):
     return tiny_run / "checkpoints" / "best.pt", image
 
 
-def test_every_stage_filters_and_gradcam(setup, tmp_path):
+def test_every_stage_filters_and_gradcam(setup, run_main, tmp_path):
     ckpt, image = setup
-    result = cli(
-        "features",
-        f"checkpoint={ckpt}",
-        f"input={image}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, err = run_main("features", f"checkpoint={ckpt}", f"input={image}", "hydra.run.dir=run")
+    assert code == 0, err[-2000:]
     run = tmp_path / "run"
     report = json.loads((run / "features.json").read_text())
     # LeNet-5's stages: conv1 (6x28x28), conv2 (16x10x10), the classifier (10 logits: not a map)
@@ -50,7 +43,7 @@ def test_every_stage_filters_and_gradcam(setup, tmp_path):
     for name in ("filters.png", "gradcam.png", "feature_maps/00_features.0.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"
     assert not (run / "tb").exists()  # PNGs only: TensorBoard over outputs/ lists training runs only
-    assert "not a feature map" in result.stdout
+    assert "not a feature map" in run_main.stdout
 
 
 def test_chosen_layers(setup, tmp_path):

@@ -80,11 +80,13 @@ def _same_weights(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
-    """The uninterrupted 4-epoch run the interrupted ones must reproduce bit for bit."""
-    cwd = tmp_path_factory.mktemp("straight")
-    result = cli(*ARGS, "trainer.epochs=4", "hydra.run.dir=run", cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return cwd / "run"
+    """The uninterrupted 4-epoch run the interrupted ones must reproduce bit for bit (in this process, on one
+    thread like the `cnnlab` subprocesses)."""
+    import cnnlab
+
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    cnnlab.train(cnnlab.compose([*ARGS[1:], "trainer.epochs=4", "trainer.threads=1"]), run_dir)
+    return run_dir
 
 
 @pytest.mark.slow  # 22 s; the SIGINT mid-epoch resume test below stays in make test
@@ -110,7 +112,7 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_gives_the_uninterrupted_w
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
-def test_a_signal_saves_mid_epoch_says_how_to_resume_and_resume_is_exact(tmp_path, straight, signum):
+def test_a_signal_saves_mid_epoch_says_how_to_resume_and_resume_is_exact(tmp_path, run_main, straight, signum):
     proc = _start(tmp_path, "trainer.epochs=4", "hydra.run.dir=run")
     _wait_for(lambda: (tmp_path / "run" / "checkpoints" / "best.pt").is_file(), proc)
     proc.send_signal(signum)
@@ -123,8 +125,8 @@ def test_a_signal_saves_mid_epoch_says_how_to_resume_and_resume_is_exact(tmp_pat
     assert state["fit"]["finished"] is False and not (tmp_path / "run" / "metrics.json").exists()
     command = line.split("Continue with: ", 1)[1].split()
     assert command[:2] == ["cnnlab", "train"]
-    resumed = cli(*command[1:], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    code, err = run_main(*command[1:])  # the resumed run in this process: the same code path as the command line
+    assert code == 0, err
     _same_weights(straight / "checkpoints" / "last.pt", tmp_path / "run" / "checkpoints" / "last.pt")
     _same_x_axis(straight, tmp_path / "run")
 
