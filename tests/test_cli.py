@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import read_json
+from trained_run import one_error_line
 
 
 def test_help_lists_commands(run_cli):
@@ -64,10 +65,7 @@ def test_bad_train_input_is_one_line_exit_2(run_main, args, message):
     code, err = (
         run_main("train", *args) if "trainer.epochs" in " ".join(args) else run_main("train", "trainer.epochs=1", *args)
     )
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0]
+    assert message in one_error_line((code, err))
     assert "Traceback" not in err
 
 
@@ -91,10 +89,7 @@ def test_unknown_command(run_cli):
 def test_bad_eval_input_is_one_line_exit_2(run_main, tmp_path, args, message):
     args = [a.replace("BAD", str(tmp_path / "x.pt")) for a in args]
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
-    code, err = run_main("eval", *args)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert message in one_error_line(run_main("eval", *args))
 
 
 def test_eval_rejects_a_file_that_is_not_a_checkpoint(run_main, tmp_path):
