@@ -235,6 +235,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         _start_up.restore()  # an error line or --help ended start-up: Ctrl-C as usual again
+        _forget_hydra_job()
+
+
+def _forget_hydra_job() -> None:
+    """Hydra keeps the job's config after --cfg, --help or a refused start; the job ends with the command, so a
+    later call in this process (a test, a notebook's cnnlab.train) must not read its overrides as its own."""
+    hydra_config = sys.modules.get("hydra.core.hydra_config")
+    if hydra_config is not None:
+        hydra_config.HydraConfig.instance().cfg = None
 
 
 def _main(argv: list[str] | None) -> None:

@@ -269,7 +269,10 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
         report_lib.build([tmp_path / "missing"])
 
 
-def test_hparams_of_without_hydra_reads_the_saved_overrides(tmp_path):
+def test_hparams_of_without_hydra_reads_the_saved_overrides(tmp_path, run_main):
+    # an earlier command in this process (here a refused start and a --cfg print) leaves no Hydra job behind
+    assert run_main("train", "trainer.epochs=-1")[0] == 2
+    assert run_main("train", "optimizer.lr=0.5", "--cfg", "job")[0] == 0
     cfg = cnnlab.compose(["optimizer.lr=1e-2", "data.subset=20", "augment=basic"])
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(
