@@ -48,24 +48,13 @@ import bench_history  # noqa: E402  (scripts/, beside this file)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bench_history import busy  # noqa: E402, F401  (measure_recipe.py imports it from here)
+from bench_history import busy, cpu_name  # noqa: E402, F401  (measure_recipe.py imports them from here)
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "outputs" / "benchmarks"
 
 
 # ----------------------------------------------------------------------------------------------- machine
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device | None = None) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()

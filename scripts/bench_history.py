@@ -10,12 +10,35 @@ core count is a regression: one loud line, and bench.py exits 1. Loaded runs are
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import time
 from pathlib import Path
 
 QUIET_LOAD = 1.0  # 1-minute load average before a run: below one runnable thread, nothing else was running
 SLOWER = 1.15  # a quiet run this many times its reference's seconds is a regression
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_name() -> str:
+    """The CPU model, with what tells apart hosts that share a name: cloud VMs call every AMD EPYC generation
+    "AMD EPYC", and the same recipe runs ~1.35x slower on a Zen 3 host (no AVX-512) than on a Zen 4 one, so a
+    history that compared them would cry SLOWER. Every bench script and measure_recipe.py record this."""
+    fields: dict[str, str] = {}
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            fields.setdefault(key, value)
+            if key == "flags":  # the end of the first processor's block
+                break
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" not in fields:
+        return name
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}, {isa})"
 
 
 def busy(load_before: float, load_after: float, cores: int) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
@@ -23,6 +22,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_history, beside this file
+
+from bench_history import cpu_name  # noqa: E402  (scripts/, beside this file)
 
 from cnnlab.data import DataSpec  # noqa: E402
 from cnnlab.models import build, count_params, load_yaml  # noqa: E402
@@ -124,9 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     env = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,

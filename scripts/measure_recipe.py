@@ -2,7 +2,7 @@
 process start to exit; accuracy selected on the validation split and reported on the test split.
 
     python scripts/measure_recipe.py mnist_lenet5 --seeds 0 1 2 --out outputs/recipes/mnist_lenet5.json
-    python scripts/measure_recipe.py cifar10_cpu --seeds 0 -- trainer.epochs=12   # extra overrides after --
+    python scripts/measure_recipe.py cifar10_cpu trainer.epochs=12 --seeds 0   # extra Hydra overrides
 
 Writes JSON (per-seed metrics, mean and std of test accuracy, wall seconds, the machine, and the load
 average before and after each seed: a time taken on a busy machine says so) and prints a markdown row
@@ -14,25 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench import busy  # scripts/bench.py, beside this file: one rule for "other work was running"
+from bench import busy, cpu_name  # scripts/bench.py, beside this file: one rule for "other work was running"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         import torch
 
@@ -48,8 +40,8 @@ def main() -> None:
     parser.add_argument("experiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (after --)")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
+    args = parser.parse_intermixed_args()
     out = args.out or Path("outputs/recipes") / f"{args.experiment}.json"
     runs = []
     for seed in args.seeds:

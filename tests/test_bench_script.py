@@ -94,6 +94,28 @@ def test_the_reference_is_the_same_recipe_on_the_same_cpu_model_and_core_count()
     assert history.regression([*records, past(20.0)], past(30.0)).startswith("SLOWER: mnist_lenet5 took 30.0 s, 50%")
 
 
+def cpuinfo(tmp_path, model: str, flags: str):
+    path = tmp_path / f"cpuinfo-{model}"
+    path.write_text(
+        f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+        f"model name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\nmodel\t\t: 99\n"
+    )
+    return path
+
+
+def test_two_epyc_generations_of_one_name_are_two_cpus_to_the_history(tmp_path, monkeypatch):
+    """Cloud VMs name a Zen 3 and a Zen 4 host both "AMD EPYC"; the first runs ~1.35x slower, not a regression."""
+    monkeypatch.setattr(history, "CPUINFO", cpuinfo(tmp_path, "1", "avx2 fma"))
+    zen3 = history.cpu_name()
+    monkeypatch.setattr(history, "CPUINFO", cpuinfo(tmp_path, "17", "avx2 avx512f fma"))
+    zen4 = history.cpu_name()
+    assert (zen3, zen4) == ("AMD EPYC (family 25 model 1, AVX2)", "AMD EPYC (family 25 model 17, AVX-512)")
+    assert history.regression([past(10.0, cpu=zen4)], past(13.5, cpu=zen3)) is None
+    assert history.regression([past(10.0, cpu=zen3)], past(13.5, cpu=zen3)).startswith("SLOWER: ")
+    monkeypatch.setattr(history, "CPUINFO", tmp_path / "missing")  # no /proc (macOS): the platform's name
+    assert history.cpu_name()
+
+
 def test_check_and_append_compares_with_the_history_before_adding_the_new_line(tmp_path):
     path = tmp_path / "benchmarks" / "history.jsonl"
     assert history.check_and_append(path, past(16.0)) is None  # no file yet: created
