@@ -112,6 +112,7 @@ def test_eval_runs_in_the_precision_the_run_trained_in(tmp_path):
     )
     metrics = read_json(run / "metrics.json")
     assert stored["precision"] == "bf16" and fp32["precision"] == "fp32"
+    assert stored["autocast"] == "bf16" and fp32["autocast"] == "fp32"
     assert stored["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
     assert fp32["loss"] != stored["loss"]  # bf16 autocast really changes the numbers, so the default matters
     with pytest.raises(CnnlabError, match="precision=fp16 needs CUDA"):

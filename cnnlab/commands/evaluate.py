@@ -19,10 +19,11 @@ from cnnlab.analysis.grid import class_name, denormalise, prediction_figure
 from cnnlab.analysis.tta import with_tta
 from cnnlab.commands.trained import Trained, load_trained
 from cnnlab.engine import outputs
-from cnnlab.engine.device import autocast_for, resolve_device, resolve_precision
+from cnnlab.engine.device import autocast_for, precision_name, resolve_device, resolve_precision
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import make_console, say
 from cnnlab.errors import CnnlabError
+from cnnlab.schema.common import PRECISIONS
 from cnnlab.schema.evaluate import validate
 
 
@@ -66,8 +67,8 @@ def eval_precision(cfg: DictConfig, run_cfg: DictConfig, device: torch.device) -
             raise CnnlabError(f"precision=fp16 needs CUDA (device is {device}); use bf16 or fp32")
         return cfg.precision
     stored = OmegaConf.select(run_cfg, "trainer.precision", default="auto")
-    if stored not in ("auto", "fp32", "bf16", "fp16"):
-        raise CnnlabError(f"{cfg.checkpoint} stores trainer.precision={stored!r}; set precision=auto|fp32|bf16|fp16")
+    if stored not in PRECISIONS:
+        raise CnnlabError(f"{cfg.checkpoint} stores trainer.precision={stored!r}; set precision={'|'.join(PRECISIONS)}")
     return "fp32" if stored == "fp16" and device.type != "cuda" else stored
 
 
@@ -96,9 +97,8 @@ def run(cfg: DictConfig) -> dict:
     model = with_tta(trained.model, cfg.tta)
     mistakes = ConfidentMistakes(cfg.grid)
     precision = eval_precision(cfg, run_cfg, device)
-    result = evaluate(
-        model, loader, spec.num_classes, autocast_for(device, resolve_precision(precision, device)), on_batch=mistakes
-    )
+    amp_dtype = resolve_precision(precision, device)
+    result = evaluate(model, loader, spec.num_classes, autocast_for(device, amp_dtype), on_batch=mistakes)
     cm, classes = result["confusion"], spec.classes
     scores = class_scores(cm)
     pairs = most_confused(cm, classes, cfg.pairs)
@@ -114,6 +114,7 @@ def run(cfg: DictConfig) -> dict:
         "epoch": trained.state.get("epoch"),
         "tta": cfg.tta,
         "precision": precision,
+        "autocast": precision_name(amp_dtype),  # what `precision` resolved to here
         "loss": result["loss"],
         "top1": result["top1"],
         "top5": result["top5"],

@@ -32,9 +32,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. `auto`: bf16 on CUDA where supported, else fp16; fp32 elsewhere."""
+    """The autocast dtype, or None for fp32. `auto`: bf16 on CUDA where supported, else fp16; fp32 elsewhere.
+    `bf16_native`: bf16 where the hardware computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or
+    AMX), fp32 elsewhere: on a CPU without them bf16 is emulated and slower than fp32."""
     if name == "fp32":
         return None
+    if name == "bf16_native":
+        return torch.bfloat16 if native_bf16(device) else None
     if name == "auto":
         if device.type != "cuda":
             return None
@@ -42,6 +46,22 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "fp16" and device.type != "cuda":
         raise CnnlabError(f"trainer.precision=fp16 needs CUDA (device is {device}); use bf16 or fp32")
     return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What a resolved autocast dtype is called in metrics.json and eval reports."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware. torch.cpu's feature checks are private: absent, the answer
+    is no (fp32 is always correct, only slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype | None):

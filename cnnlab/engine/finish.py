@@ -9,6 +9,7 @@ import torch
 
 from cnnlab.analysis.tta import with_tta
 from cnnlab.engine import checkpoint, distributed
+from cnnlab.engine.device import precision_name
 from cnnlab.engine.metrics import evaluate
 from cnnlab.engine.progress import metrics_table
 from cnnlab.engine.stop_now import write_atomically
@@ -62,6 +63,7 @@ def finish(trainer, data) -> dict:
         "stop_reason": p.stop_reason or "epochs",
         "skipped_batches": p.skipped_batches,
         "device": str(trainer.device),
+        "precision": precision_name(trainer.amp_dtype),  # what autocast ran in (trainer.precision resolved)
         "threads": torch.get_num_threads(),
         "val_images": _images(data.val),
         "test_images": _images(data.test),
@@ -104,7 +106,7 @@ def finish(trainer, data) -> dict:
                 ),
                 ("parameters", f"{metrics['params']:,}"),
                 ("time per epoch", f"{metrics['seconds_per_epoch']:.2f} s"),
-                ("throughput", f"{metrics['images_per_sec']:,.0f} img/s on {trainer.device}"),
+                ("throughput", f"{metrics['images_per_sec']:,.0f} img/s on {trainer.device} ({metrics['precision']})"),
             ],
         )
     )

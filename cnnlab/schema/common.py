@@ -67,6 +67,9 @@ class AugmentConfig:
 
 
 # Keys Hydra's instantiate reads itself.
+# trainer.precision / eval precision: autocast dtypes (cnnlab/engine/device.py resolves them)
+PRECISIONS = ("auto", "bf16_native", "fp32", "bf16", "fp16")
+
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 

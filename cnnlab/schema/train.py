@@ -14,7 +14,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnlab.checks import choice, number
 from cnnlab.errors import CnnlabError
-from cnnlab.schema.common import HYDRA_KEYS, AugmentConfig, DataConfig, check_keys, resolve_all, unknown
+from cnnlab.schema.common import HYDRA_KEYS, PRECISIONS, AugmentConfig, DataConfig, check_keys, resolve_all, unknown
 
 
 @dataclass
@@ -22,7 +22,7 @@ class TrainerConfig:
     epochs: int = 15
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: Optional[int] = None  # torch's CPU threads (null: torch's choice, which follows OMP_NUM_THREADS)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; only on CUDA)
+    precision: str = "auto"  # auto | bf16_native | fp32 | bf16 | fp16 (autocast; see engine/device.py)
     resume: Optional[str] = None  # PATH to a checkpoint, or auto
     label_smoothing: float = 0.0
     channels_last: Optional[bool] = None  # null: on for CUDA
@@ -125,7 +125,7 @@ def validate(cfg: DictConfig) -> None:
     number(cfg, "trainer.image_grid", low=0, integer=True)
     number(cfg, "trainer.train_eval_samples", low=0, integer=True)
     number(cfg, "trainer.image_every", low=0, integer=True)
-    choice(cfg, "trainer.precision", ("auto", "fp32", "bf16", "fp16"))
+    choice(cfg, "trainer.precision", PRECISIONS)
     choice(cfg, "trainer.progress", ("auto", "rich", "plain", "none"))
     choice(cfg, "trainer.monitor", ("val_acc", "val_loss"))
     choice(cfg, "trainer.nan_policy", ("stop", "skip_batch"))
