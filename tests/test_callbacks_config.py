@@ -141,6 +141,10 @@ def test_no_image_grids_when_the_model_trains_on_cached_features(finetune, grid)
         ("~callbacks.training_images.grid", "missing a required argument: 'grid'"),
         ("+callbacks.mine=3", "callbacks.mine needs a _target_"),
         ("callbacks.mine._target_=my.Cb", "add one with +callbacks.mine._target_=CLASS"),
+        # each callback's declared `ranges`, checked before the run starts
+        ("callbacks.train_accuracy.samples=-5", "callbacks.train_accuracy.samples must be >= 0, got -5"),
+        ("callbacks.training_images.every=1.5", "callbacks.training_images.every must be an integer, got 1.5"),
+        ("callbacks.gradient_flow.histogram_every=-1", "callbacks.gradient_flow.histogram_every must be >= 0"),
     ],
 )
 def test_bad_callback_config_is_one_line_and_writes_nothing(run_main, tmp_path, override, message):

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 
 class Callback:
+    # keyword -> the limits of cnnlab.checks.number (low, high, integer, ...): callbacks/build.py checks each
+    # configured value against them before the run starts, so a bad one is one error line, not a traceback later
+    ranges: dict[str, dict] = {}
+
     def on_fit_start(self, trainer, model, data) -> None:
         """Once, before the first epoch (also after a resume)."""
 

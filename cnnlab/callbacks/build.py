@@ -14,6 +14,7 @@ import inspect
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.callbacks.base import Callback
+from cnnlab.checks import number
 from cnnlab.errors import CnnlabError
 
 # Keys Hydra's instantiate reads itself.
@@ -54,6 +55,9 @@ def _check(name: str, node: DictConfig) -> None:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as ex:
         raise CnnlabError(f"callbacks.{name}: {target} {ex}") from None
+    for key, limits in getattr(cls, "ranges", {}).items():
+        if key in kwargs:  # checked as callbacks.NAME.KEY, the key the message names
+            number(OmegaConf.create({"callbacks": {name: {key: node[key]}}}), f"callbacks.{name}.{key}", **limits)
 
 
 def check(cfg: DictConfig | None) -> None:

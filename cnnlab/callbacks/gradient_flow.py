@@ -55,6 +55,8 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 class GradientFlow(Callback):
+    ranges = {"histogram_every": {"low": 0, "integer": True}}  # null or 0: no histograms
+
     def __init__(self, log_norms: bool = False, histogram_every: int | None = None):
         self.log_norms = log_norms
         self.histogram_every = histogram_every or 0

@@ -34,6 +34,8 @@ def fixed_sample(n_total: int, n: int, seed: int) -> torch.Tensor:
 
 
 class TrainAccuracy(Callback):
+    ranges = {"samples": {"low": 0, "integer": True}}  # 0: off
+
     def __init__(self, samples: int = 1000):
         self.samples = samples
         self.loader = None

@@ -14,6 +14,8 @@ from cnnlab.engine.metrics import evaluate
 
 
 class TrainingImages(Callback):
+    ranges = {"grid": {"low": 0, "integer": True}, "every": {"low": 0, "integer": True}}  # 0: off
+
     def __init__(self, grid: int, every: int):
         self.grid, self.every = grid, every  # images per grid (0: no grids); epochs between prediction grids
         self.configured_grid = grid
