@@ -16,9 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.callbacks.base import Callback
 from cnnlab.checks import number
 from cnnlab.errors import CnnlabError
-
-# Keys Hydra's instantiate reads itself.
-_HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+from cnnlab.schema.common import HYDRA_KEYS
 
 
 def _entries(cfg: DictConfig | None):
@@ -50,12 +48,12 @@ def _check(name: str, node: DictConfig) -> None:
             f"callbacks.{name}._target_={target!r} is not a trainer callback (a subclass of "
             "cnnlab.callbacks.base.Callback)"
         )
-    kwargs = {k: v for k, v in node.items() if k not in _HYDRA_KEYS}
+    kwargs = {k: v for k, v in node.items() if k not in HYDRA_KEYS}
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as ex:
         raise CnnlabError(f"callbacks.{name}: {target} {ex}") from None
-    for key, limits in getattr(cls, "ranges", {}).items():
+    for key, limits in cls.ranges.items():  # a Callback subclass: it has `ranges`
         if key in kwargs:  # checked as callbacks.NAME.KEY, the key the message names
             number(OmegaConf.create({"callbacks": {name: {key: node[key]}}}), f"callbacks.{name}.{key}", **limits)
 

@@ -66,10 +66,10 @@ class AugmentConfig:
     mix_switch_prob: float = 0.5  # with both on: probability of CutMix rather than MixUp
 
 
-# Keys Hydra's instantiate reads itself.
 # trainer.precision / eval precision: autocast dtypes (cnnlab/engine/device.py resolves them)
 PRECISIONS = ("auto", "bf16_native", "fp32", "bf16", "fp16")
 
+# Keys Hydra's instantiate reads itself.
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
