@@ -299,7 +299,7 @@ class BatchAugment:
     ) -> torch.Tensor:
         """self(images.index_select(0, index), ...), the same pixels and draws, but a padded crop that comes
         first reads its windows straight from the dataset padded once (airbench's way: no batch is gathered,
-        padded or copied before the crop). The padded copy, with each row's mirror image when flipping (a
+        padded or copied before the crop). The padded copy, with each image's mirror image after it when flipping (a
         mirrored crop is then a window too), is kept while `images` is the dataset, up to PREPAD_MAX_BYTES:
         (1 + 2 padding / H)^2 the dataset's size, twice that with flips (CIFAR-10: 240 MB, 480 MB)."""
         steps = self._prepare(images.device)

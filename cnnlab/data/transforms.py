@@ -40,18 +40,19 @@ def _randint_below(high: torch.Tensor, generator: torch.Generator | None) -> tor
 
 def pad(x: torch.Tensor, padding: int, *, reflect: bool = False, with_mirror: bool = False) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, H + 2 padding, W + 2 padding), zeros or reflected borders (the edge not repeated);
-    `with_mirror`: each padded row followed by its mirror image, (N, C, H + 2 padding, 2 (W + 2 padding)), so
-    that a mirrored crop is a window too. In chunks: a whole dataset takes little more than its padded copy."""
+    `with_mirror`: each padded image followed by its mirror image, (2 N, C, H + 2 padding, W + 2 padding), so
+    that a mirrored crop is a window of image 2 i + 1. In chunks: a whole dataset takes little more than its
+    padded copy."""
     mode = "reflect" if reflect else "constant"
     n, c, h, w = x.shape
-    pw = w + 2 * padding
-    out = torch.empty((n, c, h + 2 * padding, 2 * pw if with_mirror else pw), dtype=x.dtype, device=x.device)
+    copies = 2 if with_mirror else 1
+    out = torch.empty((n, copies, c, h + 2 * padding, w + 2 * padding), dtype=x.dtype, device=x.device)
     for start in range(0, n, 4096):
         chunk = F.pad(x[start : start + 4096], (padding,) * 4, mode=mode)
-        out[start : start + 4096, ..., :pw] = chunk
+        out[start : start + 4096, 0] = chunk
         if with_mirror:
-            out[start : start + 4096, ..., pw:] = chunk.flip(3)
-    return out
+            out[start : start + 4096, 1] = chunk.flip(3)
+    return out.view(n * copies, c, h + 2 * padding, w + 2 * padding)
 
 
 def windows(padded: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int):
@@ -92,16 +93,16 @@ def random_crop_from(
     unpadded size, each at a uniform offset in 0..2 padding per axis; with `flip` > 0, each also mirrored with
     that probability, or those where `mirrored` (a bool per image) holds. The draws: row offsets, column
     offsets, then the flips."""
-    pw = padded.shape[3] // 2 if with_mirror else padded.shape[3]
-    b, h, w = len(index), padded.shape[2] - 2 * padding, pw - 2 * padding
+    b, h, w = len(index), padded.shape[2] - 2 * padding, padded.shape[3] - 2 * padding
     span = torch.full((b,), 2 * padding + 1, device=padded.device)
     dy, dx = _randint_below(span, generator), _randint_below(span, generator)
     if mirrored is None and flip > 0:
         mirrored = _uniform(b, 0.0, 1.0, generator, padded.device) < flip
     if mirrored is None:
         return windows(padded, index, dy, dx, h, w)
-    if with_mirror:  # the crop at dx, mirrored, is the window at 2 pw - dx - w of the row and its mirror
-        return windows(padded, index, dy, torch.where(mirrored, 2 * pw - w - dx, dx), h, w)
+    if with_mirror:  # the crop at dx, mirrored, is the window at 2 padding - dx of the image's mirror, 2 i + 1
+        flipped = mirrored.long()
+        return windows(padded, 2 * index + flipped, dy, dx + flipped * (2 * padding - 2 * dx), h, w)
     return mirror(windows(padded, index, dy, dx, h, w), mirrored)
 
 
