@@ -50,37 +50,38 @@ def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
     grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale).view(b, h, w, 2)
     out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.round_().to(torch.uint8)
+    return out.to(torch.uint8)  # nearest samples of integers (or the zero fill): nothing to round
 
 
 def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
-    """_warp with the matrix rows [a b c; d e f], each entry a scalar or a (B,) tensor."""
+    """_warp with the matrix rows [a b c; d e f], each entry a number or a (B,) array: computed in double
+    precision on the host and rounded to float32, as torchvision computes its matrix in Python floats."""
     n = x.shape[0]
-    entries = [torch.as_tensor(v, dtype=torch.float32, device=x.device).expand(n) for v in (a, b, c, d, e, f)]
-    return _warp(x, torch.stack(entries, 1).view(n, 2, 3))
+    theta = np.stack(np.broadcast_arrays(a, b, c, d, e, f, np.zeros(n)), 1)[:, :6].astype(np.float32)
+    return _warp(x, torch.from_numpy(theta).view(n, 2, 3).to(x.device))
 
 
 def shear_x(x, m):  # torchvision: affine(shear=[degrees(atan(m)), 0], center=[0, 0]): x_in = x + m (y + h/2)
-    m = m.to(x.device, torch.float32)
+    m = m.numpy()
     return _affine(x, 1.0, m, m * x.shape[2] * 0.5, 0.0, 1.0, 0.0)
 
 
 def shear_y(x, m):  # y_in = y + m (x + w/2)
-    m = m.to(x.device, torch.float32)
+    m = m.numpy()
     return _affine(x, 1.0, 0.0, 0.0, m, 1.0, m * x.shape[3] * 0.5)
 
 
 def translate_x(x, m):  # torchvision translates by int(magnitude) pixels
-    return _affine(x, 1.0, 0.0, -m.to(x.device, torch.float32).trunc(), 0.0, 1.0, 0.0)
+    return _affine(x, 1.0, 0.0, -np.trunc(m.numpy()), 0.0, 1.0, 0.0)
 
 
 def translate_y(x, m):
-    return _affine(x, 1.0, 0.0, 0.0, 0.0, 1.0, -m.to(x.device, torch.float32).trunc())
+    return _affine(x, 1.0, 0.0, 0.0, 0.0, 1.0, -np.trunc(m.numpy()))
 
 
 def rotate(x, m):  # m degrees counter-clockwise about the centre
-    rad = torch.deg2rad(m.to(x.device, torch.float32))
-    cos, sin = torch.cos(rad), torch.sin(rad)
+    rad = np.deg2rad(m.numpy())
+    cos, sin = np.cos(rad), np.sin(rad)
     return _affine(x, cos, -sin, 0.0, sin, cos, 0.0)
 
 
@@ -119,9 +120,11 @@ def posterize(x, m):  # keep the top int(m) bits
 
 
 def solarize(x, m):  # invert the pixels at or above 255 m: for integers, at or above ceil(255 m)
-    threshold = torch.ceil(255.0 * m.double()).clamp(0, 256).to(x.device).view(-1, 1, 1, 1)
-    above = (x >= threshold.clamp(max=255).to(torch.uint8)) & (threshold <= 255)
-    return x ^ above.view(torch.uint8).mul_(255)  # 255 - x where above (torch.where is slow on the CPU)
+    threshold = torch.ceil(255.0 * m.double()).clamp(0, 256).to(x.device, torch.int16).view(-1, 1, 1, 1)
+    # 255 where x >= threshold, else 0, in integer arithmetic: the sign of x - threshold, negated (comparisons
+    # into bool and torch.where are several times slower on the CPU)
+    above = x.to(torch.int16).sub_(threshold).bitwise_right_shift_(8).bitwise_not_().to(torch.uint8)
+    return x ^ above
 
 
 def autocontrast(x, m):
@@ -253,22 +256,21 @@ class BatchedPolicy:
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
         for names, op, mag in self.stages(n, h, w, rng):
-            pieces, members = [], []
-            for i, name in enumerate(names):
-                group = np.flatnonzero(op == i)
-                if name == "Identity" or len(group) == 0:
-                    continue
-                index = torch.from_numpy(group).to(x.device)
-                pieces.append(OPS[name](x.index_select(0, index), torch.from_numpy(mag[group])))
-                members.append(group)
-            if not pieces:
+            active = np.array([name != "Identity" for name in names] + [False])  # op -1: none
+            if not active[op].any():
                 continue
-            members.append(np.setdiff1d(np.arange(n), np.concatenate(members)))  # the images left as they are
-            pieces.append(x.index_select(0, torch.from_numpy(members[-1]).to(x.device)))
+            # the batch sorted by the op each image drew (none first): one gather, then each group is a slice
+            order = np.argsort(op, kind="stable")
+            bounds = np.cumsum(np.bincount(op + 1, minlength=len(names) + 1))
+            grouped = x.index_select(0, torch.from_numpy(order).to(x.device))
+            pieces = [grouped[: bounds[0]]]
+            for i, name in enumerate(names):
+                piece, members = grouped[bounds[i] : bounds[i + 1]], order[bounds[i] : bounds[i + 1]]
+                if active[i] and len(members):
+                    piece = OPS[name](piece, torch.from_numpy(mag[members]))
+                pieces.append(piece)
             # back in batch order with one gather (index_copy_ per group is several times slower on the CPU)
-            where = np.empty(n, dtype=np.int64)
-            where[np.concatenate(members)] = np.arange(n)
-            x = torch.cat(pieces).index_select(0, torch.from_numpy(where).to(x.device))
+            x = torch.cat(pieces).index_select(0, torch.from_numpy(np.argsort(order)).to(x.device))
         return x
 
 
