@@ -2,7 +2,7 @@
 
 torchvision's v2 policies pick an op and a magnitude per image and run it on that image alone. Here the
 picks for the whole batch are drawn at once on the host (numpy: no device sync), the images are grouped
-by the op they drew, and each op runs once per group with a per-image magnitude tensor. The sampling
+by the op they drew, and each op runs once per group with a per-image magnitude array (host values). The sampling
 rules are torchvision's, the magnitude tables and sub-policies the published ones (policy_tables.py), and
 every op computes what torchvision's per-image kernel computes (tests/test_augment.py compares them op by op
 and policy by policy). Geometric ops fill with 0, as the v2 policies do by default.
@@ -19,9 +19,10 @@ from cnnlab.data.policy_tables import AUTOAUGMENT, SPACES
 
 
 # ------------------------------------------------------------------------------------------- the ops
-def _as(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Per-image values (float64, as torchvision's Python floats) as float32 broadcasting over (B, C, H, W)."""
-    return m.to(x.device, torch.float32).view(-1, 1, 1, 1)
+def _on(x: torch.Tensor, values: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+    """Per-image host values (float64, as torchvision's Python floats) as `dtype` on x's device, broadcasting
+    over (B, C, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(values)).to(x.device, dtype).view(-1, 1, 1, 1)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -32,11 +33,11 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1).floor_()
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def _blend(x: torch.Tensor, other: torch.Tensor, m: np.ndarray) -> torch.Tensor:
     """ratio x + (1 - ratio) other with ratio = 1 + m, clamped and truncated to uint8 (torchvision's _blend;
     both factors rounded from double precision, as its Python floats are)."""
-    ratio = 1.0 + m.double()
-    out = torch.addcmul(x.float() * _as(x, ratio), other, _as(x, 1.0 - ratio))
+    ratio = 1.0 + m
+    out = torch.addcmul(x.float() * _on(x, ratio), other, _on(x, 1.0 - ratio))
     return out.clamp_(0, 255).to(torch.uint8)
 
 
@@ -62,31 +63,29 @@ def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
 
 
 def shear_x(x, m):  # torchvision: affine(shear=[degrees(atan(m)), 0], center=[0, 0]): x_in = x + m (y + h/2)
-    m = m.numpy()
     return _affine(x, 1.0, m, m * x.shape[2] * 0.5, 0.0, 1.0, 0.0)
 
 
 def shear_y(x, m):  # y_in = y + m (x + w/2)
-    m = m.numpy()
     return _affine(x, 1.0, 0.0, 0.0, m, 1.0, m * x.shape[3] * 0.5)
 
 
 def translate_x(x, m):  # torchvision translates by int(magnitude) pixels
-    return _affine(x, 1.0, 0.0, -np.trunc(m.numpy()), 0.0, 1.0, 0.0)
+    return _affine(x, 1.0, 0.0, -np.trunc(m), 0.0, 1.0, 0.0)
 
 
 def translate_y(x, m):
-    return _affine(x, 1.0, 0.0, 0.0, 0.0, 1.0, -np.trunc(m.numpy()))
+    return _affine(x, 1.0, 0.0, 0.0, 0.0, 1.0, -np.trunc(m))
 
 
 def rotate(x, m):  # m degrees counter-clockwise about the centre
-    rad = np.deg2rad(m.numpy())
+    rad = np.deg2rad(m)
     cos, sin = np.cos(rad), np.sin(rad)
     return _affine(x, cos, -sin, 0.0, sin, cos, 0.0)
 
 
 def brightness(x, m):
-    return (x.float() * _as(x, 1.0 + m.double())).clamp_(0, 255).to(torch.uint8)
+    return (x.float() * _on(x, 1.0 + m)).clamp_(0, 255).to(torch.uint8)
 
 
 def color(x, m):  # saturation
@@ -109,18 +108,18 @@ def sharpness(x, m):
     box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
     blurred = box.add_(out[..., 1:-1, 1:-1], alpha=4.0).div_(13.0).round_()
     inner = out[..., 1:-1, 1:-1]
-    inner.addcmul_(blurred - inner, _as(x, -m.double()))  # factor 1 + m; the border keeps its pixels
+    inner.addcmul_(blurred - inner, _on(x, -m))  # factor 1 + m; the border keeps its pixels
     return out.clamp_(0, 255).to(torch.uint8)
 
 
 def posterize(x, m):  # keep the top int(m) bits
-    bits = m.to(x.device).long()
+    bits = _on(x, m, torch.long)
     mask = (((1 << bits) - 1) << (8 - bits)).to(torch.uint8)
     return x & mask.view(-1, 1, 1, 1)
 
 
 def solarize(x, m):  # invert the pixels at or above 255 m: for integers, at or above ceil(255 m)
-    threshold = torch.ceil(255.0 * m.double()).clamp(0, 256).to(x.device, torch.int16).view(-1, 1, 1, 1)
+    threshold = _on(x, np.clip(np.ceil(255.0 * m), 0, 256), torch.int16)
     # 255 where x >= threshold, else 0, in integer arithmetic: the sign of x - threshold, negated (comparisons
     # into bool and torch.where are several times slower on the CPU)
     above = x.to(torch.int16).sub_(threshold).bitwise_right_shift_(8).bitwise_not_().to(torch.uint8)
@@ -267,7 +266,7 @@ class BatchedPolicy:
             for i, name in enumerate(names):
                 piece, members = grouped[bounds[i] : bounds[i + 1]], order[bounds[i] : bounds[i + 1]]
                 if active[i] and len(members):
-                    piece = OPS[name](piece, torch.from_numpy(mag[members]))
+                    piece = OPS[name](piece, mag[members])
                 pieces.append(piece)
             # back in batch order with one gather (index_copy_ per group is several times slower on the CPU)
             x = torch.cat(pieces).index_select(0, torch.from_numpy(np.argsort(order)).to(x.device))
