@@ -136,9 +136,9 @@ def autocontrast(x, m):
 
 def equalize(x, m):
     """torchvision's equalize_image (PIL's look-up table per channel) with one histogram and one look-up for the
-    whole batch. The table is float32 arithmetic on integers below 2**24, exact here: counts <= h w, steps
-    <= h w / 255, so every floor of a quotient lands where integer division does. No torch.where on pixels,
-    no int64 pixels, no integer division (each several times slower on the CPU)."""
+    whole batch. The table is float32 arithmetic on counts <= h w: exact integers for images below 2**24
+    pixels, and floor division of exact integers is integer division. No torch.where on pixels, no int64
+    pixels, no integer tensors in the table (each several times slower on the CPU)."""
     b, c, h, w = x.shape
     n = b * c
     offsets = torch.arange(0, n * 256, 256, dtype=torch.int32, device=x.device)[:, None]
@@ -146,8 +146,9 @@ def equalize(x, m):
     hist = torch.bincount(index, minlength=n * 256).view(n, 256).float()
     cum = hist.cumsum(1)
     top = hist.gather(1, x.reshape(n, h * w).amax(1, keepdim=True).long())  # the count of the channel's largest value
-    step = (h * w - top).div_(255).floor_()
-    lut = (cum[:, :-1] + (step * 0.5).floor_()).div_(step.clamp(min=1)).floor_().clamp_(0, 255)
+    step = (h * w - top).div_(255, rounding_mode="floor")
+    lut = (cum[:, :-1] + step.div(2, rounding_mode="floor")).div_(step.clamp(min=1), rounding_mode="floor")
+    lut = lut.clamp_(0, 255)
     identity = torch.arange(256.0, device=x.device)
     lut = torch.where(step == 0, identity, F.pad(lut, (1, 0)))  # nothing to equalize: the identity table
     return lut.to(torch.uint8).view(-1).index_select(0, index).view(b, c, h, w)
