@@ -11,8 +11,8 @@ the load average before and after, so that a result taken on a busy machine says
   the same model, device-resident data, batch, optimiser, schedule and precision; alternated, warm epochs
   only. Prints "overhead: X%" (target: at most 5%).
 - data: the CIFAR-10 training pipeline (crop + flip + normalise) of cnnlab's device loader against torchvision
-  + PIL + DataLoader; each batched policy (AutoAugment, RandAugment, TrivialAugment) against torchvision's
-  per-image v2 policy on the same batch.
+  + PIL + DataLoader (each the best of 3 timings, one side after the other); each batched policy (AutoAugment,
+  RandAugment, TrivialAugment) against torchvision's per-image v2 policy on the same batch (best of 5, alternated).
 - time_to_accuracy: from process start, the textbook loops against the recipes: MNIST LeNet-5 to 99.0%,
   CIFAR-10 to 80% (experiment=cifar10_cpu_fast against the chapters' SimpleCNN loop). Long on a CPU. Each recipe
   run is appended to time_to_accuracy_history.jsonl (CPU, load, torch, commit); a quiet one (1-minute load below
