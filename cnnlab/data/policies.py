@@ -58,7 +58,7 @@ def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
     """_warp with the matrix rows [a b c; d e f], each entry a number or a (B,) array: computed in double
     precision on the host and rounded to float32, as torchvision computes its matrix in Python floats."""
     n = x.shape[0]
-    theta = np.stack(np.broadcast_arrays(a, b, c, d, e, f, np.zeros(n)), 1)[:, :6].astype(np.float32)
+    theta = np.stack([np.broadcast_to(v, n) for v in (a, b, c, d, e, f)], 1).astype(np.float32)
     return _warp(x, torch.from_numpy(theta).view(n, 2, 3).to(x.device))
 
 

@@ -101,8 +101,7 @@ def random_crop_from(
     if mirrored is None:
         return windows(padded, index, dy, dx, h, w)
     if with_mirror:  # the crop at dx, mirrored, is the window at 2 padding - dx of the image's mirror, 2 i + 1
-        flipped = mirrored.long()
-        return windows(padded, 2 * index + flipped, dy, dx + flipped * (2 * padding - 2 * dx), h, w)
+        return windows(padded, 2 * index + mirrored.long(), dy, torch.where(mirrored, 2 * padding - dx, dx), h, w)
     return mirror(windows(padded, index, dy, dx, h, w), mirrored)
 
 
