@@ -298,6 +298,26 @@ def test_every_policy_op_computes_what_torchvision_computes():
         assert got.dtype == torch.uint8 and torch.equal(got, want), name
 
 
+@pytest.mark.parametrize("policy, bins", [("trivialaugment", 31), ("autoaugment", 10)])
+def test_every_policy_op_at_the_table_magnitudes_computes_what_torchvision_computes(policy, bins):
+    """The magnitudes the policies draw: float32 table values (solarize's threshold 255 m must round as
+    torchvision's float32 comparison rounds it), and few distinct values per group (geometric ops make one
+    grid per distinct matrix)."""
+    from cnnlab.data.policies import OPS
+    from cnnlab.data.policy_tables import SPACES
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (96, 3, 18, 22), dtype=torch.uint8, generator=gen)
+    rng = np.random.default_rng(1)
+    for name, (magnitudes, signed) in SPACES[policy].items():
+        table = magnitudes(bins, 18, 22)
+        if table is None:
+            continue
+        m = table.double().numpy()[rng.integers(bins, size=len(x))] * (rng.choice([-1, 1], len(x)) if signed else 1)
+        want = torch.stack([per_image_op(image, name, float(v)) for image, v in zip(x, m)])
+        assert torch.equal(OPS[name](x, m), want), name
+
+
 def policy_stats(out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Per-image summaries a policy moves: unchanged?, mean |change|, mean, spread, zero (filled) pixels."""
     changed = (out != images).flatten(1)
