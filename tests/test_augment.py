@@ -129,6 +129,36 @@ def test_policies_run_on_both_paths(policy):
         assert torch.equal(stacked(a), stacked(b))  # seeded: the same epoch, the same images
 
 
+def test_to_uint8_truncates_as_a_direct_conversion_does():
+    from cnnlab.data.transforms import to_uint8
+
+    values = torch.cat([torch.linspace(0, 255, 100_001), torch.arange(256.0), torch.arange(256.0) - 1e-4]).clamp(0, 255)
+    assert torch.equal(to_uint8(values), values.to(torch.uint8))
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+def test_batched_policy_keeps_the_batch_order_and_its_input(policy):
+    """Stages sort the batch by op and overwrite the sorted copy in place: the caller's tensor stays as it was,
+    and image i of the output is image i transformed (each image alone gives the same pixels)."""
+    from cnnlab.data.policies import BatchedPolicy, reference_policy
+
+    images = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    before = images.clone()
+    policy = BatchedPolicy(reference_policy(policy))
+    out = policy(images, np.random.default_rng(0))
+    assert torch.equal(images, before)
+    # the same draws, one image per call: re-draw the batch's choices and replay them image by image
+    stages = list(policy.stages(64, 12, 12, np.random.default_rng(0)))
+    from cnnlab.data.policies import OPS
+
+    for i in range(64):
+        image = images[i : i + 1]
+        for names, op, mag in stages:
+            if op[i] >= 0 and names[op[i]] != "Identity":
+                image = OPS[names[op[i]]](image, mag[i : i + 1])
+        assert torch.equal(out[i : i + 1], image), i
+
+
 # -------------------------------------------------------------------------------------- mixup/cutmix
 def test_mixup_is_a_convex_pair_with_soft_targets():
     x, y = torch.randn(8, 3, 4, 4), torch.arange(8)

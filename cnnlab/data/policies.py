@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from cnnlab.data.policy_tables import AUTOAUGMENT, SPACES
+from cnnlab.data.transforms import to_uint8
 
 
 # ------------------------------------------------------------------------------------------- the ops
@@ -40,7 +41,7 @@ def _blend(x: torch.Tensor, other: torch.Tensor, m: np.ndarray) -> torch.Tensor:
     both factors rounded from double precision, as its Python floats are)."""
     ratio = 1.0 + m
     out = torch.addcmul(x.float() * _on(x, ratio), other, _on(x, 1.0 - ratio))
-    return out.clamp_(0, 255).to(torch.uint8)
+    return to_uint8(out.clamp_(0, 255))
 
 
 @functools.lru_cache(maxsize=8)
@@ -61,7 +62,7 @@ def _warp(x: torch.Tensor, theta: torch.Tensor, which: torch.Tensor) -> torch.Te
     base = _base_grid(h, w, x.device).expand(len(theta), -1, -1)
     grid = base.bmm(theta.transpose(1, 2) / scale).index_select(0, which).view(b, h, w, 2)
     out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.to(torch.uint8)  # nearest samples of integers (or the zero fill): nothing to round
+    return to_uint8(out)  # nearest samples of integers (or the zero fill): nothing to round
 
 
 def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
@@ -99,7 +100,7 @@ def rotate(x, m):  # m degrees counter-clockwise about the centre
 
 
 def brightness(x, m):
-    return (x.float() * _on(x, 1.0 + m)).clamp_(0, 255).to(torch.uint8)
+    return to_uint8((x.float() * _on(x, 1.0 + m)).clamp_(0, 255))
 
 
 def color(x, m):  # saturation
@@ -123,7 +124,7 @@ def sharpness(x, m):
     blurred = box.add_(out[..., 1:-1, 1:-1], alpha=4.0).div_(13.0).round_()
     inner = out[..., 1:-1, 1:-1]
     inner.addcmul_(blurred - inner, _on(x, -m))  # factor 1 + m; the border keeps its pixels
-    return out.clamp_(0, 255).to(torch.uint8)
+    return to_uint8(out.clamp_(0, 255))
 
 
 def posterize(x, m):  # keep the top int(m) bits
@@ -148,7 +149,7 @@ def autocontrast(x, m):
     low, high = f.amin(dim=(2, 3), keepdim=True), f.amax(dim=(2, 3), keepdim=True)
     flat = high == low
     scale = torch.where(flat, torch.ones_like(high), (high - low) * (1.0 / 255))
-    return ((f - torch.where(flat, torch.zeros_like(low), low)) / scale).clamp_(0, 255).to(torch.uint8)
+    return to_uint8(((f - torch.where(flat, torch.zeros_like(low), low)) / scale).clamp_(0, 255))
 
 
 def equalize(x, m):
@@ -169,7 +170,7 @@ def equalize(x, m):
     lut = (cum[:, :-1] + step.div(2).floor_()).div_(step.clamp(min=1)).floor_().clamp_(0, 255)
     identity = torch.arange(256.0, device=x.device)
     lut = torch.where(step == 0, identity, F.pad(lut, (1, 0)))  # nothing to equalize: the identity table
-    return lut.to(torch.uint8).view(-1).index_select(0, index).view(b, c, h, w)
+    return to_uint8(lut).view(-1).index_select(0, index).view(b, c, h, w)
 
 
 def invert(x, m):
@@ -273,22 +274,23 @@ class BatchedPolicy:
 
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
+        held = np.arange(n)  # x[k] is image held[k] of the batch: a stage leaves the batch in the order it sorted
         for names, op, mag in self.stages(n, h, w, rng):
             active = np.array([name != "Identity" for name in names] + [False])  # op -1: none
             if not active[op].any():
                 continue
-            # the batch sorted by the op each image drew (none first): one gather, then each group is a slice
+            # sorted by the op each image drew (none first) with one gather into a new tensor; each group is then a
+            # slice, which its op overwrites
             order = np.argsort(op, kind="stable")
+            position = np.empty(n, dtype=np.int64)
+            position[held] = np.arange(n)
+            x, held = x.index_select(0, torch.from_numpy(position[order]).to(x.device)), order
             bounds = np.cumsum(np.bincount(op + 1, minlength=len(names) + 1))
-            grouped = x.index_select(0, torch.from_numpy(order).to(x.device))
-            pieces = [grouped[: bounds[0]]]
             for i, name in enumerate(names):
-                piece, members = grouped[bounds[i] : bounds[i + 1]], order[bounds[i] : bounds[i + 1]]
-                if active[i] and len(members):
-                    piece = OPS[name](piece, mag[members])
-                pieces.append(piece)
-            # back in batch order with one gather (index_copy_ per group is several times slower on the CPU)
-            x = torch.cat(pieces).index_select(0, torch.from_numpy(np.argsort(order)).to(x.device))
+                if active[i] and bounds[i] < bounds[i + 1]:
+                    x[bounds[i] : bounds[i + 1]] = OPS[name](x[bounds[i] : bounds[i + 1]], mag[order[bounds[i] : bounds[i + 1]]])
+        if (held != np.arange(n)).any():  # back in batch order (index_copy_ per group is several times slower on the CPU)
+            x = x.index_select(0, torch.from_numpy(np.argsort(held)).to(x.device))
         return x
 
 
