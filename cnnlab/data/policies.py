@@ -208,30 +208,31 @@ class BatchedPolicy:
         self.reference = reference
         kind = {v2.AutoAugment: "autoaugment", v2.RandAugment: "randaugment"}.get(type(reference), "trivialaugment")
         self.space = SPACES[kind]  # op name -> (magnitudes(bins, h, w), signed)
-        self._tables: dict = {}
+        self._magnitude_tables: dict = {}  # (op name, bins, h, w) -> its magnitudes (or None)
+        self._stage_tables: dict = {}  # (AutoAugment policy, stage) -> that stage's sub-policy arrays
 
     def _magnitudes(self, name: str, bins: int, h: int, w: int) -> np.ndarray | None:
         """The magnitude table of an op, computed once per image size (numpy, on the host)."""
         key = (name, bins, h, w)
-        if key not in self._tables:
+        if key not in self._magnitude_tables:
             table = self.space[name][0](bins, h, w)
-            self._tables[key] = None if table is None else table.double().numpy()
-        return self._tables[key]
+            self._magnitude_tables[key] = None if table is None else table.double().numpy()
+        return self._magnitude_tables[key]
 
     def _sub_policy_stage(self, policy: str, stage: int):
         """One stage of AutoAugment's sub-policies as arrays (computed once): the stage's op names, and per
         sub-policy its op's index among them, its probability and its magnitude bin."""
         key = (policy, stage)
-        if key not in self._tables:
+        if key not in self._stage_tables:
             steps = [sub_policy[stage] for sub_policy in AUTOAUGMENT[policy]]
             names = sorted({name for name, _, _ in steps})
-            self._tables[key] = (
+            self._stage_tables[key] = (
                 names,
                 np.array([names.index(name) for name, _, _ in steps]),
                 np.array([prob for _, prob, _ in steps]),
                 np.array([level or 0 for _, _, level in steps]),
             )
-        return self._tables[key]
+        return self._stage_tables[key]
 
     def stages(self, n: int, h: int, w: int, rng: np.random.Generator):
         """Yield per stage (op names, chosen op index per image (-1: none), magnitude per image)."""
