@@ -53,29 +53,30 @@ def _base_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
     return base.view(1, h * w, 3)
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour resampling of each image x[i] through the inverse affine matrix theta[which[i]]
-    ((K, 2, 3) in pixel units about the image centre), zero fill: torchvision's _affine_grid +
-    _apply_grid_transform, batched. A grid is made once per distinct matrix (bmm, as torchvision makes it:
-    its rounding decides which pixel a sample lands on)."""
-    b, _, h, w = x.shape
-    scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
-    base = _base_grid(h, w, x.device).expand(len(theta), -1, -1)
-    grid = base.bmm(theta.transpose(1, 2) / scale).index_select(0, which).view(b, h, w, 2)
-    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return to_uint8(out)  # nearest samples of integers (or the zero fill): nothing to round
+@functools.lru_cache(maxsize=512)
+def _grid(matrix: bytes, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """torchvision's _affine_grid for one inverse affine matrix (its 2 x 3 float32 entries as bytes, in pixel
+    units about the image centre): (h, w, 2), made as torchvision makes it, by one bmm (its rounding decides
+    which pixel a sample lands on). Cached: a policy's matrices come from its magnitude tables (TrivialAugment
+    draws from ~250 at one image size), and each bmm is a BLAS call of ~8 us."""
+    theta = torch.from_numpy(np.frombuffer(matrix, np.float32).copy()).view(1, 2, 3).to(device)
+    scale = torch.tensor([0.5 * w, 0.5 * h], device=device)
+    return _base_grid(h, w, device).bmm(theta.transpose(1, 2) / scale).view(h, w, 2)
 
 
 def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
-    """_warp with the matrix rows [a b c; d e f], each entry a number or a (B,) array: computed in double
-    precision on the host and rounded to float32, as torchvision computes its matrix in Python floats. A
-    group shares few distinct matrices (one per magnitude bin and sign), so only those get a grid."""
-    n = x.shape[0]
+    """Nearest-neighbour resampling through the inverse affine matrices [a b c; d e f], each entry a number or a
+    (B,) array, zero fill: torchvision's affine (_affine_grid + _apply_grid_transform), batched. The matrices are
+    computed in double precision on the host and rounded to float32, as torchvision computes its matrix in
+    Python floats; the images share few distinct matrices (one per magnitude bin and sign)."""
+    n, _, h, w = x.shape
     theta = np.stack([np.broadcast_to(v, n) for v in (a, b, c, d, e, f)], 1).astype(np.float32)
     rows = theta.view(np.dtype((np.void, theta.itemsize * 6))).ravel()  # a matrix as one comparable value
-    _, first, which = np.unique(rows, return_index=True, return_inverse=True)
-    distinct = torch.from_numpy(theta[first]).view(-1, 2, 3).to(x.device)
-    return _warp(x, distinct, torch.from_numpy(which.ravel()).to(x.device))
+    distinct, which = np.unique(rows, return_inverse=True)
+    grids = torch.stack([_grid(row.tobytes(), h, w, x.device) for row in distinct])
+    grid = grids.index_select(0, torch.from_numpy(which.ravel()).to(x.device))
+    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return to_uint8(out)  # nearest samples of integers (or the zero fill): nothing to round
 
 
 def shear_x(x, m):  # torchvision: affine(shear=[degrees(atan(m)), 0], center=[0, 0]): x_in = x + m (y + h/2)
