@@ -140,7 +140,7 @@ def test_to_uint8_truncates_as_a_direct_conversion_does():
 def test_batched_policy_keeps_the_batch_order_and_its_input(policy):
     """Stages sort the batch by op and overwrite the sorted copy in place: the caller's tensor stays as it was,
     and image i of the output is image i transformed (each image alone gives the same pixels)."""
-    from cnnlab.data.policies import BatchedPolicy, reference_policy
+    from cnnlab.data.policies import OPS, BatchedPolicy, reference_policy
 
     images = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     before = images.clone()
@@ -149,8 +149,6 @@ def test_batched_policy_keeps_the_batch_order_and_its_input(policy):
     assert torch.equal(images, before)
     # the same draws, one image per call: re-draw the batch's choices and replay them image by image
     stages = list(policy.stages(64, 12, 12, np.random.default_rng(0)))
-    from cnnlab.data.policies import OPS
-
     for i in range(64):
         image = images[i : i + 1]
         for names, op, mag in stages:
