@@ -283,8 +283,8 @@ def loader_row(device: torch.device, args) -> dict:
     )
     # the best of a few timings of each, one side after the other (alternating would let the DataLoader's
     # workers prefetch while cnnlab's loader is timed): a busy machine only slows things down
-    ours = best_of(iter(forever(bundle.train)), args.loader_repeats, args.batches, device)
-    theirs = best_of(iter(forever(baseline)), args.loader_repeats, args.batches, torch.device("cpu"))
+    ours = best_of(forever(bundle.train), args.loader_repeats, args.batches, device)
+    theirs = best_of(forever(baseline), args.loader_repeats, args.batches, torch.device("cpu"))
     print(
         f"  loader: cnnlab {ours:,.0f} img/s vs torchvision DataLoader({args.workers} workers) {theirs:,.0f} img/s "
         f"-> {ours / theirs:.1f}x",

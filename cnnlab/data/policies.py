@@ -243,32 +243,28 @@ class BatchedPolicy:
             pick = rng.integers(len(AUTOAUGMENT[ref.policy.value]), size=n)
             for stage in range(2):
                 stage_names, ops, probs, levels = self._sub_policy_stage(ref.policy.value, stage)
-                op, level = ops[pick], levels[pick]
-                op = np.where(rng.random(n) <= probs[pick], op, -1)
-                mag = np.zeros(n)
-                for i, name in enumerate(stage_names):
-                    table = self._magnitudes(name, 10, h, w)
-                    if table is not None:
-                        mag = np.where(op == i, table[level], mag)
+                op = np.where(rng.random(n) <= probs[pick], ops[pick], -1)
+                mag = self._drawn(stage_names, op, levels[pick], 10, h, w)
                 yield stage_names, op, self._signed(stage_names, op, mag, rng)
         elif isinstance(ref, v2.RandAugment):
             for _ in range(ref.num_ops):
                 op = rng.integers(len(names), size=n)
-                mag = np.zeros(n)
-                for i, name in enumerate(names):
-                    table = self._magnitudes(name, ref.num_magnitude_bins, h, w)
-                    if table is not None:
-                        mag = np.where(op == i, table[ref.magnitude], mag)
+                mag = self._drawn(names, op, ref.magnitude, ref.num_magnitude_bins, h, w)
                 yield names, op, self._signed(names, op, mag, rng)
         else:  # TrivialAugmentWide: one op, one magnitude bin, both uniform
             op = rng.integers(len(names), size=n)
             level = rng.integers(ref.num_magnitude_bins, size=n)
-            mag = np.zeros(n)
-            for i, name in enumerate(names):
-                table = self._magnitudes(name, ref.num_magnitude_bins, h, w)
-                if table is not None:
-                    mag = np.where(op == i, table[level], mag)
-            yield names, op, self._signed(names, op, mag, rng)
+            yield names, op, self._signed(names, op, self._drawn(names, op, level, ref.num_magnitude_bins, h, w), rng)
+
+    def _drawn(self, names, op: np.ndarray, level, bins: int, h: int, w: int) -> np.ndarray:
+        """Each image's magnitude: its op's table (of `bins` levels) at its level (a number or one per image);
+        0 for ops without a magnitude and images without an op."""
+        mag = np.zeros(len(op))
+        for i, name in enumerate(names):
+            table = self._magnitudes(name, bins, h, w)
+            if table is not None:
+                mag = np.where(op == i, table[level], mag)
+        return mag
 
     def _signed(self, names, op: np.ndarray, mag: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         signed = np.array([self.space[name][1] for name in names])
